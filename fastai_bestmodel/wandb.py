@@ -20,17 +20,19 @@ __all__ = ['log_checkpoint', 'WandbCallback']
 
 # %% ../nbs/03_wandb.ipynb #c006
 def _format_config_value(v, depth=0):
-    if isinstance(v, list): return [_format_config_value(o, depth) for o in v]
+    if isinstance(v, (list, tuple)): return [_format_config_value(o, depth) for o in v]
+    if v is None or isinstance(v, (str, int, float, bool)): return v
     if depth < 3 and hasattr(v, '__dict__') and not isinstance(v, type):
         try: args = init_args(v)
         except (TypeError, ValueError): args = None
-        if args: return {**_format_config(args, depth+1), '_name': v}
-    return v
+        if args: return {**_format_config(args, depth+1), '_name': type(v).__name__}
+    return str(v)[:200]  # wandb takes any object named `torch.*` for a tensor, and fails on modules
 
 def _format_config(config, depth=0):
     "Format config parameters before logging them"
     for k,v in config.items():
-        config[k] = _format_config(v, depth) if isinstance(v, dict) else _format_config_value(v, depth)
+        # nested dicts may be a callback's own attributes (ParamScheduler's `scheds`): format copies
+        config[k] = _format_config(dict(v), depth) if isinstance(v, dict) else _format_config_value(v, depth)
     return config
 
 _fastai_wandb._format_config_value, _fastai_wandb._format_config = _format_config_value, _format_config
