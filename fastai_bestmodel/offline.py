@@ -6,7 +6,7 @@ Docs: https://github.com/fastai-bestmodel/fastai_bestmodel/offline.html.md"""
 
 # %% ../nbs/02_offline.ipynb #c003
 from __future__ import annotations
-import json, struct
+import json, struct, time
 from pathlib import Path
 from dataclasses import dataclass, field
 
@@ -50,13 +50,20 @@ class OfflineRun:
     summary: dict = field(default_factory=dict) # the run's final summary
     history: list = field(default_factory=list) # one dict per `wandb.log` step
 
-def read_offline_run(run_dir)->OfflineRun:
-    "Read the `.wandb` log in `run_dir` (a `wandb/offline-run-*` folder, or the log file itself)"
+def read_offline_run(run_dir, # a `wandb/offline-run-*` folder, or the `run-*.wandb` file in it
+                     wait:float=10., # seconds to wait for the run's last record, which wandb may write after `finish()` returns
+                    )->OfflineRun:
+    "Read what the offline W&B run in `run_dir` recorded"
     run_dir = Path(run_dir)
     logs = [run_dir] if run_dir.is_file() else sorted(run_dir.glob('run-*.wandb'))
     if not logs: raise FileNotFoundError(f'No run-*.wandb file in {run_dir}: is it a wandb/offline-run-* folder?')
+    deadline = time.monotonic() + wait
+    while True:
+        records = wandb_records(logs[0])
+        if any(r.WhichOneof('record_type') == 'exit' for r in records) or time.monotonic() > deadline: break
+        time.sleep(0.1)
     res = OfflineRun(path=logs[0])
-    for rec in wandb_records(logs[0]):
+    for rec in records:
         kind = rec.WhichOneof('record_type')
         if kind == 'artifact':
             a = rec.artifact
