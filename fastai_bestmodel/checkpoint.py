@@ -36,7 +36,8 @@ class CheckpointWriteError(CheckpointError, OSError):
 def _write_error(path, e, previous):
     why = os.strerror(e.errno) if getattr(e, 'errno', None) else str(e)
     code = errno.errorcode.get(getattr(e, 'errno', None) or 0, '')
-    kept = f'The previous checkpoint {previous} is intact.' if previous.exists() else 'No previous checkpoint was there.'
+    try: kept = f'The previous checkpoint {previous} is intact.' if previous.exists() else 'No previous checkpoint was there.'
+    except OSError: kept = f'Any previous checkpoint {previous} is untouched.'
     return CheckpointWriteError(getattr(e, 'errno', None) or 0,
         f"Could not write checkpoint {path}: {why}{f' ({code})' if code else ''}. {kept} "
         f"Free some space or choose a writable folder (`Learner.path`/`model_dir`) and train again.")
@@ -49,23 +50,23 @@ def _fsync_dir(folder):
     except OSError: pass
     finally: os.close(fd)
 
-def _fsync_file(path):
-    fd = os.open(path, os.O_RDONLY)
-    try: os.fsync(fd)
-    finally: os.close(fd)
-
 def _unlink(p):
     try: os.unlink(p)
     except FileNotFoundError: pass
 
 # %% ../nbs/00_checkpoint.ipynb #c014
 def _write_tmp(folder, name, write)->Path:
-    "Call `write(tmp_path)` on a new temporary file in `folder`, then fsync it"
+    "Call `write(f)` on a new temporary file `f` in `folder`, then fsync it"
     fd, tmp = tempfile.mkstemp(prefix=f'.{name}.', suffix='.tmp', dir=folder)
-    os.close(fd)
     try:
-        write(tmp)
-        _fsync_file(tmp)
+        with os.fdopen(fd, 'wb') as f:
+            try: write(f)
+            except RuntimeError as e:
+                # torch.save reports a failed write (a full disk) as a RuntimeError; the OSError behind it says why
+                if isinstance(e.__context__, OSError): raise e.__context__ from e
+                raise
+            f.flush()
+            os.fsync(f.fileno())
     except BaseException: _unlink(tmp); raise
     return Path(tmp)
 
@@ -85,8 +86,7 @@ def _replace(src, dst, background_unlink=True):
 def atomic_write_bytes(path, data:bytes):
     "Write `data` to `path` atomically: a reader sees the old file or the whole new one"
     path = Path(path)
-    def _w(tmp): Path(tmp).write_bytes(data)
-    _replace(_write_tmp(path.parent, path.name, _w), path, background_unlink=False)
+    _replace(_write_tmp(path.parent, path.name, lambda f: f.write(data)), path, background_unlink=False)
 
 # %% ../nbs/00_checkpoint.ipynb #c019
 def _dict_like(o, items):
@@ -139,7 +139,7 @@ def save_checkpoint(path, # where the weights go: a `.pth` file; the `.json` goe
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         _finish_interrupted(path)
-        tmp = _write_tmp(path.parent, path.name, lambda p: torch.save(plain_state(state), p))
+        tmp = _write_tmp(path.parent, path.name, lambda f: torch.save(plain_state(state), f))
         try:
             digest = file_digest(tmp)
             desc = dict(format=_FORMAT, weights=path.name, digest=digest, bytes=tmp.stat().st_size,
