@@ -10,6 +10,7 @@ import warnings
 from pathlib import Path
 import wandb
 from fastcore.basics import ifnone, patch, init_args
+from fastai.torch_core import rank_distrib
 import fastai.callback.wandb as _fastai_wandb
 from fastai.callback.wandb import WandbCallback as _FastaiWandbCallback
 from .tracker import SaveModelCallback
@@ -88,6 +89,10 @@ class WandbCallback(_FastaiWandbCallback):
 @patch
 def before_fit(self:WandbCallback):
     "Check the W&B run, make sure a tracker saves the model, then do what fastai's callback does"
+    if rank_distrib():  # in distributed training only rank 0 talks to W&B; every rank tracks, so all load the same best
+        if self.log_model and not hasattr(self.learn, 'lr_finder'): self._tracker(in_fit=True)
+        self.run = False
+        return
     if wandb.run is None:
         raise ValueError('WandbCallback needs a W&B run: call `wandb.init(project=...)` before fitting '
                          '(with WANDB_MODE=offline it needs no account or network).')
