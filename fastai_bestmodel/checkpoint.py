@@ -55,12 +55,23 @@ def _unlink(p):
     except FileNotFoundError: pass
 
 # %% ../nbs/00_checkpoint.ipynb #c014
-def _write_tmp(folder, name, write)->Path:
-    "Call `write(f)` on a new temporary file `f` in `folder`, then fsync it"
+class _DigestingFile:
+    "A file opened for writing that digests the bytes written to it, so that nothing is read back"
+    def __init__(self, f): self.f, self.h = f, xxhash.xxh3_128()
+    def write(self, b):
+        self.h.update(b)
+        return self.f.write(b)
+    def flush(self): self.f.flush()
+    @property
+    def digest(self): return f'xxh3_128:{self.h.hexdigest()}'
+
+def _write_tmp(folder, name, write)->tuple:
+    "Call `write(f)` on a new temporary file `f` in `folder`, fsync it, and return its path and digest"
     fd, tmp = tempfile.mkstemp(prefix=f'.{name}.', suffix='.tmp', dir=folder)
     try:
         with os.fdopen(fd, 'wb') as f:
-            try: write(f)
+            out = _DigestingFile(f)
+            try: write(out)
             except RuntimeError as e:
                 # torch.save reports a failed write (a full disk) as a RuntimeError; the OSError behind it says why
                 if isinstance(e.__context__, OSError): raise e.__context__ from e
@@ -68,7 +79,7 @@ def _write_tmp(folder, name, write)->Path:
             f.flush()
             os.fsync(f.fileno())
     except BaseException: _unlink(tmp); raise
-    return Path(tmp)
+    return Path(tmp), out.digest
 
 def _replace(src, dst, background_unlink=True):
     "Move `src` onto `dst`; the old `dst` is freed after the move, in a thread if `background_unlink`"
@@ -86,7 +97,7 @@ def _replace(src, dst, background_unlink=True):
 def atomic_write_bytes(path, data:bytes):
     "Write `data` to `path` atomically: a reader sees the old file or the whole new one"
     path = Path(path)
-    _replace(_write_tmp(path.parent, path.name, lambda f: f.write(data)), path, background_unlink=False)
+    _replace(_write_tmp(path.parent, path.name, lambda f: f.write(data))[0], path, background_unlink=False)
 
 # %% ../nbs/00_checkpoint.ipynb #c019
 def _dict_like(o, items):
@@ -139,9 +150,8 @@ def save_checkpoint(path, # where the weights go: a `.pth` file; the `.json` goe
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         _finish_interrupted(path)
-        tmp = _write_tmp(path.parent, path.name, lambda f: torch.save(plain_state(state), f))
+        tmp, digest = _write_tmp(path.parent, path.name, lambda f: torch.save(plain_state(state), f))
         try:
-            digest = file_digest(tmp)
             desc = dict(format=_FORMAT, weights=path.name, digest=digest, bytes=tmp.stat().st_size,
                         with_opt=isinstance(state, dict) and set(state)=={'model','opt'},
                         monitor=monitor, comp=comp, metadata=dict(metadata),

@@ -1,0 +1,178 @@
+"""Benchmarks of fastai_bestmodel against baselines measured in the same run. Run: `python benchmarks/bench.py`.
+
+Every figure is printed as a ratio to its baseline, medians over several repetitions, with baseline and ours
+interleaved so that both see the same disk and page-cache conditions."""
+import argparse, contextlib, gc, io, json, os, resource, statistics, subprocess, sys, tempfile, time
+from pathlib import Path
+import torch
+from torch import nn
+from fastai.callback.core import Callback
+from fastai.callback.tracker import SaveModelCallback as FastaiSaveModelCallback
+from fastai.test_utils import synth_learner
+from fastai_bestmodel.tracker import SaveModelCallback, ScriptedMetric
+
+os.environ.setdefault('WANDB_MODE', 'offline')
+os.environ.setdefault('WANDB_SILENT', 'true')
+
+
+class _Big(nn.Module):
+    "The synthetic regression model of fastai's tests, carrying `width`x`width` linear layers that make its state large"
+    def __init__(self, layers, width):
+        super().__init__()
+        self.a, self.b = nn.Parameter(torch.randn(1)), nn.Parameter(torch.randn(1))
+        self.ballast = nn.Sequential(*[nn.Linear(width, width) for _ in range(layers)])
+        for p in self.ballast.parameters(): p.requires_grad_(False)
+    def forward(self, x): return x * self.a + self.b
+
+
+class PlainSave(Callback):
+    "The naive baseline: `torch.save(model.state_dict(), path)` after every epoch"
+    order = 61
+    def __init__(self, path): self.path = path
+    def after_epoch(self): torch.save(self.model.state_dict(), self.path)
+
+
+def _timed(cb):
+    "Record the seconds `cb.after_epoch` blocks the loop, each epoch"
+    orig, cb.blocked = cb.after_epoch, []
+    def after_epoch():
+        t0 = time.perf_counter(); orig(); cb.blocked.append(time.perf_counter() - t0)
+    cb.after_epoch = after_epoch
+    return cb
+
+
+def _learner(path, n_epochs, improving=True, layers=3, width=4096):
+    scores = [i if improving else (1 if i == 0 else 0) for i in range(n_epochs)]
+    learn = synth_learner(n_trn=1, n_val=1, path=path, metrics=ScriptedMetric(scores, 'score'))
+    learn.model = _Big(layers, width)
+    return learn
+
+
+def _fit(learn, n, cbs):
+    with learn.no_bar(), learn.no_logging(), contextlib.redirect_stdout(io.StringIO()): learn.fit(n, lr=1e-3, cbs=cbs)
+
+
+def bench_blocking(reps, epochs, layers, width):
+    "1. Time a save blocks the loop, in a fit where every epoch improves"
+    tmp = Path(tempfile.mkdtemp())
+    res = {'plain': [], 'sync': [], 'async': []}
+    for r in range(reps):
+        for kind in res:
+            learn = _learner(tmp, epochs, True, layers, width)
+            cb = PlainSave(tmp / 'plain.pth') if kind == 'plain' else SaveModelCallback(monitor='score', fname=kind, async_save=kind == 'async')
+            _fit(learn, epochs, [_timed(cb)])
+            res[kind] += cb.blocked[1:]  # the first save of each fit allocates (async buffers, a new file)
+            del learn; gc.collect()
+    n = sum(p.numel() for p in _Big(layers, width).parameters())
+    med = {k: statistics.median(v) for k, v in res.items()}
+    print(f'1. blocking time per save, {n/1e6:.1f} M parameters ({n*4/1e6:.0f} MB), {len(res["plain"])} saves each, every epoch improving')
+    print(f'   plain torch.save: {med["plain"]*1000:.1f} ms; ours sync: {med["sync"]*1000:.1f} ms; ours async: {med["async"]*1000:.1f} ms')
+    print(f'   ratio sync / plain:  {med["sync"]/med["plain"]:.2f} (target <= 1.00)')
+    print(f'   ratio async / plain: {med["async"]/med["plain"]:.2f} (target <= 0.10)')
+    return med
+
+
+def bench_tracking(reps, epochs):
+    "2. A fit whose monitor stops improving after the first epoch: ours vs fastai's SaveModelCallback"
+    tmp = Path(tempfile.mkdtemp())
+    res = {'fastai': [], 'ours': []}
+    for r in range(reps):
+        for kind in res:
+            learn = _learner(tmp, epochs, False, layers=1, width=512)
+            cb = FastaiSaveModelCallback(monitor='score', fname=kind) if kind == 'fastai' else SaveModelCallback(monitor='score', fname=kind)
+            t0 = time.perf_counter(); _fit(learn, epochs, [cb]); res[kind].append(time.perf_counter() - t0)
+    med = {k: statistics.median(v) for k, v in res.items()}
+    print(f'2. tracking overhead, {epochs}-epoch fit improving only at epoch 0, median of {reps}')
+    print(f'   fastai: {med["fastai"]:.3f} s; ours: {med["ours"]:.3f} s; ratio ours / fastai: {med["ours"]/med["fastai"]:.3f} (target <= 1.02)')
+    return med
+
+
+def bench_digits(reps, epochs):
+    "3. A full digits fit with W&B offline logging of the best model vs fastai's SaveModelCallback without W&B"
+    import wandb
+    from fastai_bestmodel.cli import digits_learner
+    from fastai_bestmodel.wandb import WandbCallback
+    res = {'fastai, no W&B': [], 'ours + W&B offline': []}
+    for r in range(reps):
+        for kind in res:
+            tmp = Path(tempfile.mkdtemp())
+            learn = digits_learner(path=tmp)
+            t0 = time.perf_counter()
+            if kind.startswith('fastai'): cbs = [FastaiSaveModelCallback(monitor='accuracy')]
+            else:
+                run = wandb.init(project='fastai-bestmodel-bench', mode='offline', dir=tmp)
+                cbs = [SaveModelCallback(monitor='accuracy'), WandbCallback(log_model=True, log_preds=False)]
+            with learn.no_bar(), learn.no_logging(), contextlib.redirect_stdout(io.StringIO()): learn.fit_one_cycle(epochs, 3e-2, cbs=cbs)
+            if not kind.startswith('fastai'): run.finish()
+            res[kind].append(time.perf_counter() - t0)
+    med = {k: statistics.median(v) for k, v in res.items()}
+    a, b = med['fastai, no W&B'], med['ours + W&B offline']
+    print(f'3. digits, {epochs} epochs, median of {reps} (ours includes wandb.init and finish)')
+    print(f'   fastai SaveModelCallback, no W&B: {a:.2f} s; ours with W&B offline: {b:.2f} s; ratio: {b/a:.2f}')
+    return med
+
+
+_PEAK = """
+import resource, sys, torch
+sys.path.insert(0, {root!r})
+from benchmarks.bench import _learner, _fit
+from fastai_bestmodel.tracker import SaveModelCallback
+learn = _learner({tmp!r}, 5, True, {layers}, {width})
+_fit(learn, 5, [SaveModelCallback(monitor='score', fname={kind!r}, async_save={kind!r} == 'async')])
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+
+
+def bench_memory(layers, width):
+    "4. Peak resident memory of a fit with async saves vs sync saves, each in its own process"
+    tmp = tempfile.mkdtemp()
+    peak = {}
+    for kind in ('sync', 'async'):
+        code = _PEAK.format(root=str(Path(__file__).resolve().parent.parent), tmp=tmp, layers=layers, width=width, kind=kind)
+        out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True)
+        peak[kind] = int(out.stdout.strip().splitlines()[-1]) / 1024  # KiB -> MiB
+    size = sum(p.numel() for p in _Big(layers, width).parameters()) * 4 / 2**20
+    print(f'4. peak resident memory, model state {size:.0f} MiB: sync {peak["sync"]:.0f} MiB, async {peak["async"]:.0f} MiB; '
+          f'ratio async / sync: {peak["async"]/peak["sync"]:.2f} (the reused snapshot buffers cost one model, {size:.0f} MiB)')
+    return peak
+
+
+def bench_files(epochs):
+    "5. Files and bytes in the model folder, and W&B model artifact versions, after a fit where every epoch improves"
+    import wandb
+    from fastai.callback.wandb import WandbCallback as FastaiWandbCallback
+    from fastai_bestmodel.wandb import WandbCallback
+    from fastai_bestmodel.offline import read_offline_run
+    rows = []
+    for kind in ('fastai', 'ours'):
+        tmp = Path(tempfile.mkdtemp())
+        learn = _learner(tmp, epochs, True, layers=1, width=512)
+        run = wandb.init(project='fastai-bestmodel-bench', mode='offline', dir=tmp)
+        cbs = ([FastaiSaveModelCallback(monitor='score'), FastaiWandbCallback(log_model=True, log_preds=False)] if kind == 'fastai'
+               else [SaveModelCallback(monitor='score'), WandbCallback(log_model=True, log_preds=False)])
+        _fit(learn, epochs, cbs)
+        run.finish()
+        files = [p for p in (tmp / 'models').iterdir()]
+        versions = sum(a['type'] == 'model' for a in read_offline_run(Path(run.dir).parent).artifacts)
+        rows.append((kind, len(files), sum(p.stat().st_size for p in files), versions, sorted(p.name for p in files)))
+    print(f'5. after a {epochs}-epoch fit improving every epoch (a {rows[0][2]/1e6:.2f} MB model):')
+    for kind, n, size, versions, names in rows:
+        print(f'   {kind}: {n} files, {size} bytes ({", ".join(names)}); W&B model artifact versions: {versions}')
+    return rows
+
+
+if __name__ == '__main__':
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument('--reps', type=int, default=3)
+    p.add_argument('--layers', type=int, default=3, help='layers of width x width: 3 x 4096 is 50 M parameters')
+    p.add_argument('--width', type=int, default=4096)
+    p.add_argument('--quick', action='store_true', help='a small model and few repetitions, to check the script runs')
+    a = p.parse_args()
+    if a.quick: a.reps, a.layers, a.width = 1, 1, 256
+    import fastai_bestmodel.wandb  # noqa: F401  (fixes fastai's WandbCallback crash with fastcore 2.2)
+    print(f'torch {torch.__version__}, {os.cpu_count()} CPUs, device: cpu')
+    bench_blocking(a.reps, 6, a.layers, a.width)
+    bench_tracking(max(a.reps, 5), 20)
+    bench_digits(a.reps, 8)
+    bench_memory(a.layers, a.width)
+    bench_files(20)
