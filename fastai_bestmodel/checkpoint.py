@@ -81,8 +81,8 @@ def _write_tmp(folder, name, write)->tuple:
     except BaseException: _unlink(tmp); raise
     return Path(tmp), out.digest
 
-def _replace(src, dst, background_unlink=True):
-    "Move `src` onto `dst`; the old `dst` is freed after the move, in a thread if `background_unlink`"
+def _replace(src, dst, background_unlink=True, durable=True):
+    "Move `src` onto `dst`, made durable with an fsync of the folder if `durable`; the old `dst` is freed after, in a thread if `background_unlink`"
     dst = Path(dst)
     aside = None
     if background_unlink and dst.exists():
@@ -90,7 +90,7 @@ def _replace(src, dst, background_unlink=True):
         try: os.link(dst, aside)
         except OSError: aside = None  # no hard links on this file system: free inline
     os.replace(src, dst)
-    _fsync_dir(dst.parent)
+    if durable: _fsync_dir(dst.parent)
     if aside is not None: threading.Thread(target=_unlink, args=(aside,), daemon=True).start()
 
 # %% ../nbs/00_checkpoint.ipynb #c015
@@ -163,8 +163,9 @@ def save_checkpoint(path, # where the weights go: a `.pth` file; the `.json` goe
         try: atomic_write_bytes(json_path(path), json.dumps(desc, indent=1).encode())
         except BaseException: _unlink(pending); raise
     except OSError as e: raise _write_error(path, e, path) from e
-    # The `.json` is committed: from here a crash leaves `pending`, which loading and the next save complete
-    _replace(pending, path, background_unlink=background_unlink)
+    # The `.json` is committed, and the folder's fsync that made it durable made `pending`'s name durable too. From
+    # here a crash leaves `pending`, which loading and the next save complete, so this move needs no fsync of its own.
+    _replace(pending, path, background_unlink=background_unlink, durable=False)
     return desc
 
 # %% ../nbs/00_checkpoint.ipynb #c030

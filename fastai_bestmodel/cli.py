@@ -46,10 +46,10 @@ def digits_cnn():
                          nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
                          nn.Flatten(), nn.Linear(32*4*4, 10))
 
-def digits_learner(path='.', bs:int=64, seed:int=42, **kwargs)->Learner:
+def digits_learner(path='.', bs:int=64, seed:int=42, metrics=accuracy, **kwargs)->Learner:
     "A `Learner` of `digits_cnn` on `digits_dls`, with `accuracy`, saving under `path`"
     set_seed(seed, reproducible=True)
-    return Learner(digits_dls(bs=bs, seed=seed), digits_cnn(), loss_func=CrossEntropyLossFlat(), metrics=accuracy, path=path, **kwargs)
+    return Learner(digits_dls(bs=bs, seed=seed), digits_cnn(), loss_func=CrossEntropyLossFlat(), metrics=metrics, path=path, **kwargs)
 
 # %% ../nbs/04_cli.ipynb #c011
 def _fmt(d): return ', '.join(f'{k} {v:.4f}' if isinstance(v, float) else f'{k} {v}' for k,v in d.items())
