@@ -6,7 +6,7 @@ Docs: https://github.com/fastai-bestmodel/fastai_bestmodel/checkpoint.html.md"""
 
 # %% ../nbs/00_checkpoint.ipynb #c003
 from __future__ import annotations
-import os, json, math, time, errno, threading, tempfile, warnings, datetime
+import os, json, time, errno, threading, tempfile, datetime
 from pathlib import Path
 import numpy as np, torch, xxhash
 from fastcore.basics import ifnone

@@ -13,7 +13,7 @@ from fastcore.basics import store_attr, ifnone, patch
 from fastai.callback.tracker import SaveModelCallback as _FastaiSaveModelCallback
 from fastai.torch_core import get_model, rank_distrib, num_distrib, distrib_barrier
 from fastai.learner import join_path_file
-from .checkpoint import save_checkpoint, load_best_model, AsyncCheckpointWriter, plain_state
+from .checkpoint import save_checkpoint, load_best_model, AsyncCheckpointWriter
 
 # %% auto #0
 __all__ = ['SaveModelCallback', 'ScriptedMetric']
