@@ -187,7 +187,7 @@ if __name__ == '__main__':
     import fastai_bestmodel.wandb  # noqa: F401  (fixes fastai's WandbCallback crash with fastcore 2.2)
     print(f'torch {torch.__version__}, {os.cpu_count()} CPUs, device: cpu')
     bench_blocking(a.reps, 6, a.layers, a.width)
-    bench_tracking(a.reps, 10)
+    bench_tracking(max(a.reps, 5), 10)
     bench_digits(a.reps, 8)
     bench_memory(a.layers, a.width)
     bench_files(20)

@@ -55,12 +55,35 @@ def _unlink(p):
     except FileNotFoundError: pass
 
 # %% ../nbs/00_checkpoint.ipynb #c014
+def _libc_sync_file_range():
+    "Linux's `sync_file_range`, which Python's `os` lacks, or None elsewhere"
+    try:
+        import ctypes
+        f = ctypes.CDLL(None, use_errno=True).sync_file_range
+        f.argtypes, f.restype = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint], ctypes.c_int
+        return f
+    except (OSError, AttributeError): return None
+
+_sync_file_range, _SYNC_FILE_RANGE_WRITE = _libc_sync_file_range(), 2
+
 class _DigestingFile:
-    "A file opened for writing that digests the bytes written to it, so that nothing is read back"
-    def __init__(self, f): self.f, self.h = f, xxhash.xxh3_128()
+    "A file opened for writing that digests the bytes written to it, and starts writing them to disk as they come"
+    def __init__(self, f, chunk=8<<20): self.f, self.h, self.chunk, self.written, self.flushed = f, xxhash.xxh3_128(), chunk, 0, 0
     def write(self, b):
-        self.h.update(b)
-        return self.f.write(b)
+        b = memoryview(b).cast('B')
+        for i in range(0, len(b), self.chunk):
+            part = b[i:i+self.chunk]
+            self.h.update(part)
+            self.f.write(part)
+            self.written += len(part)
+            if self.written - self.flushed >= self.chunk: self._start_writeback()
+        return len(b)
+    def _start_writeback(self):
+        # Ask the kernel to start writing what we have so far, without waiting: the disk then works while torch
+        # serialises the rest, and the final fsync waits for the last chunk only, not the whole file.
+        self.f.flush()
+        if _sync_file_range is not None: _sync_file_range(self.f.fileno(), self.flushed, self.written - self.flushed, _SYNC_FILE_RANGE_WRITE)
+        self.flushed = self.written
     def flush(self): self.f.flush()
     @property
     def digest(self): return f'xxh3_128:{self.h.hexdigest()}'
@@ -202,7 +225,8 @@ def checkpoint_weights(path)->Path:
 def load_checkpoint(path, device='cpu')->tuple:
     "The state and the description of the checkpoint at `path`, its digest checked, loaded with `weights_only=True`"
     weights = checkpoint_weights(path)
-    try: state = torch.load(weights, map_location=device, weights_only=True)
+    # mmap: the tensors are read from the page cache as `load_state_dict` copies them, not into a second copy first
+    try: state = torch.load(weights, map_location=device, weights_only=True, mmap=True)
     except Exception as e:
         raise CheckpointError(f'{weights} holds more than tensors and plain containers, and loading it could run code, '
                               f'so it was refused ({type(e).__name__}: {str(e).splitlines()[0][:200]}).') from e
