@@ -275,7 +275,7 @@ def _snapshot(o, into=None):
 class AsyncCheckpointWriter:
     "Save checkpoints from a background thread; the caller only pays for a copy into reused buffers"
     def __init__(self):
-        self._cond, self._pending, self._busy, self._error, self._thread = threading.Condition(), None, False, None, None
+        self._cond, self._pending, self._busy, self._error, self._running = threading.Condition(), None, False, None, False
         self._spare, self.last_written = [], None
 
     def submit(self, path, state, metadata, **kwargs):
@@ -287,14 +287,17 @@ class AsyncCheckpointWriter:
             if any(isinstance(t, torch.Tensor) and t.is_pinned() for t in _tensors(snap)): torch.cuda.synchronize()
             self._pending = dict(path=path, state=snap, metadata=dict(metadata), kwargs=kwargs)
             self._cond.notify_all()
-        if self._thread is None or not self._thread.is_alive():
-            self._thread = threading.Thread(target=self._run, daemon=True, name='fastai_bestmodel-writer')
-            self._thread.start()
+            # `_running` changes only under the lock, so a thread about to exit never leaves this job behind
+            if not self._running:
+                self._running = True
+                threading.Thread(target=self._run, daemon=True, name='fastai_bestmodel-writer').start()
 
     def _run(self):
         while True:
             with self._cond:
-                if self._pending is None: return
+                if self._pending is None:
+                    self._running = False
+                    return
                 job, self._pending, self._busy = self._pending, None, True
             try: self.last_written = save_checkpoint(job['path'], job['state'], job['metadata'], **job['kwargs'])
             except BaseException as e: self._error = e
