@@ -58,6 +58,14 @@ class Pace(Callback):
     def after_train(self): time.sleep(self.seconds)
 
 
+def _interleaved(reps, kinds, one):
+    "`{kind: [one(kind) results...]}` over `reps` rounds, alternating the order (ABBA) so a drift in speed hits all kinds alike"
+    res = {k: [] for k in kinds}
+    for r in range(reps):
+        for kind in (kinds if r % 2 == 0 else kinds[::-1]): res[kind] += one(kind)
+    return res
+
+
 def bench_blocking(reps, epochs, layers, width, pace=0.5):
     "1. Time a save blocks the loop, in a fit where every epoch improves"
     tmp = Path(tempfile.mkdtemp())
@@ -65,14 +73,13 @@ def bench_blocking(reps, epochs, layers, width, pace=0.5):
     print(f'1. blocking time per save, {n/1e6:.1f} M parameters ({n*4/1e6:.0f} MB), every epoch improving')
     meds = {}
     for label, seconds in ((f'epochs of {pace} s', pace), ('epochs back to back (a background write always in flight)', 0)):
-        res = {'plain': [], 'sync': [], 'async': []}
-        for r in range(reps):
-            for kind in res:
-                learn = _learner(tmp, epochs, True, layers, width)
-                cb = PlainSave(tmp / 'plain.pth') if kind == 'plain' else SaveModelCallback(monitor='score', fname=kind, async_save=kind == 'async')
-                _fit(learn, epochs, [_timed(cb), Pace(seconds)])
-                res[kind] += cb.blocked[1:]  # the first save of each fit allocates (async buffers, a new file)
-                del learn; gc.collect()
+        def one(kind):
+            learn = _learner(tmp, epochs, True, layers, width)
+            cb = PlainSave(tmp / 'plain.pth') if kind == 'plain' else SaveModelCallback(monitor='score', fname=kind, async_save=kind == 'async')
+            _fit(learn, epochs, [_timed(cb), Pace(seconds)])
+            del learn; gc.collect()
+            return cb.blocked[1:]  # the first save of each fit allocates (async buffers, a new file)
+        res = _interleaved(reps, ['plain', 'sync', 'async'], one)
         med = meds[label] = {k: statistics.median(v) for k, v in res.items()}
         print(f'   {label}, {len(res["plain"])} saves each: plain torch.save {med["plain"]*1000:.1f} ms; '
               f'ours sync {med["sync"]*1000:.1f} ms; ours async {med["async"]*1000:.1f} ms')
@@ -83,14 +90,13 @@ def bench_blocking(reps, epochs, layers, width, pace=0.5):
 def bench_tracking(reps, epochs):
     "2. A digits fit whose monitor stops improving after the first epoch: ours vs fastai's SaveModelCallback"
     from fastai_bestmodel.cli import digits_learner
-    res = {'fastai': [], 'ours': []}
-    for r in range(reps):
-        for kind in res:
-            learn = digits_learner(path=tempfile.mkdtemp(), metrics=ScriptedMetric([1] + [0] * (epochs - 1), 'score'))
-            cb = FastaiSaveModelCallback(monitor='score') if kind == 'fastai' else SaveModelCallback(monitor='score')
-            t0 = time.perf_counter()
-            with learn.no_bar(), learn.no_logging(), contextlib.redirect_stdout(io.StringIO()): learn.fit(epochs, 1e-2, cbs=[cb])
-            res[kind].append(time.perf_counter() - t0)
+    def one(kind):
+        learn = digits_learner(path=tempfile.mkdtemp(), metrics=ScriptedMetric([1] + [0] * (epochs - 1), 'score'))
+        cb = FastaiSaveModelCallback(monitor='score') if kind == 'fastai' else SaveModelCallback(monitor='score')
+        t0 = time.perf_counter()
+        with learn.no_bar(), learn.no_logging(), contextlib.redirect_stdout(io.StringIO()): learn.fit(epochs, 1e-2, cbs=[cb])
+        return [time.perf_counter() - t0]
+    res = _interleaved(reps, ['fastai', 'ours'], one)
     med = {k: statistics.median(v) for k, v in res.items()}
     print(f'2. tracking overhead: digits, {epochs} epochs, improving only at epoch 0, median of {reps}')
     print(f'   fastai: {med["fastai"]:.3f} s; ours: {med["ours"]:.3f} s; ratio ours / fastai: {med["ours"]/med["fastai"]:.3f} (target <= 1.02)')
@@ -102,19 +108,18 @@ def bench_digits(reps, epochs):
     import wandb
     from fastai_bestmodel.cli import digits_learner
     from fastai_bestmodel.wandb import WandbCallback
-    res = {'fastai, no W&B': [], 'ours + W&B offline': []}
-    for r in range(reps):
-        for kind in res:
-            tmp = Path(tempfile.mkdtemp())
-            learn = digits_learner(path=tmp)
-            t0 = time.perf_counter()
-            if kind.startswith('fastai'): cbs = [FastaiSaveModelCallback(monitor='accuracy')]
-            else:
-                run = wandb.init(project='fastai-bestmodel-bench', mode='offline', dir=tmp)
-                cbs = [SaveModelCallback(monitor='accuracy'), WandbCallback(log_model=True, log_preds=False)]
-            with learn.no_bar(), learn.no_logging(), contextlib.redirect_stdout(io.StringIO()): learn.fit_one_cycle(epochs, 3e-2, cbs=cbs)
-            if not kind.startswith('fastai'): run.finish()
-            res[kind].append(time.perf_counter() - t0)
+    def one(kind):
+        tmp = Path(tempfile.mkdtemp())
+        learn = digits_learner(path=tmp)
+        t0 = time.perf_counter()
+        if kind.startswith('fastai'): cbs = [FastaiSaveModelCallback(monitor='accuracy')]
+        else:
+            run = wandb.init(project='fastai-bestmodel-bench', mode='offline', dir=tmp)
+            cbs = [SaveModelCallback(monitor='accuracy'), WandbCallback(log_model=True, log_preds=False)]
+        with learn.no_bar(), learn.no_logging(), contextlib.redirect_stdout(io.StringIO()): learn.fit_one_cycle(epochs, 3e-2, cbs=cbs)
+        if not kind.startswith('fastai'): run.finish()
+        return [time.perf_counter() - t0]
+    res = _interleaved(reps, ['fastai, no W&B', 'ours + W&B offline'], one)
     med = {k: statistics.median(v) for k, v in res.items()}
     a, b = med['fastai, no W&B'], med['ours + W&B offline']
     print(f'3. digits, {epochs} epochs, median of {reps} (ours includes wandb.init and finish)')

@@ -25,6 +25,7 @@ def _chunks(data:bytes):
         if left < _HEADER: pos += left; continue  # the rest of a block too short for a header is padding
         crc, length, kind = struct.unpack('<IHB', data[pos:pos+_HEADER])
         if length == 0 and kind == 0: pos += left; continue
+        if pos + _HEADER + length > len(data): return  # a record wandb is still writing
         payload = data[pos+_HEADER:pos+_HEADER+length]
         pos += _HEADER + length
         if kind in (1, 2): parts = [payload]
@@ -57,9 +58,14 @@ def read_offline_run(run_dir, # a `wandb/offline-run-*` folder, or the `run-*.wa
     run_dir = Path(run_dir)
     logs = [run_dir] if run_dir.is_file() else sorted(run_dir.glob('run-*.wandb'))
     if not logs: raise FileNotFoundError(f'No run-*.wandb file in {run_dir}: is it a wandb/offline-run-* folder?')
+    from google.protobuf.message import DecodeError
     deadline = time.monotonic() + wait
     while True:
-        records = wandb_records(logs[0])
+        # wandb writes the log from its own process, and may still be writing after `finish()` returns
+        try: records = wandb_records(logs[0])
+        except DecodeError:
+            if time.monotonic() > deadline: raise
+            records = []
         if any(r.WhichOneof('record_type') == 'exit' for r in records) or time.monotonic() > deadline: break
         time.sleep(0.1)
     res = OfflineRun(path=logs[0])
