@@ -141,8 +141,9 @@ def after_fit(self:SaveModelCallback, **kwargs):
     self.wait()
     if self.at_end or self.every_epoch: return
     if self.last_saved_path is None:
-        warnings.warn(f"SaveModelCallback saved no model in this fit: {self.monitor!r} had no finite value "
-                      f"(NaN or infinite at epochs {self._nonfinite}). Check the learning rate and the data; nothing was loaded.")
+        why = (f"{self.monitor!r} had no finite value (NaN or infinite at epochs {self._nonfinite}). Check the learning rate and the data"
+               if self._nonfinite else "no epoch finished")
+        warnings.warn(f"SaveModelCallback saved no model in this fit: {why}; nothing was loaded.")
         return
     distrib_barrier()  # rank 0 has written before any process reads
     if self.load_best: load_best_model(self.learn, self.last_saved_path, with_opt=self.with_opt)
