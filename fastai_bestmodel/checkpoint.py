@@ -114,7 +114,8 @@ def _replace(src, dst, background_unlink=True, durable=True):
         except OSError: aside = None  # no hard links on this file system: free inline
     os.replace(src, dst)
     if durable: _fsync_dir(dst.parent)
-    if aside is not None: threading.Thread(target=_unlink, args=(aside,), daemon=True).start()
+    # Not a daemon: Python waits for it at exit, so a save just before the process ends leaves no `.old` behind
+    if aside is not None: threading.Thread(target=_unlink, args=(aside,), name='fastai_bestmodel-unlink').start()
 
 # %% ../nbs/00_checkpoint.ipynb #c015
 def atomic_write_bytes(path, data:bytes):

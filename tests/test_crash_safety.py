@@ -44,6 +44,8 @@ def test_sigkill_during_saves_leaves_a_loadable_checkpoint(tmp_path, mode):
     assert during_save >= KILLS // 2, f'only {during_save} of {KILLS} kills landed during a save: the test proves little'
     # The next save completes or discards what the killed one left, and leaves only the two files
     save_checkpoint(models / 'model.pth', {'w': torch.ones(3)}, {'epoch': 0})
+    deadline = time.monotonic() + 10  # the replaced file is unlinked by a background thread
+    while len(list(models.iterdir())) > 2 and time.monotonic() < deadline: time.sleep(0.01)
     assert sorted(p.name for p in models.iterdir()) == ['model.json', 'model.pth']
 
 
@@ -128,3 +130,15 @@ def test_a_crafted_pickle_does_not_run(tmp_path):
     # The same file loaded without the safeguard would have run the command: the test can fail
     torch.load(tmp_path / 'model.pth', weights_only=False)
     assert marker.exists()
+
+
+def test_a_process_that_exits_right_after_a_save_leaves_no_old_copy(tmp_path):
+    "The replaced file is freed in a background thread; the process waits for it at exit, so no stale copy stays"
+    code = f"""
+import torch
+from fastai_bestmodel.checkpoint import save_checkpoint
+for i in range(3): save_checkpoint({str(tmp_path / 'm.pth')!r}, {{'w': torch.full((5_000_000,), float(i))}}, {{'epoch': i}})
+"""
+    subprocess.run([sys.executable, '-c', code], check=True, env=python_env())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['m.json', 'm.pth']
+    assert load_checkpoint(tmp_path / 'm.pth')[1]['metadata'] == {'epoch': 2}
