@@ -33,11 +33,11 @@ class CheckpointWriteError(CheckpointError, OSError):
     "A checkpoint that could not be written; the previous one is left intact"
 
 # %% ../nbs/00_checkpoint.ipynb #c011
-def _write_error(path, e, previous):
+def _write_error(path, e):
     why = os.strerror(e.errno) if getattr(e, 'errno', None) else str(e)
     code = errno.errorcode.get(getattr(e, 'errno', None) or 0, '')
-    try: kept = f'The previous checkpoint {previous} is intact.' if previous.exists() else 'No previous checkpoint was there.'
-    except OSError: kept = f'Any previous checkpoint {previous} is untouched.'
+    try: kept = f'The previous checkpoint {path} is intact.' if path.exists() else 'No previous checkpoint was there.'
+    except OSError: kept = f'Any previous checkpoint {path} is untouched.'
     return CheckpointWriteError(getattr(e, 'errno', None) or 0,
         f"Could not write checkpoint {path}: {why}{f' ({code})' if code else ''}. {kept} "
         f"Free some space or choose a writable folder (`Learner.path`/`model_dir`) and train again.")
@@ -186,7 +186,7 @@ def save_checkpoint(path, # where the weights go: a `.pth` file; the `.json` goe
         except BaseException: _unlink(tmp); raise
         try: atomic_write_bytes(json_path(path), json.dumps(desc, indent=1).encode())
         except BaseException: _unlink(pending); raise
-    except OSError as e: raise _write_error(path, e, path) from e
+    except OSError as e: raise _write_error(path, e) from e
     # The `.json` is committed, and the folder's fsync that made it durable made `pending`'s name durable too. From
     # here a crash leaves `pending`, which loading and the next save complete, so this move needs no fsync of its own.
     _replace(pending, path, background_unlink=background_unlink, durable=False)
@@ -210,28 +210,34 @@ def read_checkpoint(path)->dict:
     return desc
 
 # %% ../nbs/00_checkpoint.ipynb #c031
-def checkpoint_weights(path)->Path:
-    "The weights file that `path`'s `.json` describes, its digest checked"
+def _verified(path)->tuple:
+    "The weights file that `path`'s `.json` describes, its digest checked, and that description"
     path = _as_pth(path)
     desc = read_checkpoint(path)
-    want = desc['digest']
+    want, got = desc['digest'], 'no file'
     for p in (path, _pending(path, want)):
-        if p.exists() and file_digest(p) == want: return p
-    got = file_digest(path) if path.exists() else 'no file'
+        if not p.exists(): continue
+        digest = file_digest(p)
+        if digest == want: return p, desc
+        if p == path: got = digest
     raise CheckpointError(f"{path} does not match {json_path(path)}: the .json records {want}, the weights file has {got}. "
                           f"The weights were changed or damaged after they were saved; do not use them. "
                           f"Train again, or load an older copy of this checkpoint.")
 
+def checkpoint_weights(path)->Path:
+    "The weights file that `path`'s `.json` describes, its digest checked"
+    return _verified(path)[0]
+
 # %% ../nbs/00_checkpoint.ipynb #c035
 def load_checkpoint(path, device='cpu')->tuple:
     "The state and the description of the checkpoint at `path`, its digest checked, loaded with `weights_only=True`"
-    weights = checkpoint_weights(path)
+    weights, desc = _verified(path)
     # mmap: the tensors are read from the page cache as `load_state_dict` copies them, not into a second copy first
     try: state = torch.load(weights, map_location=device, weights_only=True, mmap=True)
     except Exception as e:
         raise CheckpointError(f'{weights} holds more than tensors and plain containers, and loading it could run code, '
                               f'so it was refused ({type(e).__name__}: {str(e).splitlines()[0][:200]}).') from e
-    return state, read_checkpoint(path)
+    return state, desc
 
 # %% ../nbs/00_checkpoint.ipynb #c041
 def load_best_model(learn, # the `Learner` to load into
