@@ -68,10 +68,15 @@ _sync_file_range, _SYNC_FILE_RANGE_WRITE = _libc_sync_file_range(), 2
 
 class _DigestingFile:
     "A file opened for writing that digests the bytes written to it, and starts writing them to disk as they come"
-    def __init__(self, f, chunk=8<<20): self.f, self.h, self.chunk, self.written, self.flushed = f, xxhash.xxh3_128(), chunk, 0, 0
+    def __init__(self, f, chunk=8<<20, gate=None):
+        self.f, self.h, self.chunk, self.written, self.flushed, self.gate = f, xxhash.xxh3_128(), chunk, 0, 0, gate
+        self.before_first_write = None
     def write(self, b):
+        if self.before_first_write is not None: self.before_first_write()
         b = memoryview(b).cast('B')
         for i in range(0, len(b), self.chunk):
+            # A background save steps aside, between chunks, while the training loop copies a snapshot
+            if self.gate is not None: self.gate.wait()
             part = b[i:i+self.chunk]
             self.h.update(part)
             self.f.write(part)
@@ -88,12 +93,32 @@ class _DigestingFile:
     @property
     def digest(self): return f'xxh3_128:{self.h.hexdigest()}'
 
-def _write_tmp(folder, name, write)->tuple:
+_crc_lock = threading.Lock()
+
+def _torch_save(obj, f:_DigestingFile):
+    "`torch.save(obj, f)` without the CRC32 that torch computes for each record of its zip file"
+    from torch import serialization as ts
+    if not hasattr(ts, 'set_crc32_options'): return torch.save(obj, f)  # an older torch: CRCs and all
+    # The option is global. torch reads it once, when it opens its zip writer, before it writes any byte: it is
+    # set back at the first write, so another thread's `torch.save` sees it changed only during that moment.
+    _crc_lock.acquire()
+    before = ts.get_crc32_options()
+    def restore():
+        ts.set_crc32_options(before)
+        _crc_lock.release()
+        f.before_first_write = None
+    ts.set_crc32_options(False)
+    f.before_first_write = restore
+    try: torch.save(obj, f)
+    finally:
+        if f.before_first_write is not None: restore()  # torch failed before writing anything
+
+def _write_tmp(folder, name, write, gate=None)->tuple:
     "Call `write(f)` on a new temporary file `f` in `folder`, fsync it, and return its path and digest"
     fd, tmp = tempfile.mkstemp(prefix=f'.{name}.', suffix='.tmp', dir=folder)
     try:
         with os.fdopen(fd, 'wb') as f:
-            out = _DigestingFile(f)
+            out = _DigestingFile(f, gate=gate)
             try: write(out)
             except RuntimeError as e:
                 # torch.save reports a failed write (a full disk) as a RuntimeError; the OSError behind it says why
@@ -168,13 +193,14 @@ def save_checkpoint(path, # where the weights go: a `.pth` file; the `.json` goe
                     monitor:str=None, # the value that chose this checkpoint
                     comp:str=None, # `'less'` or `'greater'`: how `monitor` was compared
                     background_unlink:bool=True, # free the replaced file's blocks in a thread
+                    gate:threading.Event=None, # while this is clear, the write pauses (between 8 MB chunks)
                    )->dict:
     "Write `state` to `path` and its description to `path.with_suffix('.json')`, atomically, and return that description"
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         _finish_interrupted(path)
-        tmp, digest = _write_tmp(path.parent, path.name, lambda f: torch.save(plain_state(state), f))
+        tmp, digest = _write_tmp(path.parent, path.name, lambda f: _torch_save(plain_state(state), f), gate=gate)
         try:
             desc = dict(format=_FORMAT, weights=path.name, digest=digest, bytes=tmp.stat().st_size,
                         with_opt=isinstance(state, dict) and set(state)=={'model','opt'},
@@ -192,7 +218,7 @@ def save_checkpoint(path, # where the weights go: a `.pth` file; the `.json` goe
     _replace(pending, path, background_unlink=background_unlink, durable=False)
     return desc
 
-# %% ../nbs/00_checkpoint.ipynb #c030
+# %% ../nbs/00_checkpoint.ipynb #c032
 def _read_json(p):
     try: return json.loads(Path(p).read_text())
     except json.JSONDecodeError as e: raise CheckpointError(f'{p} is not valid JSON ({e}); it was not written by fastai_bestmodel.') from e
@@ -209,7 +235,7 @@ def read_checkpoint(path)->dict:
     if desc.get('format') != _FORMAT: raise CheckpointError(f'{jp} is not a fastai_bestmodel checkpoint description (format {desc.get("format")!r}, expected {_FORMAT!r}).')
     return desc
 
-# %% ../nbs/00_checkpoint.ipynb #c031
+# %% ../nbs/00_checkpoint.ipynb #c033
 def _verified(path)->tuple:
     "The weights file that `path`'s `.json` describes, its digest checked, and that description"
     path = _as_pth(path)
@@ -228,7 +254,7 @@ def checkpoint_weights(path)->Path:
     "The weights file that `path`'s `.json` describes, its digest checked"
     return _verified(path)[0]
 
-# %% ../nbs/00_checkpoint.ipynb #c035
+# %% ../nbs/00_checkpoint.ipynb #c037
 def load_checkpoint(path, device='cpu')->tuple:
     "The state and the description of the checkpoint at `path`, its digest checked, loaded with `weights_only=True`"
     weights, desc = _verified(path)
@@ -239,7 +265,7 @@ def load_checkpoint(path, device='cpu')->tuple:
                               f'so it was refused ({type(e).__name__}: {str(e).splitlines()[0][:200]}).') from e
     return state, desc
 
-# %% ../nbs/00_checkpoint.ipynb #c041
+# %% ../nbs/00_checkpoint.ipynb #c043
 def load_best_model(learn, # the `Learner` to load into
                     path=None, # a checkpoint's `.pth` or `.json`, or a name in `learn.path/learn.model_dir`; default: the learner's `SaveModelCallback`'s
                     with_opt:bool=None, # also load the optimizer state; default: if the checkpoint has one
@@ -262,7 +288,7 @@ def load_best_model(learn, # the `Learner` to load into
         learn.opt.load_state_dict({**state['opt'], 'hypers': L(state['opt']['hypers'])})
     return desc
 
-# %% ../nbs/00_checkpoint.ipynb #c044
+# %% ../nbs/00_checkpoint.ipynb #c046
 def _snapshot(o, into=None):
     "Copy the tensors of `o` into the tensors of `into` where shapes match, else into new CPU tensors"
     if isinstance(o, torch.Tensor):
@@ -278,20 +304,26 @@ def _snapshot(o, into=None):
         return tuple(res) if isinstance(o, tuple) else res
     return o
 
-# %% ../nbs/00_checkpoint.ipynb #c045
+# %% ../nbs/00_checkpoint.ipynb #c047
 class AsyncCheckpointWriter:
     "Save checkpoints from a background thread; the caller only pays for a copy into reused buffers"
     def __init__(self):
         self._cond, self._pending, self._busy, self._error, self._running = threading.Condition(), None, False, None, False
         self._spare, self.last_written = [], None
+        self._gate = threading.Event()  # cleared while the caller copies a snapshot: the writer pauses meanwhile
+        self._gate.set()
 
     def submit(self, path, state, metadata, **kwargs):
         "Snapshot `state` and queue it for `save_checkpoint(path, ..., metadata, **kwargs)`, replacing any save not yet started"
         self.raise_error()
         with self._cond:
             reuse = self._pending['state'] if self._pending else (self._spare.pop() if self._spare else None)
-            snap = _snapshot(state, reuse)
-            if any(isinstance(t, torch.Tensor) and t.is_pinned() for t in _tensors(snap)): torch.cuda.synchronize()
+            # The copy is all the loop waits for; a write running beside it would take half the CPU and memory bandwidth
+            self._gate.clear()
+            try:
+                snap = _snapshot(state, reuse)
+                if any(isinstance(t, torch.Tensor) and t.is_pinned() for t in _tensors(snap)): torch.cuda.synchronize()
+            finally: self._gate.set()
             self._pending = dict(path=path, state=snap, metadata=dict(metadata), kwargs=kwargs)
             self._cond.notify_all()
             # `_running` changes only under the lock, so a thread about to exit never leaves this job behind
@@ -306,7 +338,7 @@ class AsyncCheckpointWriter:
                     self._running = False
                     return
                 job, self._pending, self._busy = self._pending, None, True
-            try: self.last_written = save_checkpoint(job['path'], job['state'], job['metadata'], **job['kwargs'])
+            try: self.last_written = save_checkpoint(job['path'], job['state'], job['metadata'], gate=self._gate, **job['kwargs'])
             except BaseException as e: self._error = e
             finally:
                 with self._cond:
