@@ -338,7 +338,7 @@ class AsyncCheckpointWriter:
                     self._running = False
                     return
                 job, self._pending, self._busy = self._pending, None, True
-            try: self.last_written = save_checkpoint(job['path'], job['state'], job['metadata'], gate=self._gate, **job['kwargs'])
+            try: self.last_written = save_checkpoint(job['path'], job['state'], job['metadata'], gate=self._gate, background_unlink=False, **job['kwargs'])
             except BaseException as e: self._error = e
             finally:
                 with self._cond:
