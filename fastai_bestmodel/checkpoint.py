@@ -218,7 +218,7 @@ def save_checkpoint(path, # where the weights go: a `.pth` file; the `.json` goe
     _replace(pending, path, background_unlink=background_unlink, durable=False)
     return desc
 
-# %% ../nbs/00_checkpoint.ipynb #c032
+# %% ../nbs/00_checkpoint.ipynb #c034
 def _read_json(p):
     try: return json.loads(Path(p).read_text())
     except json.JSONDecodeError as e: raise CheckpointError(f'{p} is not valid JSON ({e}); it was not written by fastai_bestmodel.') from e
@@ -235,7 +235,7 @@ def read_checkpoint(path)->dict:
     if desc.get('format') != _FORMAT: raise CheckpointError(f'{jp} is not a fastai_bestmodel checkpoint description (format {desc.get("format")!r}, expected {_FORMAT!r}).')
     return desc
 
-# %% ../nbs/00_checkpoint.ipynb #c033
+# %% ../nbs/00_checkpoint.ipynb #c035
 def _verified(path)->tuple:
     "The weights file that `path`'s `.json` describes, its digest checked, and that description"
     path = _as_pth(path)
@@ -254,7 +254,7 @@ def checkpoint_weights(path)->Path:
     "The weights file that `path`'s `.json` describes, its digest checked"
     return _verified(path)[0]
 
-# %% ../nbs/00_checkpoint.ipynb #c037
+# %% ../nbs/00_checkpoint.ipynb #c039
 def load_checkpoint(path, device='cpu')->tuple:
     "The state and the description of the checkpoint at `path`, its digest checked, loaded with `weights_only=True`"
     weights, desc = _verified(path)
@@ -265,7 +265,7 @@ def load_checkpoint(path, device='cpu')->tuple:
                               f'so it was refused ({type(e).__name__}: {str(e).splitlines()[0][:200]}).') from e
     return state, desc
 
-# %% ../nbs/00_checkpoint.ipynb #c043
+# %% ../nbs/00_checkpoint.ipynb #c045
 def load_best_model(learn, # the `Learner` to load into
                     path=None, # a checkpoint's `.pth` or `.json`, or a name in `learn.path/learn.model_dir`; default: the learner's `SaveModelCallback`'s
                     with_opt:bool=None, # also load the optimizer state; default: if the checkpoint has one
@@ -288,7 +288,7 @@ def load_best_model(learn, # the `Learner` to load into
         learn.opt.load_state_dict({**state['opt'], 'hypers': L(state['opt']['hypers'])})
     return desc
 
-# %% ../nbs/00_checkpoint.ipynb #c046
+# %% ../nbs/00_checkpoint.ipynb #c048
 def _snapshot(o, into=None):
     "Copy the tensors of `o` into the tensors of `into` where shapes match, else into new CPU tensors"
     if isinstance(o, torch.Tensor):
@@ -304,7 +304,7 @@ def _snapshot(o, into=None):
         return tuple(res) if isinstance(o, tuple) else res
     return o
 
-# %% ../nbs/00_checkpoint.ipynb #c047
+# %% ../nbs/00_checkpoint.ipynb #c049
 class AsyncCheckpointWriter:
     "Save checkpoints from a background thread; the caller only pays for a copy into reused buffers"
     def __init__(self):
