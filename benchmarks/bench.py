@@ -186,10 +186,10 @@ def bench_memory(layers, width):
     print(f'4. peak resident memory, model state {size:.0f} MiB, 5 epochs of 0.3 s each improving, median of 3 processes:')
     print(f'   saves only (load_best=False): sync peak {sp:.0f} MiB ({sp-sb:+.0f} MiB over the {sb:.0f} MiB before the fit); '
           f'async peak {ap:.0f} MiB ({ap-ab:+.0f} MiB over {ab:.0f} MiB); ratio of peaks async / sync: {ap/sp:.2f}')
-    print(f'   the async snapshot buffers, allocated once and reused, hold one copy of the state ({size:.0f} MiB), '
-          f'two while a save waits for one still being written (here: the first write of a new file outlasts an epoch)')
+    print(f'   async peak - sync peak = {(ap-sp)/size:.1f} times the state: snapshot buffers allocated once and reused, one copy of '
+          f'the state ({size:.0f} MiB), a second while a save waits for one still being written')
     print(f'   loading the best at the end (load_best=True, sync): peak {lp:.0f} MiB ({lp-lb:+.0f} MiB): the checkpoint, '
-          f'memory-mapped while load_state_dict copies it, counts as resident (file pages, released after)')
+          f'memory-mapped while load_state_dict copies it, counts as resident')
     return peak
 
 
