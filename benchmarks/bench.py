@@ -41,12 +41,16 @@ class BareCopy(Callback):
         for k, v in sd.items(): self.bufs[k].copy_(v)
 
 
-def _timed(cb):
-    "Record the seconds `cb.after_epoch` blocks the loop, each epoch"
-    orig, cb.blocked = cb.after_epoch, []
-    def after_epoch():
-        t0 = time.perf_counter(); orig(); cb.blocked.append(time.perf_counter() - t0)
-    cb.after_epoch = after_epoch
+def _time_events(cb, events=('before_fit', 'after_epoch', 'after_fit')):
+    "Record the seconds each call of `cb`'s `events` takes, in `cb.spent[event]`"
+    cb.spent = {name: [] for name in events}
+    for name in events:
+        orig = getattr(cb, name)
+        def timed(*args, _orig=orig, _name=name, **kwargs):
+            t0 = time.perf_counter()
+            try: return _orig(*args, **kwargs)
+            finally: cb.spent[_name].append(time.perf_counter() - t0)
+        setattr(cb, name, timed)
     return cb
 
 
@@ -86,9 +90,9 @@ def bench_blocking(reps, epochs, layers, width, pace=0.5):
             learn = _learner(tmp, epochs, True, layers, width)
             cb = (PlainSave(tmp / 'plain.pth') if kind == 'plain' else BareCopy() if kind == 'copy' else
                   SaveModelCallback(monitor='score', fname=kind, async_save=kind == 'async'))
-            _fit(learn, epochs, [_timed(cb), Pace(seconds)])
+            _fit(learn, epochs, [_time_events(cb, ['after_epoch']), Pace(seconds)])
             del learn; gc.collect()
-            return cb.blocked[1:]  # the first save of each fit allocates (async buffers, a new file)
+            return cb.spent['after_epoch'][1:]  # the first save of each fit allocates (async buffers, a new file)
         res = _interleaved(reps, ['plain', 'sync', 'async', 'copy'], one)
         med = meds[label] = {k: statistics.median(v) for k, v in res.items()}
         print(f'   {label}, {len(res["plain"])} saves each: plain torch.save {med["plain"]*1000:.1f} ms; '
@@ -99,19 +103,6 @@ def bench_blocking(reps, epochs, layers, width, pace=0.5):
     return meds
 
 
-def _time_events(cb, events=('before_fit', 'after_epoch', 'after_fit')):
-    "Add up the seconds spent in `cb`'s `events`, in `cb.spent`"
-    cb.spent = 0.
-    for name in events:
-        orig = getattr(cb, name)
-        def timed(*args, _orig=orig, **kwargs):
-            t0 = time.perf_counter()
-            try: return _orig(*args, **kwargs)
-            finally: cb.spent += time.perf_counter() - t0
-        setattr(cb, name, timed)
-    return cb
-
-
 def bench_tracking(reps, epochs):
     "2. A digits fit whose monitor stops improving after the first epoch: ours vs fastai's SaveModelCallback"
     from fastai_bestmodel.cli import digits_learner
@@ -120,7 +111,7 @@ def bench_tracking(reps, epochs):
         cb = _time_events(FastaiSaveModelCallback(monitor='score') if kind == 'fastai' else SaveModelCallback(monitor='score'))
         t0 = time.perf_counter()
         with learn.no_bar(), learn.no_logging(), contextlib.redirect_stdout(io.StringIO()): learn.fit(epochs, 1e-2, cbs=[cb])
-        return [(time.perf_counter() - t0, cb.spent)]
+        return [(time.perf_counter() - t0, sum(map(sum, cb.spent.values())))]
     res = _interleaved(reps, ['fastai', 'ours'], one)
     fit = {k: statistics.median(t for t, _ in v) for k, v in res.items()}
     spent = {k: statistics.median(c for _, c in v) for k, v in res.items()}
