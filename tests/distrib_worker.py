@@ -4,11 +4,10 @@ from pathlib import Path
 import torch
 from fastai.distributed import DistributedDL
 from fastai.test_utils import synth_learner
-from fastai.callback.core import Callback
-from fastai.torch_core import get_model
 import fastai_bestmodel.tracker as tracker
 from fastai_bestmodel.tracker import SaveModelCallback, ScriptedMetric
 from fastai_bestmodel.wandb import WandbCallback
+from conftest import KeepWeights  # this file's folder is on sys.path: torchrun runs it as a script
 
 # fastai's DistributedDL._broadcast moves the tensor it broadcasts to CUDA, as NCCL needs; there is no GPU here and gloo
 # broadcasts CPU tensors, so this one method is replaced by the same broadcast on the CPU.
@@ -25,11 +24,6 @@ def _recording_save(*args, **kwargs):
     with open(out / f'writes-{rank}.txt', 'a') as f: f.write(f'{args[0]}\n')
     return _real_save(*args, **kwargs)
 tracker.save_checkpoint = _recording_save
-
-class KeepWeights(Callback):
-    order = 70
-    def before_fit(self): self.weights = []
-    def after_epoch(self): self.weights.append({k: v.detach().clone() for k, v in get_model(self.learn.model).state_dict().items()})
 
 # Each process sees a different score, as each computes metrics on its own shard: rank 0's best epoch is 1, rank 1's is 0
 scores = [0.2, 0.9, 0.5] if rank == 0 else [0.95, 0.1, 0.5]
