@@ -6,16 +6,16 @@ Docs: https://github.com/fastai-bestmodel/fastai_bestmodel/checkpoint.html.md"""
 
 # %% ../nbs/00_checkpoint.ipynb #c003
 from __future__ import annotations
-import os, json, time, errno, threading, tempfile, datetime
+import os, json, math, time, errno, zipfile, threading, tempfile, datetime
 from pathlib import Path
-import numpy as np, torch, xxhash
-from fastcore.basics import ifnone
+import numpy as np, xxhash
+from fastcore.basics import ifnone, patch
 from fastcore.foundation import L
 
 # %% auto #0
-__all__ = ['file_digest', 'CheckpointError', 'CheckpointWriteError', 'atomic_write_bytes', 'plain_state', 'json_path',
-           'save_checkpoint', 'read_checkpoint', 'checkpoint_weights', 'load_checkpoint', 'load_best_model',
-           'AsyncCheckpointWriter']
+__all__ = ['file_digest', 'CheckpointError', 'CheckpointWriteError', 'atomic_write_bytes', 'plain_state', 'json_safe',
+           'json_path', 'save_checkpoint', 'read_checkpoint', 'verify_checkpoint', 'checkpoint_weights',
+           'load_checkpoint', 'load_best_model', 'AsyncCheckpointWriter']
 
 # %% ../nbs/00_checkpoint.ipynb #c006
 def file_digest(path, chunk_size:int=1<<23)->str:
@@ -53,6 +53,19 @@ def _fsync_dir(folder):
 def _unlink(p):
     try: os.unlink(p)
     except FileNotFoundError: pass
+
+_umask_lock = threading.Lock()
+
+def _umask()->int:
+    "The process's umask, read without changing it where the system allows"
+    try:
+        with open('/proc/self/status') as f:
+            for line in f:
+                if line.startswith('Umask:'): return int(line.split()[1], 8)
+    except (OSError, ValueError): pass
+    with _umask_lock:  # elsewhere the only way to read it is to set it
+        m = os.umask(0o022); os.umask(m)
+    return m
 
 # %% ../nbs/00_checkpoint.ipynb #c014
 def _libc_sync_file_range():
@@ -97,6 +110,7 @@ _crc_lock = threading.Lock()
 
 def _torch_save(obj, f:_DigestingFile):
     "`torch.save(obj, f)` without the CRC32 that torch computes for each record of its zip file"
+    import torch
     from torch import serialization as ts
     if not hasattr(ts, 'set_crc32_options'): return torch.save(obj, f)  # an older torch: CRCs and all
     # The option is global. torch reads it once, when it opens its zip writer, before it writes any byte: it is
@@ -116,6 +130,7 @@ def _torch_save(obj, f:_DigestingFile):
 def _write_tmp(folder, name, write, gate=None)->tuple:
     "Call `write(f)` on a new temporary file `f` in `folder`, fsync it, and return its path and digest"
     fd, tmp = tempfile.mkstemp(prefix=f'.{name}.', suffix='.tmp', dir=folder)
+    os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes the file private (0600); `open` and `torch.save` honour the umask
     try:
         with os.fdopen(fd, 'wb') as f:
             out = _DigestingFile(f, gate=gate)
@@ -157,12 +172,21 @@ def _dict_like(o, items):
 
 def plain_state(o):
     "`o` with every `L` made a `list` and every numpy scalar a Python number, so `torch.load(weights_only=True)` reads it"
+    import torch
     if isinstance(o, torch.Tensor): return o
     if isinstance(o, dict): return _dict_like(o, ((k, plain_state(v)) for k,v in o.items()))
     if isinstance(o, (L, list)): return [plain_state(v) for v in o]
     if isinstance(o, tuple): return tuple(plain_state(v) for v in o)
     if isinstance(o, np.generic): return o.item()
     if isinstance(o, np.ndarray): return torch.from_numpy(o)
+    return o
+
+# %% ../nbs/00_checkpoint.ipynb #c022a
+def json_safe(o):
+    "`o` with each NaN or infinite float replaced by `'NaN'`, `'Infinity'` or `'-Infinity'`, so strict JSON takes it"
+    if isinstance(o, float) and not math.isfinite(o): return 'NaN' if math.isnan(o) else ('Infinity' if o > 0 else '-Infinity')
+    if isinstance(o, dict): return {k: json_safe(v) for k,v in o.items()}
+    if isinstance(o, (list, tuple)): return [json_safe(v) for v in o]
     return o
 
 # %% ../nbs/00_checkpoint.ipynb #c023
@@ -176,12 +200,28 @@ def _pending(path, digest)->Path:
     path = Path(path)
     return path.with_name(f'.{path.name}.{digest.split(":")[-1]}.pending')
 
-def _finish_interrupted(path):
-    "Complete a save that committed its `.json` but not its weights; remove what uncommitted saves left"
+class _FolderLock:
+    "An exclusive `flock` on a folder, held while a save writes in it; `locked` is False where the system has none"
+    def __init__(self, folder): self.folder, self.fd, self.locked = folder, None, False
+    def __enter__(self):
+        try:
+            import fcntl
+            self.fd = os.open(self.folder, os.O_RDONLY)
+            fcntl.flock(self.fd, fcntl.LOCK_EX)
+            self.locked = True
+        except (ImportError, OSError): pass  # no flock here (Windows, some network file systems)
+        return self
+    def __exit__(self, *exc):
+        if self.fd is not None: os.close(self.fd)  # closing releases the lock
+
+# %% ../nbs/00_checkpoint.ipynb #c023b
+def _finish_interrupted(path, abandoned:bool=True):
+    "Complete a save that committed its `.json` but not its weights; if `abandoned`, remove what uncommitted saves left"
     path = Path(path)
     meta = _read_json(json_path(path)) if json_path(path).exists() else None
-    committed = _pending(path, meta['digest']) if meta else None
+    committed = _pending(path, meta['digest']) if isinstance(meta, dict) and 'digest' in meta else None
     if committed is not None and committed.exists(): _replace(committed, path, background_unlink=False)
+    if not abandoned: return
     for p in path.parent.glob(f'.{path.name}.*'):
         if p.suffix in ('.pending', '.tmp', '.old'): _unlink(p)
     for p in path.parent.glob(f'.{json_path(path).name}.*.tmp'): _unlink(p)
@@ -196,68 +236,95 @@ def save_checkpoint(path, # where the weights go: a `.pth` file; the `.json` goe
                     gate:threading.Event=None, # while this is clear, the write pauses (between 8 MB chunks)
                    )->dict:
     "Write `state` to `path` and its description to `path.with_suffix('.json')`, atomically, and return that description"
+    import torch
     path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        _finish_interrupted(path)
-        tmp, digest = _write_tmp(path.parent, path.name, lambda f: _torch_save(plain_state(state), f), gate=gate)
-        try:
-            desc = dict(format=_FORMAT, weights=path.name, digest=digest, bytes=tmp.stat().st_size,
-                        with_opt=isinstance(state, dict) and set(state)=={'model','opt'},
-                        monitor=monitor, comp=comp, metadata=dict(metadata),
-                        saved_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
-                        torch_version=torch.__version__)
-            pending = _pending(path, digest)
-            os.replace(tmp, pending)
-        except BaseException: _unlink(tmp); raise
-        try: atomic_write_bytes(json_path(path), json.dumps(desc, indent=1).encode())
-        except BaseException: _unlink(pending); raise
+    try: path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e: raise _write_error(path, e) from e
-    # The `.json` is committed, and the folder's fsync that made it durable made `pending`'s name durable too. From
-    # here a crash leaves `pending`, which loading and the next save complete, so this move needs no fsync of its own.
-    _replace(pending, path, background_unlink=background_unlink, durable=False)
+    with _FolderLock(path.parent) as lock:
+        try:
+            # Under the lock no other save runs here, so what a save left is abandoned; without a lock, keep it
+            _finish_interrupted(path, abandoned=lock.locked)
+            tmp, digest = _write_tmp(path.parent, path.name, lambda f: _torch_save(plain_state(state), f), gate=gate)
+            try:
+                desc = dict(format=_FORMAT, weights=path.name, digest=digest, bytes=tmp.stat().st_size,
+                            with_opt=isinstance(state, dict) and set(state)=={'model','opt'},
+                            monitor=monitor, comp=comp, metadata=json_safe(dict(metadata)),
+                            saved_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
+                            torch_version=torch.__version__)
+                pending = _pending(path, digest)
+                os.replace(tmp, pending)
+            except BaseException: _unlink(tmp); raise
+            try: atomic_write_bytes(json_path(path), json.dumps(desc, indent=1, allow_nan=False).encode())
+            except BaseException: _unlink(pending); raise
+        except OSError as e: raise _write_error(path, e) from e
+        # The `.json` is committed, and the folder's fsync that made it durable made `pending`'s name durable too.
+        # From here a crash leaves `pending`, which loading and the next save complete: this move needs no fsync.
+        _replace(pending, path, background_unlink=background_unlink, durable=False)
     return desc
 
 # %% ../nbs/00_checkpoint.ipynb #c034
 def _read_json(p):
     try: return json.loads(Path(p).read_text())
-    except json.JSONDecodeError as e: raise CheckpointError(f'{p} is not valid JSON ({e}); it was not written by fastai_bestmodel.') from e
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f'{p} is not valid JSON ({e}); it was not written by fastai_bestmodel.') from e
+    except OSError as e: raise CheckpointError(f'{p} cannot be read: {os.strerror(e.errno) if e.errno else e}.') from e
 
 def _as_pth(path)->Path:
     path = Path(path)
     return path if path.suffix == '.pth' else path.with_name(path.name.removesuffix('.json') + '.pth')
 
+_REQUIRED = {'digest': str, 'weights': str, 'metadata': dict}
+
 def read_checkpoint(path)->dict:
     "The description (`.json`) of the checkpoint at `path` (its `.pth`, its `.json`, or its name without suffix)"
     jp = json_path(_as_pth(path))
-    if not jp.exists(): raise CheckpointError(f'No checkpoint description at {jp}: was it saved by fastai_bestmodel.SaveModelCallback?')
+    if not jp.is_file(): raise CheckpointError(f'No checkpoint description at {jp}: was it saved by fastai_bestmodel.SaveModelCallback?')
     desc = _read_json(jp)
-    if desc.get('format') != _FORMAT: raise CheckpointError(f'{jp} is not a fastai_bestmodel checkpoint description (format {desc.get("format")!r}, expected {_FORMAT!r}).')
+    fmt = desc.get('format') if isinstance(desc, dict) else None
+    if fmt != _FORMAT: raise CheckpointError(f'{jp} is not a fastai_bestmodel checkpoint description '
+                                             f'({f"format {fmt!r}" if isinstance(desc, dict) else f"it holds a {type(desc).__name__}, not an object"}; expected format {_FORMAT!r}).')
+    bad = [k for k,t in _REQUIRED.items() if not isinstance(desc.get(k), t)]
+    if bad: raise CheckpointError(f'{jp} is damaged: it has no valid {", ".join(map(repr, bad))}, which every checkpoint description records.')
     return desc
 
 # %% ../nbs/00_checkpoint.ipynb #c035
-def _verified(path)->tuple:
+def _written_by_torch_save(path)->bool:
+    "Whether `path` is a complete torch file with the CRC32s that our saves leave out (`torch.save`, `learn.save`)"
+    try:
+        with zipfile.ZipFile(path) as z: return any(i.CRC != 0 for i in z.infolist())
+    except (OSError, zipfile.BadZipFile): return False
+
+def _mismatch(path, want, got)->str:
+    "Why the weights at `path` do not match their `.json`, the likeliest cause first"
+    if _written_by_torch_save(path):
+        why = (f"The weights file is a complete torch file with the CRC32s our saves leave out: it was most likely "
+               f"replaced by another save after this checkpoint was written, such as fastai's `learn.save({path.stem!r})`. "
+               f"Load it with `learn.load` if that is the model you want; to keep a described checkpoint beside it, "
+               f"save to another name. If nothing else saved there, the weights were changed or damaged: do not use them.")
+    else: why = "The weights were changed or damaged after they were saved; do not use them. Train again, or load an older copy of this checkpoint."
+    return f"{path} does not match {json_path(path)}: the .json records {want}, the weights file has {got}. {why}"
+
+def verify_checkpoint(path)->tuple:
     "The weights file that `path`'s `.json` describes, its digest checked, and that description"
     path = _as_pth(path)
     desc = read_checkpoint(path)
     want, got = desc['digest'], 'no file'
     for p in (path, _pending(path, want)):
-        if not p.exists(): continue
+        if not p.is_file(): continue
         digest = file_digest(p)
         if digest == want: return p, desc
         if p == path: got = digest
-    raise CheckpointError(f"{path} does not match {json_path(path)}: the .json records {want}, the weights file has {got}. "
-                          f"The weights were changed or damaged after they were saved; do not use them. "
-                          f"Train again, or load an older copy of this checkpoint.")
+    raise CheckpointError(_mismatch(path, want, got))
 
 def checkpoint_weights(path)->Path:
     "The weights file that `path`'s `.json` describes, its digest checked"
-    return _verified(path)[0]
+    return verify_checkpoint(path)[0]
 
 # %% ../nbs/00_checkpoint.ipynb #c039
 def load_checkpoint(path, device='cpu')->tuple:
     "The state and the description of the checkpoint at `path`, its digest checked, loaded with `weights_only=True`"
-    weights, desc = _verified(path)
+    import torch
+    weights, desc = verify_checkpoint(path)
     # mmap: the tensors are read from the page cache as `load_state_dict` copies them, not into a second copy first
     try: state = torch.load(weights, map_location=device, weights_only=True, mmap=True)
     except Exception as e:
@@ -267,7 +334,7 @@ def load_checkpoint(path, device='cpu')->tuple:
 
 # %% ../nbs/00_checkpoint.ipynb #c045
 def load_best_model(learn, # the `Learner` to load into
-                    path=None, # a checkpoint's `.pth` or `.json`, or a name in `learn.path/learn.model_dir`; default: the learner's `SaveModelCallback`'s
+                    path=None, # a checkpoint's name or relative path in `learn.path/learn.model_dir` (as `learn.load`), or an absolute path; default: the learner's `SaveModelCallback`'s
                     with_opt:bool=None, # also load the optimizer state; default: if the checkpoint has one
                     strict:bool=True, # passed to `load_state_dict`
                    )->dict:
@@ -276,8 +343,8 @@ def load_best_model(learn, # the `Learner` to load into
         cb = getattr(learn, 'save_model', None)
         path = getattr(cb, 'last_saved_path', None)
         if path is None: raise CheckpointError('No checkpoint to load: pass `path`, or fit with a SaveModelCallback that saved one.')
-    path = Path(path)
-    if not path.is_absolute() and not _as_pth(path).exists(): path = Path(learn.path)/learn.model_dir/path
+    # As `learn.load` does: a relative path is in the learner's model folder, never in the working folder
+    path = Path(learn.path)/learn.model_dir/path
     state, desc = load_checkpoint(path, device=getattr(learn.dls, 'device', None) or 'cpu')
     has_opt = isinstance(state, dict) and set(state)=={'model','opt'}
     from fastai.torch_core import get_model
@@ -291,6 +358,7 @@ def load_best_model(learn, # the `Learner` to load into
 # %% ../nbs/00_checkpoint.ipynb #c048
 def _snapshot(o, into=None):
     "Copy the tensors of `o` into the tensors of `into` where shapes match, else into new CPU tensors"
+    import torch
     if isinstance(o, torch.Tensor):
         if isinstance(into, torch.Tensor) and into.shape == o.shape and into.dtype == o.dtype: return into.copy_(o, non_blocking=o.is_cuda)
         buf = torch.empty(o.shape, dtype=o.dtype, device='cpu', pin_memory=o.is_cuda and torch.cuda.is_available())
@@ -308,60 +376,74 @@ def _snapshot(o, into=None):
 class AsyncCheckpointWriter:
     "Save checkpoints from a background thread; the caller only pays for a copy into reused buffers"
     def __init__(self):
-        self._cond, self._pending, self._busy, self._error, self._running = threading.Condition(), None, False, None, False
-        self._spare, self.last_written = [], None
+        self._cond, self._error, self._running, self._busy = threading.Condition(), None, False, None
+        self._pending = {}  # path -> the newest save for it not yet started, in the order submitted
+        self._spare, self.last_written, self.written = [], None, {}  # `written`: path -> description of its last save
         self._gate = threading.Event()  # cleared while the caller copies a snapshot: the writer pauses meanwhile
         self._gate.set()
 
     def submit(self, path, state, metadata, **kwargs):
-        "Snapshot `state` and queue it for `save_checkpoint(path, ..., metadata, **kwargs)`, replacing any save not yet started"
+        "Snapshot `state` and queue it for `save_checkpoint(path, ..., metadata, **kwargs)`, replacing a save to `path` not yet started"
         self.raise_error()
+        path = Path(path)
         with self._cond:
-            reuse = self._pending['state'] if self._pending else (self._spare.pop() if self._spare else None)
+            # Another path's save is never dropped: with one already waiting, wait for the thread to take it
+            while path not in self._pending and self._pending: self._cond.wait()
+            old = self._pending.pop(path, None)
+            reuse = old['state'] if old else (self._spare.pop() if self._spare else None)
             # The copy is all the loop waits for; a write running beside it would take half the CPU and memory bandwidth
             self._gate.clear()
             try:
                 snap = _snapshot(state, reuse)
-                if any(isinstance(t, torch.Tensor) and t.is_pinned() for t in _tensors(snap)): torch.cuda.synchronize()
+                if any(t.is_pinned() for t in _tensors(snap)):
+                    import torch; torch.cuda.synchronize()
             finally: self._gate.set()
-            self._pending = dict(path=path, state=snap, metadata=dict(metadata), kwargs=kwargs)
+            self._pending[path] = dict(path=path, state=snap, metadata=dict(metadata), kwargs=kwargs)
             self._cond.notify_all()
-            # `_running` changes only under the lock, so a thread about to exit never leaves this job behind
+            # `_running` changes only under the lock, so a thread about to exit never leaves a job behind
             if not self._running:
                 self._running = True
                 threading.Thread(target=self._run, daemon=True, name='fastai_bestmodel-writer').start()
 
-    def _run(self):
-        while True:
-            with self._cond:
-                if self._pending is None:
-                    self._running = False
-                    return
-                job, self._pending, self._busy = self._pending, None, True
-            try: self.last_written = save_checkpoint(job['path'], job['state'], job['metadata'], gate=self._gate, background_unlink=False, **job['kwargs'])
-            except BaseException as e: self._error = e
-            finally:
-                with self._cond:
-                    self._busy = False
-                    self._spare.append(job['state'])
-                    self._cond.notify_all()
-
-    def wait(self):
-        "Block until every submitted save is on disk; raise the error of a failed one"
+# %% ../nbs/00_checkpoint.ipynb #c049b
+@patch
+def _run(self:AsyncCheckpointWriter):
+    while True:
         with self._cond:
-            while self._pending is not None or self._busy: self._cond.wait()
-        self.raise_error()
-        return self.last_written
+            if not self._pending:
+                self._running = False
+                return
+            job = self._busy = self._pending.pop(next(iter(self._pending)))
+            self._cond.notify_all()  # a `submit` waiting for room can go on
+        try:
+            desc = save_checkpoint(job['path'], job['state'], job['metadata'], gate=self._gate, background_unlink=False, **job['kwargs'])
+            self.last_written = self.written[job['path']] = desc
+        except BaseException as e: self._error = e
+        finally:
+            with self._cond:
+                self._busy = None
+                self._spare.append(job['state'])
+                self._cond.notify_all()
 
-    def raise_error(self):
-        "Raise, once, the error of a save that failed in the background"
-        if self._error is not None:
-            e, self._error = self._error, None
-            raise e
+@patch
+def wait(self:AsyncCheckpointWriter):
+    "Block until every submitted save is on disk; raise the error of a failed one"
+    with self._cond:
+        while self._pending or self._busy is not None: self._cond.wait()
+    self.raise_error()
+    return self.last_written
+
+@patch
+def raise_error(self:AsyncCheckpointWriter):
+    "Raise, once, the error of a save that failed in the background"
+    if self._error is not None:
+        e, self._error = self._error, None
+        raise e
 
 def _tensors(o):
+    import torch
     if isinstance(o, torch.Tensor): yield o
-    elif isinstance(o, dict): 
+    elif isinstance(o, dict):
         for v in o.values(): yield from _tensors(v)
     elif isinstance(o, (list, tuple)):
         for v in o: yield from _tensors(v)

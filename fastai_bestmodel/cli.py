@@ -19,7 +19,7 @@ from fastai.losses import CrossEntropyLossFlat
 from fastai.metrics import accuracy
 from fastai.torch_core import set_seed
 from .tracker import SaveModelCallback
-from .checkpoint import read_checkpoint, _verified, json_path, CheckpointError
+from .checkpoint import read_checkpoint, verify_checkpoint, json_path, CheckpointError
 
 # %% auto #0
 __all__ = ['digits_dls', 'digits_cnn', 'digits_learner', 'demo', 'show', 'main']
@@ -93,7 +93,7 @@ def demo(epochs:int=8, # epochs of `fit_one_cycle`
 # %% ../nbs/04_cli.ipynb #c014
 def show(path)->dict:
     "Print the description of the checkpoint at `path` and check its weights' digest"
-    weights, desc = _verified(path)
+    weights, desc = verify_checkpoint(path)
     print(json.dumps(desc, indent=1))
     print(f'{weights}: digest matches ({desc["digest"]})')
     return desc

@@ -14,7 +14,7 @@ from fastai.torch_core import rank_distrib
 import fastai.callback.wandb as _fastai_wandb
 from fastai.callback.wandb import WandbCallback as _FastaiWandbCallback
 from .tracker import SaveModelCallback
-from .checkpoint import _verified, json_path
+from .checkpoint import verify_checkpoint, json_path
 
 # %% auto #0
 __all__ = ['log_checkpoint', 'WandbCallback']
@@ -49,7 +49,7 @@ def log_checkpoint(path, # a checkpoint's `.pth` or `.json`, written by `SaveMod
     "Log the checkpoint at `path` to the current W&B run as a `model` artifact whose metadata are its epoch's metrics"
     run = wandb.run
     if run is None: raise ValueError('log_checkpoint needs a W&B run: call `wandb.init(project=...)` first.')
-    weights, desc = _verified(path)
+    weights, desc = verify_checkpoint(path)
     logged = _logged_digests.setdefault(run.id, set())
     if desc['digest'] in logged:
         print(f'{weights} was already logged in this run, unchanged: not uploaded again.')
