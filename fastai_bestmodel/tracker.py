@@ -6,14 +6,15 @@ Docs: https://github.com/fastai-bestmodel/fastai_bestmodel/tracker.html.md"""
 
 # %% ../nbs/01_tracker.ipynb #c003
 from __future__ import annotations
-import math, operator, os, warnings
+import math, numbers, operator, os, warnings, functools
 from pathlib import Path
 import numpy as np, torch
 from fastcore.basics import store_attr, ifnone, patch
 from fastai.callback.tracker import SaveModelCallback as _FastaiSaveModelCallback
+import fastai.callback.schedule  # defines `Learner.fine_tune`
+from fastai.learner import Learner, join_path_file
 from fastai.torch_core import get_model, rank_distrib, num_distrib, distrib_barrier
-from fastai.learner import join_path_file
-from .checkpoint import save_checkpoint, load_best_model, AsyncCheckpointWriter
+from .checkpoint import save_checkpoint, read_checkpoint, load_best_model, AsyncCheckpointWriter, CheckpointError
 
 # %% auto #0
 __all__ = ['SaveModelCallback', 'ScriptedMetric']
@@ -23,18 +24,35 @@ _LOWER = (np.less, np.less_equal, operator.lt, operator.le)
 _HIGHER = (np.greater, np.greater_equal, operator.gt, operator.ge)
 _NAMED = {'min': np.less, 'less': np.less, 'max': np.greater, 'greater': np.greater}
 
-def _check_comp(comp, monitor):
-    if comp is None: return np.less if 'loss' in monitor or 'error' in monitor else np.greater
-    if isinstance(comp, str) and comp in _NAMED: return _NAMED[comp]
-    if any(comp is c for c in _LOWER): return np.less
-    if any(comp is c for c in _HIGHER): return np.greater
-    raise ValueError(f"SaveModelCallback(comp={comp!r}): `comp` must be a comparison: np.less or 'min' (lower is better), "
-                     f"np.greater or 'max' (higher is better), or None to infer it from the monitor's name.")
+def _lower_is_better(monitor): return 'loss' in monitor or 'error' in monitor
 
-def _check_args(monitor, min_delta, fname, every_epoch, at_end, load_best, async_save):
+def _check_comp(comp, monitor):
+    if comp is None: return np.less if _lower_is_better(monitor) else np.greater
+    if isinstance(comp, str) and comp in _NAMED: res = _NAMED[comp]
+    elif any(comp is c for c in _LOWER): res = np.less
+    elif any(comp is c for c in _HIGHER): res = np.greater
+    else: raise ValueError(f"SaveModelCallback(comp={comp!r}): `comp` must be a comparison: np.less or 'min' (lower is better), "
+                           f"np.greater or 'max' (higher is better), or None to infer it from the monitor's name.")
+    if res is np.greater and _lower_is_better(monitor):
+        warnings.warn(f"SaveModelCallback(monitor={monitor!r}, comp={comp!r}): higher values will count as better, "
+                      f"but {monitor!r} is named like a loss or an error, where lower is better. Leave `comp=None` to infer it.")
+    return res
+
+# %% ../nbs/01_tracker.ipynb #c006b
+def _as_number(v, name):
+    "`v` as a float: a Python, numpy or one-element torch number"
+    if isinstance(v, torch.Tensor) and v.numel() == 1: v = v.item()
+    if isinstance(v, np.ndarray) and v.size == 1: v = v.item()
+    if isinstance(v, bool) or not isinstance(v, numbers.Real): raise TypeError(name)
+    return float(v)
+
+def _check_args(monitor, min_delta, fname, every_epoch, at_end, load_best, async_save)->float:
+    "Check the arguments of `SaveModelCallback`, and return `min_delta` as a float"
     if not isinstance(monitor, str) or not monitor:
         raise ValueError(f"SaveModelCallback(monitor={monitor!r}): `monitor` must be the name of a value the recorder logs, such as 'valid_loss' or 'accuracy'.")
-    if isinstance(min_delta, bool) or not isinstance(min_delta, (int, float)) or not math.isfinite(min_delta) or min_delta < 0:
+    try: delta = _as_number(min_delta, 'min_delta')
+    except TypeError: delta = float('nan')
+    if not math.isfinite(delta) or delta < 0:
         raise ValueError(f"SaveModelCallback(min_delta={min_delta!r}): `min_delta` must be a finite number >= 0, the smallest improvement that counts; the direction comes from `comp`.")
     if not isinstance(fname, str) or not fname or fname in ('.', '..') or '/' in fname or '\\' in fname or '..' in fname or os.sep in fname:
         raise ValueError(f"SaveModelCallback(fname={fname!r}): `fname` must be a plain file name without a folder or '..', such as 'model'; "
@@ -45,10 +63,12 @@ def _check_args(monitor, min_delta, fname, every_epoch, at_end, load_best, async
         raise ValueError("SaveModelCallback(every_epoch=..., at_end=True): `every_epoch` and `at_end` cannot both be set; pick one way of choosing what to save.")
     for n,v in (('at_end', at_end), ('load_best', load_best), ('async_save', async_save)):
         if not isinstance(v, bool): raise ValueError(f"SaveModelCallback({n}={v!r}): `{n}` must be True or False.")
+    return delta
 
 # %% ../nbs/01_tracker.ipynb #c009
 class SaveModelCallback(_FastaiSaveModelCallback):
     "fastai's `SaveModelCallback` that records, and writes beside the weights, the metrics of the epoch it saved"
+    _stateattrs = ('_writer', '_fit_group')  # a writer thread and a `fine_tune` call do not outlive the process: `export` leaves them out
     def __init__(self,
         monitor='valid_loss', # value (usually loss or metric) being monitored.
         comp=None, # np.less or 'min' if lower is better, np.greater or 'max' if higher is; inferred from `monitor` if None.
@@ -57,88 +77,192 @@ class SaveModelCallback(_FastaiSaveModelCallback):
         every_epoch=False, # if true, save after every epoch (every n epochs if an int); else save each new best.
         at_end=False, # if true, save the final model when training ends; else load the best at the end.
         with_opt=False, # if true, save the optimizer state with the weights.
-        reset_on_fit=True, # before each fit, forget the best value of the previous fit.
+        reset_on_fit=True, # before each fit, forget the best value of the previous fit (the fits of one `fine_tune` are one).
         load_best=True, # load the best weights into the learner at the end of fit; False keeps the final weights.
         async_save=False, # write checkpoints in a background thread; the loop pays only for a copy of the state.
     ):
-        _check_args(monitor, min_delta, fname, every_epoch, at_end, load_best, async_save)
+        min_delta = _check_args(monitor, min_delta, fname, every_epoch, at_end, load_best, async_save)
         super().__init__(monitor=monitor, comp=_check_comp(comp, monitor), min_delta=min_delta, fname=fname,
                          every_epoch=every_epoch, at_end=at_end, with_opt=with_opt, reset_on_fit=reset_on_fit)
         store_attr('load_best,async_save')
-        self.last_saved_metadata, self.best_epoch, self._writer = None, None, None
+        self.last_saved_metadata, self.best_epoch, self._tracking = None, None, False
+        self._epochs_before, self._epochs_done, self._saved_digest = 0, 0, None
+        self._init_state()
+
+    def _init_state(self):  # also called when unpickled, as in `load_learner`
+        super()._init_state()
+        self._writer, self._fit_group = None, None
 
 # %% ../nbs/01_tracker.ipynb #c012
+_RESERVED = ('epoch',)  # keys of the metadata that are not recorded values
+
 def _recorded_names(recorder):
-    "The names of the values in each row of `recorder.values`"
-    return [n for n in recorder.metric_names[1:] if n != 'time']
+    "The names of the values in a full row of `recorder.values`"
+    names = list(recorder.metric_names[1:])
+    return names[:-1] if recorder.add_time and names and names[-1] == 'time' else names
 
 @patch
 def before_fit(self:SaveModelCallback):
-    "Check the monitor and reset what this fit will track"
+    "Wait for the first `before_train`: `validate` calls `before_fit` too"
     self.run = not hasattr(self, "lr_finder") and not hasattr(self, "gather_preds")
-    if not self.run: return
+    self._tracking = False
+
+@patch
+def before_train(self:SaveModelCallback):
+    if not self._tracking: self._start_tracking()
+
+# %% ../nbs/01_tracker.ipynb #c012c
+_fastai_fine_tune = getattr(Learner.fine_tune, '__wrapped__', Learner.fine_tune)  # fastai's, also if this module is run again
+
+@patch
+@functools.wraps(_fastai_fine_tune)
+def fine_tune(self:Learner, *args, **kwargs):
+    # The fits of one call are one training for a `SaveModelCallback`: it keeps the best of both
+    if getattr(self, '_fit_group', None) is not None: return _fastai_fine_tune(self, *args, **kwargs)
+    self._fit_group = object()
+    try: return _fastai_fine_tune(self, *args, **kwargs)
+    finally: self._fit_group = None
+
+# %% ../nbs/01_tracker.ipynb #c012d
+@patch
+def _start_tracking(self:SaveModelCallback):
+    "Check the monitor and the other trackers, and reset what this fit tracks unless it continues the last"
     names = _recorded_names(self.recorder)
     if self.monitor not in names:
         raise ValueError(f"SaveModelCallback(monitor={self.monitor!r}): the learner records no value of that name. "
                          f"It records: {', '.join(names)}. Pass one of those as `monitor`, or add the metric to `Learner(metrics=...)`.")
-    if self.reset_on_fit or self.best is None:
+    if clash := [n for n in names if n in _RESERVED]:
+        raise ValueError(f"SaveModelCallback: a metric is named {clash[0]!r}, which the checkpoint's metadata uses for its own "
+                         f"{clash[0]}. Rename the metric (for a fastai `Metric`, give it another `name`).")
+    for cb in self.learn.cbs:
+        if cb is not self and isinstance(cb, _FastaiSaveModelCallback) and cb.fname == self.fname:
+            raise ValueError(f"Two SaveModelCallbacks on this learner save to {self.path/self.model_dir/self.fname}.pth "
+                             f"(monitors {cb.monitor!r} and {self.monitor!r}), and each would overwrite the other's model. "
+                             f"Give each its own `fname`, or remove one (`learn.remove_cb`); a tracker passed to `Learner(cbs=...)` "
+                             f"or `learn.add_cb` stays for every later fit.")
+    group = getattr(self.learn, '_fit_group', None)
+    continues = group is not None and group is self._fit_group
+    if (self.reset_on_fit and not continues) or self.best is None:
         self.best = float('inf') if self.comp == np.less else -float('inf')
-        self.last_saved_metadata, self.best_epoch, self.last_saved_path = None, None, None
-    self.idx = names.index(self.monitor)
+        self.last_saved_metadata, self.best_epoch, self.last_saved_path, self._saved_digest = None, None, None, None
+        self._epochs_done = 0
+    self._fit_group, self._epochs_before, self._tracking = group, self._epochs_done, True
     self._nonfinite = []
     if self.async_save and self._writer is None: self._writer = AsyncCheckpointWriter()
 
 # %% ../nbs/01_tracker.ipynb #c014
-def _epoch_row(learn, names):
-    "This epoch's recorded values by name, as floats, from rank 0 in distributed training"
-    vals = [float(v) if v is not None else float('nan') for v in learn.recorder.values[-1]]
+_OMIT = object()
+
+def _stored(v):
+    "A recorded value as the metadata store it: a float, a list of floats for a vector, or `_OMIT`"
+    if v is None: return float('nan')
+    if isinstance(v, torch.Tensor): v = v.detach().cpu().numpy()
+    try:
+        a = np.asarray(v, dtype=float)
+        return float(a.reshape(())) if a.size == 1 else a.tolist()
+    except (TypeError, ValueError): return _OMIT
+
+def _logged_names(recorder, trained:bool, validated:bool)->list:
+    "The names of the values the recorder logged this epoch, in order"
+    names = _recorded_names(recorder)
+    n_train = 1 + (len(recorder.metrics) if recorder.train_metrics else 0)
+    return (names[:n_train] if trained else []) + (names[n_train:] if validated else [])
+
+def _from_rank0(row:dict)->dict:
+    "Rank 0's `row` in every process of distributed training"
     if num_distrib() > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
-        dev = torch.device('cuda', torch.cuda.current_device()) if torch.distributed.get_backend() == 'nccl' else torch.device('cpu')
-        t = torch.tensor(vals, dtype=torch.float64, device=dev)
-        torch.distributed.broadcast(t, src=0)
-        vals = t.tolist()
-    return dict(zip(names, vals))
+        box = [row]
+        torch.distributed.broadcast_object_list(box, src=0)
+        row = box[0]
+    return row
+
+# %% ../nbs/01_tracker.ipynb #c014b
+@patch
+def before_epoch(self:SaveModelCallback): self._logged = [False, False]
+
+@patch
+def after_train(self:SaveModelCallback): self._logged[0] = not self.recorder.cancel_train
+
+@patch
+def after_validate(self:SaveModelCallback): self._logged[1] = not self.recorder.cancel_valid
+
+@patch
+def _epoch_row(self:SaveModelCallback)->dict:
+    "This epoch's recorded values by name (rank 0's in distributed training)"
+    names, values = _logged_names(self.recorder, *self._logged), self.recorder.values[-1]
+    if len(names) == len(values): row = {n: _stored(v) for n,v in zip(names, values)}
+    else:
+        warnings.warn(f"SaveModelCallback cannot tell which value is which in the recorder's row {values} "
+                      f"(expected {names}): this epoch is not considered.")
+        row = {}
+    return _from_rank0({n: v for n,v in row.items() if v is not _OMIT})
 
 @patch
 def after_epoch(self:SaveModelCallback):
     "Compare the value monitored to its best score and save if best"
-    row = _epoch_row(self.learn, _recorded_names(self.recorder))
+    if not self._tracking: return
+    epoch = self._epochs_before + self.epoch
+    self._epochs_done = epoch + 1
+    meta = self._last_meta = {'epoch': epoch, **self._epoch_row()}
     if self.every_epoch:
-        if (self.epoch % self.every_epoch) == 0: self._save(f'{self.fname}_{self.epoch}', row, chosen=False)
+        if (epoch % self.every_epoch) == 0: self._save(f'{self.fname}_{epoch}', meta, chosen=False)
         return
-    val = row[self.monitor]
-    if not math.isfinite(val): self._nonfinite.append(self.epoch)
+    val = meta.get(self.monitor, float('nan'))
+    if isinstance(val, list):
+        raise ValueError(f"SaveModelCallback(monitor={self.monitor!r}): the monitor must be one number per epoch, "
+                         f"but {self.monitor!r} is a vector ({len(val)} values). Monitor a scalar, such as an averaged metric.")
+    if not math.isfinite(val): self._nonfinite.append(epoch)
     self.new_best = math.isfinite(val) and bool(self.comp(val - self.min_delta, self.best))
     if self.new_best:
-        self.best, self.best_epoch = val, self.epoch
-        print(f'Better model found at epoch {self.epoch} with {self.monitor} value: {val}.')
-        self._save(self.fname, row)
+        self.best, self.best_epoch = val, epoch
+        print(f'Better model found at epoch {epoch} with {self.monitor} value: {val}.')
+        self._save(self.fname, meta)
 
 # %% ../nbs/01_tracker.ipynb #c016
 @patch
-def _save(self:SaveModelCallback, name, row=None, chosen=True):
+def _save(self:SaveModelCallback, name, meta, chosen=True):
     path = join_path_file(name, self.path/self.model_dir, ext='.pth')
-    row = ifnone(row, _epoch_row(self.learn, _recorded_names(self.recorder)) if self.recorder.values else {})
-    self.last_saved_metadata = {'epoch': int(self.epoch), **row}
-    self.last_saved_path = path
+    self.last_saved_metadata, self.last_saved_path = meta, path
     if rank_distrib(): return  # only rank 0 writes
     model = get_model(self.model).state_dict()
     state = {'model': model, 'opt': self.opt.state_dict()} if self.with_opt and self.opt is not None else model
     kw = dict(monitor=self.monitor, comp='less' if self.comp == np.less else 'greater') if chosen else {}
-    if self._writer is not None: self._writer.submit(path, state, self.last_saved_metadata, **kw)
-    else: save_checkpoint(path, state, self.last_saved_metadata, **kw)
+    if self._writer is not None: self._writer.submit(path, state, meta, **kw)
+    else: self._saved_digest = save_checkpoint(path, state, meta, **kw)['digest']
 
 # %% ../nbs/01_tracker.ipynb #c018
 @patch
 def wait(self:SaveModelCallback):
     "Wait until the checkpoints this callback saved are on disk"
-    if self._writer is not None: self._writer.wait()
+    if self._writer is None: return
+    self._writer.wait()
+    if self.last_saved_path is not None and (d := self._writer.written.get(Path(self.last_saved_path))): self._saved_digest = d['digest']
+
+@patch
+def _finish_saving(self:SaveModelCallback):
+    if self.at_end: self._save(self.fname, ifnone(getattr(self, '_last_meta', None), {'epoch': self._epochs_done - 1}), chosen=False)
+    try: self.wait()
+    finally: self._writer = None  # the writer and its buffers do not outlive the fit
+
+@patch
+def _is_own_checkpoint(self:SaveModelCallback)->bool:
+    "Whether the checkpoint at `last_saved_path` is still the one this tracker wrote; warns if not"
+    if rank_distrib() or self._saved_digest is None: return True  # only rank 0 wrote, and knows what
+    try: now = read_checkpoint(self.last_saved_path)['digest']
+    except CheckpointError as e: now = f'unreadable ({e})'
+    if now == self._saved_digest: return True
+    warnings.warn(f"SaveModelCallback did not load the best model: {self.last_saved_path} is no longer the checkpoint "
+                  f"this fit saved (epoch {self.best_epoch}, {self._saved_digest}; it now holds {now}). Another save "
+                  f"replaced it: another process training into the same folder, or `learn.save({self.fname!r})`. "
+                  f"The learner keeps its final weights. Give each run its own `fname` or `Learner(path=...)`.")
+    return False
 
 @patch
 def after_fit(self:SaveModelCallback, **kwargs):
     "Save the final model if `at_end`, else load the best one if `load_best`"
-    if self.at_end: self._save(self.fname, chosen=False)
-    self.wait()
+    if not self._tracking: return
+    self._tracking = False
+    self._finish_saving()
     if self.at_end or self.every_epoch: return
     if self.last_saved_path is None:
         why = (f"{self.monitor!r} had no finite value (NaN or infinite at epochs {self._nonfinite}). Check the learning rate and the data"
@@ -146,7 +270,8 @@ def after_fit(self:SaveModelCallback, **kwargs):
         warnings.warn(f"SaveModelCallback saved no model in this fit: {why}; nothing was loaded.")
         return
     distrib_barrier()  # rank 0 has written before any process reads
-    if self.load_best: load_best_model(self.learn, self.last_saved_path, with_opt=self.with_opt)
+    if self.load_best and self._is_own_checkpoint():
+        load_best_model(self.learn, Path(self.last_saved_path).absolute(), with_opt=self.with_opt)
 
 # %% ../nbs/01_tracker.ipynb #c025
 from fastai.metrics import Metric
