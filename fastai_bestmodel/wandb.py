@@ -6,7 +6,7 @@ Docs: https://github.com/fastai-bestmodel/fastai_bestmodel/wandb.html.md"""
 
 # %% ../nbs/03_wandb.ipynb #c003
 from __future__ import annotations
-import warnings
+import math, warnings, weakref
 from pathlib import Path
 import wandb
 from fastcore.basics import ifnone, patch, init_args
@@ -14,7 +14,7 @@ from fastai.torch_core import rank_distrib
 import fastai.callback.wandb as _fastai_wandb
 from fastai.callback.wandb import WandbCallback as _FastaiWandbCallback
 from .tracker import SaveModelCallback
-from .checkpoint import verify_checkpoint, json_path
+from .checkpoint import verify_checkpoint, json_path, json_safe
 
 # %% auto #0
 __all__ = ['log_checkpoint', 'WandbCallback']
@@ -39,26 +39,27 @@ def _format_config(config, depth=0):
 _fastai_wandb._format_config_value, _fastai_wandb._format_config = _format_config_value, _format_config
 
 # %% ../nbs/03_wandb.ipynb #c009
-_logged_digests = {}  # run id -> digests of the weights logged in that run
+_logged_digests = weakref.WeakKeyDictionary()  # W&B run -> digests of the weights logged in it, for the run's lifetime
 
 def log_checkpoint(path, # a checkpoint's `.pth` or `.json`, written by `SaveModelCallback`
-                   name:str=None, # the artifact's name; default `run-<id>-model`
+                   name:str=None, # the artifact's name; default `run-<id>-<file name>`, this run's own
                    aliases=('best',), # aliases besides `epoch-<N>` (and W&B's own `latest`)
                    description:str='trained model', # the artifact's description
+                   epoch:int=None, # the epoch the `epoch-<N>` alias names, counted over the run; default: the checkpoint's own
                   ):
     "Log the checkpoint at `path` to the current W&B run as a `model` artifact whose metadata are its epoch's metrics"
     run = wandb.run
     if run is None: raise ValueError('log_checkpoint needs a W&B run: call `wandb.init(project=...)` first.')
     weights, desc = verify_checkpoint(path)
-    logged = _logged_digests.setdefault(run.id, set())
+    logged = _logged_digests.setdefault(run, set())
     if desc['digest'] in logged:
         print(f'{weights} was already logged in this run, unchanged: not uploaded again.')
         return None
     stem = Path(desc['weights']).stem
-    art = wandb.Artifact(name=ifnone(name, f'run-{run.id}-model'), type='model', metadata=desc['metadata'], description=description)
+    art = wandb.Artifact(name=ifnone(name, f'run-{run.id}-{stem}'), type='model', metadata=desc['metadata'], description=description)
     art.add_file(str(weights), name=f'{stem}.pth')
     art.add_file(str(json_path(Path(weights).parent/desc['weights'])), name=f'{stem}.json')
-    epoch = desc['metadata'].get('epoch')
+    epoch = ifnone(epoch, desc['metadata'].get('epoch'))
     run.log_artifact(art, aliases=[*aliases, *([f'epoch-{epoch}'] if epoch is not None else [])])
     logged.add(desc['digest'])
     return art
@@ -68,16 +69,14 @@ class WandbCallback(_FastaiWandbCallback):
     "fastai's `WandbCallback`, logging the best model with its own epoch's metrics and `best_*` in the summary"
     order = SaveModelCallback.order + 1
 
-    def after_create(self):
-        if self.log_model: self._tracker()
-
-    def _tracker(self, in_fit=False):
-        "The learner's `SaveModelCallback`, added if there is none"
+    def _tracker(self):
+        "The learner's `SaveModelCallback`, added for this fit if there is none"
+        self._remove_added_tracker()  # one left by a fit that ended in an exception, which skips `after_fit`
         cb = getattr(self.learn, 'save_model', None)
         if cb is None:
-            cb = SaveModelCallback(fname=ifnone(self.model_name, 'model'))
+            cb = self._added = SaveModelCallback(fname=ifnone(self.model_name, 'model'))
             self.learn.add_cb(cb)
-            if in_fit: cb('before_fit')  # added after the tracker's turn in this event: start it by hand
+            cb('before_fit')  # added after the tracker's turn in this event: start it by hand
         elif not isinstance(cb, SaveModelCallback):
             raise TypeError(f"WandbCallback(log_model=True) needs fastai_bestmodel's SaveModelCallback, which records the metrics "
                             f"of the epoch it saves; the learner has {type(cb).__module__}.{type(cb).__name__}. "
@@ -85,40 +84,76 @@ class WandbCallback(_FastaiWandbCallback):
         elif self.model_name is not None: cb.fname = self.model_name
         return cb
 
+    def _remove_added_tracker(self):
+        if getattr(self, '_added', None) is not None: self.learn.remove_cb(self._added)
+        self._added = None
+
 # %% ../nbs/03_wandb.ipynb #c014
 @patch
 def before_fit(self:WandbCallback):
     "Check the W&B run, make sure a tracker saves the model, then do what fastai's callback does"
+    self._trained, self._cb = False, None
+    if not hasattr(self, '_seen_meta'): self._seen_meta, self._seen_epoch = None, None
     if rank_distrib():  # in distributed training only rank 0 talks to W&B; every rank tracks, so all load the same best
-        if self.log_model and not hasattr(self.learn, 'lr_finder'): self._tracker(in_fit=True)
+        if self.log_model and not hasattr(self.learn, 'lr_finder'): self._tracker()
         self.run = False
         return
     if wandb.run is None:
         raise ValueError('WandbCallback needs a W&B run: call `wandb.init(project=...)` before fitting '
                          '(with WANDB_MODE=offline it needs no account or network).')
-    if self.log_model and not hasattr(self.learn, 'lr_finder') and not hasattr(self, 'gather_preds'): self._tracker(in_fit=True)
+    if not hasattr(self.learn, 'lr_finder') and not hasattr(self, 'gather_preds'):
+        self._cb = self._tracker() if self.log_model else getattr(self.learn, 'save_model', None)
     _FastaiWandbCallback.before_fit(self)
+
+@patch
+def before_train(self:WandbCallback): self._trained = True  # `validate` never trains: it logs no model
+
+# %% ../nbs/03_wandb.ipynb #c014c
+@patch
+def after_epoch(self:WandbCallback):
+    "Log the epoch's values, as fastai does, and note the run's epoch of a checkpoint saved in it"
+    _FastaiWandbCallback.after_epoch(self)
+    meta = getattr(self._cb, 'last_saved_metadata', None)
+    if self._trained and meta is not None and meta is not self._seen_meta:
+        self._seen_meta, self._seen_epoch = meta, round(self._wandb_epoch) - 1  # fastai's count of epochs ended in the run
+
+def _not_worse(cb, value, logged)->bool:
+    "Whether `value` of `cb`'s monitor is at least as good as the `logged` one"
+    if not isinstance(logged, (int, float)) or not math.isfinite(logged): return True
+    return not bool(cb.comp(logged, value))
 
 # %% ../nbs/03_wandb.ipynb #c016
 @patch
-def after_fit(self:WandbCallback):
-    "Log the best model and its metrics"
-    log_model, self.log_model = self.log_model, False
-    try: _FastaiWandbCallback.after_fit(self)
-    finally: self.log_model = log_model
-    cb = getattr(self.learn, 'save_model', None)
-    meta = getattr(cb, 'last_saved_metadata', None)
-    chose_best = cb is not None and not (cb.at_end or cb.every_epoch)
+def _log_saved(self:WandbCallback, cb, log_model:bool):
+    "Log what `cb` saved in this fit: the summary if it chose the best, and the model if `log_model`"
+    meta = cb.last_saved_metadata
     if meta is None:
         if log_model: print('WandbCallback logged no model: the SaveModelCallback saved none in this fit.')
         return
-    if chose_best:
-        wandb.run.summary.update({f'best_{k}': v for k,v in meta.items() if k != 'epoch'})
-        wandb.run.summary['best_epoch'] = meta['epoch']
+    epoch = self._seen_epoch if meta is self._seen_meta else round(self._wandb_epoch) - 1 if cb.at_end else None
+    chose_best = not (cb.at_end or cb.every_epoch)
+    summary, value = wandb.run.summary, meta.get(cb.monitor)
+    best = chose_best and _not_worse(cb, value, summary.get(f'best_{cb.monitor}'))
+    if best:
+        summary.update(json_safe({f'best_{k}': v for k,v in meta.items() if k != 'epoch'}))
+        summary['best_epoch'] = ifnone(epoch, meta['epoch'])
+    elif chose_best:
+        print(f"WandbCallback: this fit's best {cb.monitor} ({value}, epoch {epoch}) is worse than {summary.get(f'best_{cb.monitor}')} "
+              f"(epoch {summary.get('best_epoch')}), already logged in this W&B run; `best_*` and the 'best' alias stay on that model.")
     if not log_model: return
-    try: log_checkpoint(cb.last_saved_path, name=ifnone(self.model_name, cb.fname), aliases=('best',) if chose_best else ())
+    try: log_checkpoint(cb.last_saved_path, name=self.model_name, aliases=('best',) if best else (), epoch=epoch)
     except Exception as e:
         warnings.warn(f"WandbCallback could not log the model to W&B ({type(e).__name__}: {e}). The checkpoint is safe on disk: "
                       f"{cb.last_saved_path} and {json_path(cb.last_saved_path)}. To upload it later: "
                       f"`wandb.init(project={wandb.run.project!r}, id={wandb.run.id!r}, resume='allow')`, then "
                       f"`fastai_bestmodel.wandb.log_checkpoint({str(cb.last_saved_path)!r})`.")
+
+@patch
+def after_fit(self:WandbCallback):
+    "Log the best model and its metrics, then remove a tracker added for this fit"
+    log_model, self.log_model = self.log_model, False
+    try: _FastaiWandbCallback.after_fit(self)
+    finally: self.log_model = log_model
+    try:
+        if self._trained and self._cb is not None: self._log_saved(self._cb, log_model)
+    finally: self._remove_added_tracker()
