@@ -68,6 +68,7 @@ def log_checkpoint(path, # a checkpoint's `.pth` or `.json`, written by `SaveMod
 class WandbCallback(_FastaiWandbCallback):
     "fastai's `WandbCallback`, logging the best model with its own epoch's metrics and `best_*` in the summary"
     order = SaveModelCallback.order + 1
+    def after_create(self): pass  # fastai's adds its own tracker to the learner for good; ours adds one in `before_fit`, for that fit
 
     def _tracker(self):
         "The learner's `SaveModelCallback`, added for this fit if there is none"

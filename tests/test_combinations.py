@@ -1,0 +1,206 @@
+"""The tracker and the W&B callback combined with the rest of fastai, as users combine them: `fine_tune`, several fits in
+one W&B run, `validate`, `export`/`load_learner`, asynchronous saves every epoch, a NaN in another column, a vector
+metric, and two processes training into one folder. Each test failed on the code before these fixes."""
+import json, math, subprocess, sys, warnings
+from pathlib import Path
+import numpy as np, pytest, torch, wandb
+from torch import nn
+from fastai.test_utils import synth_learner
+from fastai.learner import load_learner
+from fastai_bestmodel.tracker import SaveModelCallback, ScriptedMetric
+from fastai_bestmodel.wandb import WandbCallback
+from fastai_bestmodel.offline import read_offline_run
+from fastai_bestmodel.checkpoint import read_checkpoint, load_checkpoint, verify_checkpoint
+from conftest import KeepWeights, assert_same_weights, python_env
+
+HERE = Path(__file__).parent
+
+
+class Sequence(ScriptedMetric):
+    "The i-th value at the i-th validation, counted across fits (ScriptedMetric counts the epochs of one fit)"
+    def __init__(self, values, name): super().__init__(values, name); self.i = -1
+    def reset(self): self.i += 1
+    @property
+    def value(self): return self.values[self.i]
+
+
+class KeepAll(KeepWeights):
+    "KeepWeights over several fits"
+    def before_fit(self): self.weights = getattr(self, 'weights', [])
+
+
+def _logged(run):
+    run.finish()
+    return read_offline_run(Path(run.dir).parent)
+
+
+def _models(logged): return [a for a in logged.artifacts if a['type'] == 'model']
+
+
+def test_fine_tune_keeps_and_logs_the_best_of_both_fits(tmp_path, offline_run):
+    scores = [0.9, 0.5, 0.6]  # the frozen epoch is best: the unfrozen fit must not replace it anywhere
+    learn = synth_learner(n_trn=4, path=tmp_path, metrics=Sequence(scores, 'accuracy'))
+    keep = KeepAll()
+    learn.fine_tune(2, base_lr=1e-1, cbs=[SaveModelCallback(monitor='accuracy'), WandbCallback(log_model=True, log_preds=False), keep])
+    logged = _logged(offline_run)
+    assert [a['metadata']['accuracy'] for a in _models(logged)] == [0.9]  # the same weights are not uploaded twice
+    assert logged.summary['best_accuracy'] == 0.9 and logged.summary['best_epoch'] == 0
+    assert read_checkpoint(tmp_path / 'models' / 'model.pth')['metadata']['epoch'] == 0
+    assert_same_weights(learn.model.state_dict(), keep.weights[0])
+    assert not torch.equal(keep.weights[0]['a'], keep.weights[-1]['a'])
+
+
+def test_fine_tune_numbers_epochs_over_the_run(tmp_path, offline_run):
+    scores = [0.5, 0.6, 0.95, 0.7]  # best: the second epoch of the unfrozen fit, epoch 2 of the run
+    learn = synth_learner(n_trn=4, path=tmp_path, metrics=Sequence(scores, 'accuracy'))
+    keep = KeepAll()
+    learn.fine_tune(3, base_lr=1e-1, cbs=[SaveModelCallback(monitor='accuracy'), WandbCallback(log_model=True, log_preds=False), keep])
+    logged = _logged(offline_run)
+    models = _models(logged)
+    assert [(a['metadata']['epoch'], a['metadata']['accuracy']) for a in models] == [(0, 0.5), (2, 0.95)]
+    assert 'best' in models[-1]['aliases'] and 'epoch-2' in models[-1]['aliases']
+    assert 'epoch-0' in models[0]['aliases']
+    assert logged.summary['best_accuracy'] == 0.95 and logged.summary['best_epoch'] == 2
+    # the epoch W&B's charts give that model (fastai numbers them over the run) is the same
+    rows = [h for h in logged.history if 'accuracy' in h]
+    assert [h['accuracy'] for h in rows] == scores and rows[2]['epoch'] == 3  # the chart's epoch counts epochs ended
+    assert_same_weights(torch.load(tmp_path / 'models' / 'model.pth', weights_only=True), keep.weights[2])
+
+
+def test_a_worse_later_fit_never_takes_the_runs_best(tmp_path, offline_run):
+    learn = synth_learner(n_trn=4, path=tmp_path, metrics=Sequence([0.5, 0.95, 0.7, 0.6, 0.8], 'accuracy'))
+    cbs = [SaveModelCallback(monitor='accuracy'), WandbCallback(log_model=True, log_preds=False)]
+    learn.fit_one_cycle(3, 1e-1, cbs=cbs)
+    learn.fit_one_cycle(2, 1e-1, cbs=cbs)  # a notebook's fit cell run again: its best, 0.8, is worse than 0.95
+    logged = _logged(offline_run)
+    models = _models(logged)
+    assert [a['metadata']['accuracy'] for a in models] == [0.95, 0.8]
+    assert 'best' in models[0]['aliases'] and 'epoch-1' in models[0]['aliases']
+    assert 'best' not in models[1]['aliases'] and 'epoch-4' in models[1]['aliases']  # run epoch 4: the second fit's epoch 1
+    assert logged.summary['best_accuracy'] == 0.95 and logged.summary['best_epoch'] == 1
+    # The local file keeps fastai's meaning of reset_on_fit=True: the last fit's best
+    assert read_checkpoint(tmp_path / 'models' / 'model.pth')['metadata']['accuracy'] == 0.8
+
+
+def test_the_tracker_wandb_adds_does_not_outlive_its_fit(tmp_path, offline_run):
+    learn = synth_learner(n_trn=4, path=tmp_path, metrics=ScriptedMetric([0.5, 0.9, 0.7], 'accuracy'),
+                          cbs=WandbCallback(log_model=True, log_preds=False))
+    learn.fit(3, lr=1e-1)
+    assert not any(isinstance(cb, SaveModelCallback) for cb in learn.cbs)
+    learn.validate()
+    # The user's own tracker in the next fit is the only one writing model.pth
+    learn.metrics[0].values = [0.9, 0.6, 0.5, 0.55, 0.5, 0.4]
+    keep, mine = KeepWeights(), SaveModelCallback(monitor='accuracy')
+    learn.fit(6, lr=1e-1, cbs=[mine, keep])
+    assert mine.best_epoch == 0
+    assert read_checkpoint(tmp_path / 'models' / 'model.pth')['metadata']['epoch'] == 0
+    assert_same_weights(learn.model.state_dict(), keep.weights[0])
+    logged = _logged(offline_run)
+    assert logged.summary['best_accuracy'] == 0.9
+    assert [a['metadata']['accuracy'] for a in _models(logged) if 'best' in a['aliases']][-1] == 0.9
+
+
+def test_validate_after_fit_changes_nothing_logged_or_saved(tmp_path, offline_run):
+    learn = synth_learner(n_trn=4, path=tmp_path, metrics=ScriptedMetric([0.5, 0.9, 0.7], 'accuracy'),
+                          cbs=[SaveModelCallback(monitor='accuracy'), WandbCallback(log_model=True, log_preds=False)])
+    learn.fit(3, lr=1e-1)
+    files = {p.name: p.read_bytes() for p in (tmp_path / 'models').iterdir()}
+    learn.validate()
+    learn.get_preds()
+    assert {p.name: p.read_bytes() for p in (tmp_path / 'models').iterdir()} == files
+    logged = _logged(offline_run)
+    assert len(_models(logged)) == 1 and logged.summary['best_epoch'] == 1 and logged.summary['best_accuracy'] == 0.9
+
+
+def test_artifacts_are_named_per_run(tmp_path):
+    names = []
+    for i in range(2):
+        run = wandb.init(project='fastai-bestmodel-tests', mode='offline', dir=tmp_path)
+        learn = synth_learner(n_trn=2, path=tmp_path / str(i), metrics=ScriptedMetric([0.5, 0.9], 'accuracy'))
+        learn.fit(2, lr=1e-1, cbs=[SaveModelCallback(monitor='accuracy'), WandbCallback(log_model=True, log_preds=False)])
+        names += [(a['name'], run.id) for a in _models(_logged(run))]
+    assert [n for n, _ in names] == [f'run-{i}-model' for _, i in names]
+    assert names[0][0] != names[1][0]
+
+
+def test_a_nan_in_another_column_still_uploads(tmp_path, offline_run):
+    learn = synth_learner(n_trn=4, path=tmp_path, metrics=[ScriptedMetric([0.5, 0.9, 0.7], 'accuracy'),
+                                                           ScriptedMetric([1.0, float('nan'), float('inf')], 'ratio')])
+    with warnings.catch_warnings(record=True) as ws:
+        warnings.simplefilter('always')
+        learn.fit(3, lr=1e-1, cbs=[SaveModelCallback(monitor='accuracy'), WandbCallback(log_model=True, log_preds=False)])
+    assert not [w for w in ws if 'could not log' in str(w.message)]
+    logged = _logged(offline_run)
+    (art,) = _models(logged)
+    assert art['metadata']['ratio'] == 'NaN' and art['metadata']['accuracy'] == 0.9
+    assert logged.summary['best_ratio'] == 'NaN'
+    text = (tmp_path / 'models' / 'model.json').read_text()
+    json.loads(text, parse_constant=lambda c: pytest.fail(f'{c} in the .json is not JSON'))
+
+
+def test_async_every_epoch_keeps_every_epoch(tmp_path):
+    learn = synth_learner(n_trn=1, n_val=1, path=tmp_path)
+    learn.model.ballast = nn.Parameter(torch.zeros(12_500_000), requires_grad=False)  # 50 MB: writes outlast epochs
+    keep = KeepWeights()
+    with learn.no_bar(), learn.no_logging():
+        learn.fit(6, lr=1e-2, cbs=[SaveModelCallback(every_epoch=True, async_save=True), keep])
+    assert sorted(p.name for p in (tmp_path / 'models').glob('*.pth')) == [f'model_{i}.pth' for i in range(6)]
+    for i in range(6):
+        state, desc = load_checkpoint(tmp_path / 'models' / f'model_{i}.pth')
+        assert desc['metadata']['epoch'] == i
+        assert torch.equal(state['a'], keep.weights[i]['a'])
+
+
+def test_export_and_load_learner_with_an_async_tracker(tmp_path):
+    from fastai_bestmodel.cli import digits_learner
+    learn = digits_learner(path=tmp_path, cbs=SaveModelCallback(monitor='accuracy', async_save=True))
+    with learn.no_bar(), learn.no_logging(): learn.fit(2, 1e-2)
+    learn.export()
+    learn2 = load_learner(tmp_path / 'export.pkl')
+    assert_same_weights(learn2.model.state_dict(), learn.model.state_dict())
+    with learn.no_bar(), learn.no_logging(): learn.fit(1, 1e-2)  # the exported learner's tracker still saves
+    assert read_checkpoint(tmp_path / 'models' / 'model.pth')['metadata']['epoch'] == 0
+
+
+def test_a_vector_metric_is_stored_as_a_list(tmp_path):
+    from fastai.metrics import Precision, accuracy
+    from fastai_bestmodel.cli import digits_learner
+    learn = digits_learner(path=tmp_path, metrics=[accuracy, Precision(average=None)])
+    with learn.no_bar(), learn.no_logging(): learn.fit(2, 1e-2, cbs=SaveModelCallback(monitor='accuracy'))
+    meta = read_checkpoint(tmp_path / 'models' / 'model.pth')['metadata']
+    assert len(meta['precision_score']) == 10 and all(isinstance(v, float) for v in meta['precision_score'])
+    row = learn.recorder.values[meta['epoch']]
+    assert np.allclose(meta['precision_score'], row[3])
+
+
+CHILD = """
+import sys, warnings
+from fastai.test_utils import synth_learner
+from torch import nn
+import torch
+from fastai_bestmodel.tracker import SaveModelCallback
+warnings.simplefilter('always')
+learn = synth_learner(n_trn=2, n_val=1, path=sys.argv[1])
+learn.model.ballast = nn.Parameter(torch.zeros(4_000_000), requires_grad=False)  # 16 MB
+cb = SaveModelCallback(monitor='train_loss')
+with learn.no_bar(), learn.no_logging(): learn.fit(8, lr=1e-3, cbs=cb)
+print('done', cb.best_epoch)
+"""
+
+
+@pytest.mark.parametrize('trial', range(3))
+def test_two_processes_training_into_one_folder(tmp_path, trial):
+    "Two sweep agents sharing `learn.path`: both finish; the pair on disk is consistent; a replaced file is said to be"
+    procs = [subprocess.Popen([sys.executable, '-c', CHILD, str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, env=python_env()) for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-3000:]
+        assert 'Traceback' not in err and 'Free some space' not in err
+        assert 'done' in out
+    weights, desc = verify_checkpoint(tmp_path / 'models' / 'model.pth')  # the .json and the weights are one save's
+    assert weights == tmp_path / 'models' / 'model.pth'
+    assert sorted(p.name for p in (tmp_path / 'models').iterdir()) == ['model.json', 'model.pth']
+    # A process whose checkpoint the other replaced did not load it, and said why
+    replaced = sum('is no longer the checkpoint this fit saved' in err for _, err in outs)
+    print(f'\ntrial {trial}: {replaced} of 2 processes found their checkpoint replaced by the other')
