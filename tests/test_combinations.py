@@ -204,3 +204,23 @@ def test_two_processes_training_into_one_folder(tmp_path, trial):
     # A process whose checkpoint the other replaced did not load it, and said why
     replaced = sum('is no longer the checkpoint this fit saved' in err for _, err in outs)
     print(f'\ntrial {trial}: {replaced} of 2 processes found their checkpoint replaced by the other')
+
+
+def test_a_checkpoint_replaced_by_another_save_is_not_loaded(tmp_path):
+    "What the two processes above may do to each other, made certain: another run's save lands before this fit ends"
+    from fastai.callback.core import Callback
+    from fastai_bestmodel.checkpoint import save_checkpoint
+
+    class OtherRun(Callback):
+        order = 55  # its after_fit runs before the tracker's (61), as the other process's save would, between them
+        def after_fit(self): save_checkpoint(tmp_path / 'models' / 'model.pth', {'a': torch.full((1,), 42.)}, {'epoch': 0})
+
+    learn = synth_learner(n_trn=2, path=tmp_path, metrics=ScriptedMetric([0.5, 0.9, 0.7], 'accuracy'))
+    keep = KeepWeights()
+    with warnings.catch_warnings(record=True) as ws:
+        warnings.simplefilter('always')
+        learn.fit(3, lr=1e-1, cbs=[SaveModelCallback(monitor='accuracy'), OtherRun(), keep])
+    msg = ' '.join(str(w.message) for w in ws)
+    assert 'is no longer the checkpoint this fit saved' in msg and 'epoch 1' in msg
+    assert_same_weights(learn.model.state_dict(), keep.weights[-1])  # its final weights, not the other run's
+    assert learn.model.a.item() != 42.
