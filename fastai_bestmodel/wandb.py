@@ -103,7 +103,8 @@ def before_fit(self:WandbCallback):
         raise ValueError('WandbCallback needs a W&B run: call `wandb.init(project=...)` before fitting '
                          '(with WANDB_MODE=offline it needs no account or network).')
     if not hasattr(self.learn, 'lr_finder') and not hasattr(self, 'gather_preds'):
-        self._cb = self._tracker() if self.log_model else getattr(self.learn, 'save_model', None)
+        cb = self._tracker() if self.log_model else getattr(self.learn, 'save_model', None)
+        self._cb = cb if isinstance(cb, SaveModelCallback) else None  # fastai's records no metrics to log
     _FastaiWandbCallback.before_fit(self)
 
 @patch
