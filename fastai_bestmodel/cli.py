@@ -45,7 +45,7 @@ def digits_cnn():
 def digits_learner(path='.', # the learner's folder: checkpoints go in its `models/`
                    bs:int=64, seed:int=42,
                    metrics=None, # default: fastai's `accuracy`
-                   **kwargs)->Learner:
+                   **kwargs):
     "A `Learner` of `digits_cnn` on `digits_dls`, with `accuracy`, saving under `path`"
     from fastai.learner import Learner
     from fastai.losses import CrossEntropyLossFlat
