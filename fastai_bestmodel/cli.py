@@ -173,13 +173,7 @@ def _aligned(rows)->list:
     widths = [max(map(len, col)) for col in zip(*rows)]
     return ['  '.join(c.ljust(w) for c,w in zip(row, widths)).rstrip() for row in rows]
 
-# %% ../nbs/04_cli.ipynb #c016k
-def _no_checkpoints(folder:Path)->str:
-    models = folder/'models'
-    todo = (f'fastai saves them in the learner\'s models folder: try `fastai-bestmodel show {models}`.' if models.is_dir()
-            else "give the folder that SaveModelCallback saved into (the learner's models folder), or a checkpoint's .pth.")
-    return f'{folder}: no checkpoints here (no .json written by fastai_bestmodel); {todo}'
-
+# %% ../nbs/04_cli.ipynb #c016k3
 def show_folder(folder)->list:
     "Print one line for each checkpoint in `folder`: name, epoch, monitored value, digest check; raise if any fails"
     folder = Path(folder)
@@ -193,6 +187,14 @@ def show_folder(folder)->list:
     if failed: raise CheckpointError(f"{folder}: {len(failed)} of {len(rows)} checkpoints failed the digest check ({', '.join(failed)}); "
                                      f"`fastai-bestmodel show {folder/failed[0]}` says why.")
     return [d for _,d in found]
+
+# %% ../nbs/04_cli.ipynb #c016k
+def _no_checkpoints(folder:Path)->str:
+    "What to tell a user who points `show` at a folder without checkpoints"
+    models = folder/'models'
+    todo = (f'fastai saves them in the learner\'s models folder: try `fastai-bestmodel show {models}`.' if models.is_dir()
+            else "give the folder that SaveModelCallback saved into (the learner's models folder), or a checkpoint's .pth.")
+    return f'{folder}: no checkpoints here (no .json written by fastai_bestmodel); {todo}'
 
 # %% ../nbs/04_cli.ipynb #c015b
 if __name__ == '__main__': sys.exit(main())
