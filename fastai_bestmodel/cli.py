@@ -6,7 +6,7 @@ Docs: https://github.com/fastai-bestmodel/fastai_bestmodel/cli.html.md"""
 
 # %% ../nbs/04_cli.ipynb #c002
 from __future__ import annotations
-import argparse, json, os, sys
+import argparse, json, os, re, sys
 from pathlib import Path
 import numpy as np
 from fastcore.basics import ifnone
@@ -142,10 +142,14 @@ def show(path)->dict|list:
     return desc
 
 # %% ../nbs/04_cli.ipynb #c016b
+def _name_order(p:Path)->list:
+    "Sort key for file names with numbers in them: `model_2` before `model_10`"
+    return [int(s) if i % 2 else s for i,s in enumerate(re.split(r'(\d+)', p.name))]  # odd places: the numbers
+
 def _checkpoints_in(folder:Path)->list:
-    "The `.json` of each checkpoint in `folder`, sorted by name, and its description"
+    "The `.json` of each checkpoint in `folder`, in name order, and its description"
     found = []
-    for p in sorted(folder.iterdir()):
+    for p in sorted(folder.iterdir(), key=_name_order):
         if p.name.startswith('.') or p.suffix != '.json': continue
         try: found.append((p, read_checkpoint(p)))
         except CheckpointError: pass  # another tool's .json
