@@ -6,23 +6,14 @@ Docs: https://github.com/fastai-bestmodel/fastai_bestmodel/cli.html.md"""
 
 # %% ../nbs/04_cli.ipynb #c002
 from __future__ import annotations
-import argparse, json, os, sys, math
+import argparse, json, os, re, sys
 from pathlib import Path
-import numpy as np, torch
-from torch import nn
-from fastai.data.block import DataBlock, CategoryBlock
-from fastai.data.transforms import IndexSplitter
-from fastai.vision.data import ImageBlock
-from fastai.vision.core import PILImageBW
-from fastai.learner import Learner
-from fastai.losses import CrossEntropyLossFlat
-from fastai.metrics import accuracy
-from fastai.torch_core import set_seed
-from .tracker import SaveModelCallback
+import numpy as np
+from fastcore.basics import ifnone
 from .checkpoint import read_checkpoint, verify_checkpoint, json_path, CheckpointError
 
 # %% auto #0
-__all__ = ['digits_dls', 'digits_cnn', 'digits_learner', 'demo', 'show', 'main']
+__all__ = ['digits_dls', 'digits_cnn', 'digits_learner', 'demo', 'main', 'show', 'show_folder']
 
 # %% ../nbs/04_cli.ipynb #c005
 def _digits():
@@ -32,6 +23,10 @@ def _digits():
 
 def digits_dls(bs:int=64, valid_pct:float=0.2, seed:int=42):
     "`DataLoaders` of scikit-learn's 8x8 digits as fastai images, split at random with `seed`"
+    from fastai.data.block import DataBlock, CategoryBlock
+    from fastai.data.transforms import IndexSplitter
+    from fastai.vision.data import ImageBlock
+    from fastai.vision.core import PILImageBW
     images, targets = _digits()
     valid = np.random.default_rng(seed).permutation(len(images))[:int(valid_pct*len(images))]
     block = DataBlock(blocks=(ImageBlock(cls=PILImageBW), CategoryBlock),
@@ -42,14 +37,23 @@ def digits_dls(bs:int=64, valid_pct:float=0.2, seed:int=42):
 # %% ../nbs/04_cli.ipynb #c006
 def digits_cnn():
     "A small CNN for 1x8x8 images: 2 convolutions and a linear layer"
+    from torch import nn
     return nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
                          nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
                          nn.Flatten(), nn.Linear(32*4*4, 10))
 
-def digits_learner(path='.', bs:int=64, seed:int=42, metrics=accuracy, **kwargs)->Learner:
+def digits_learner(path='.', # the learner's folder: checkpoints go in its `models/`
+                   bs:int=64, seed:int=42,
+                   metrics=None, # default: fastai's `accuracy`
+                   **kwargs):
     "A `Learner` of `digits_cnn` on `digits_dls`, with `accuracy`, saving under `path`"
+    from fastai.learner import Learner
+    from fastai.losses import CrossEntropyLossFlat
+    from fastai.metrics import accuracy
+    from fastai.torch_core import set_seed
     set_seed(seed, reproducible=True)
-    return Learner(digits_dls(bs=bs, seed=seed), digits_cnn(), loss_func=CrossEntropyLossFlat(), metrics=metrics, path=path, **kwargs)
+    return Learner(digits_dls(bs=bs, seed=seed), digits_cnn(), loss_func=CrossEntropyLossFlat(),
+                   metrics=ifnone(metrics, accuracy), path=path, **kwargs)
 
 # %% ../nbs/04_cli.ipynb #c011
 def _fmt(d): return ', '.join(f'{k} {v:.4f}' if isinstance(v, float) else f'{k} {v}' for k,v in d.items())
@@ -63,6 +67,7 @@ def demo(epochs:int=8, # epochs of `fit_one_cycle`
         )->dict:
     "Train a CNN on the digits, save and log its best model, and print what was saved and logged"
     import wandb
+    from fastai_bestmodel.tracker import SaveModelCallback
     from fastai_bestmodel.wandb import WandbCallback
     from fastai_bestmodel.offline import read_offline_run
     path = Path(path).absolute(); path.mkdir(parents=True, exist_ok=True)
@@ -90,17 +95,8 @@ def demo(epochs:int=8, # epochs of `fit_one_cycle`
         res['logged'] = logged
     return res
 
-# %% ../nbs/04_cli.ipynb #c014
-def show(path)->dict:
-    "Print the description of the checkpoint at `path` and check its weights' digest"
-    weights, desc = verify_checkpoint(path)
-    print(json.dumps(desc, indent=1))
-    print(f'{weights}: digest matches ({desc["digest"]})')
-    return desc
-
 # %% ../nbs/04_cli.ipynb #c015
-def main(argv=None):
-    "The `fastai-bestmodel` command"
+def _parser()->argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog='fastai-bestmodel', description='Best-model checkpoints for fastai, logged to W&B with their own metrics.')
     sub = p.add_subparsers(dest='command', required=True)
     d = sub.add_parser('demo', help='train a CNN on the bundled digits, save and log its best model (W&B offline by default)')
@@ -110,13 +106,99 @@ def main(argv=None):
     d.add_argument('--project', default='fastai-bestmodel-demo')
     d.add_argument('--mode', choices=['offline', 'online'], default='offline')
     d.add_argument('--seed', type=int, default=42)
-    s = sub.add_parser('show', help="print a checkpoint's description and check its digest")
-    s.add_argument('path')
-    args = p.parse_args(argv)
+    s = sub.add_parser('show', help="print a checkpoint's description and check its digest; for a folder, one line for each checkpoint in it")
+    s.add_argument('path', help="a checkpoint's .pth, its .json, its name without suffix, or a folder of checkpoints")
+    return p
+
+# %% ../nbs/04_cli.ipynb #c015a
+def _fail(message)->int:
+    "Print `message` as one `error:` line on stderr; the exit code"
+    print('error:', str(message).replace('\n', ' '), file=sys.stderr)
+    return 1
+
+def main(argv=None)->int:
+    "The `fastai-bestmodel` command: 0, or 1 after one `error:` line"
+    args = _parser().parse_args(argv)
     try:
         if args.command == 'demo': demo(args.epochs, args.lr, args.path, args.project, args.mode, args.seed)
         else: show(args.path)
-    except CheckpointError as e:
-        print(f'error: {e}', file=sys.stderr)
-        return 1
+    except CheckpointError as e: return _fail(e)  # its message names the path
+    except OSError as e: return _fail(f'{e.filename or args.path}: {e.strerror or e}.')
     return 0
+
+# %% ../nbs/04_cli.ipynb #c014
+def _missing(path:Path)->bool:
+    "Whether there is nothing at `path`: no file, no folder, no `.json` that describes it"
+    return not any(p.exists() for p in (path, json_path(path), path.with_name(path.name + '.json')))
+
+def show(path)->dict|list:
+    "Print the checkpoint at `path` and check its weights' digest; for a folder, every checkpoint in it"
+    path = Path(path)
+    if path.is_dir(): return show_folder(path)
+    if _missing(path): raise CheckpointError(f"{path}: no such file or folder; give a checkpoint's .pth, its .json, or the folder that holds them.")
+    weights, desc = verify_checkpoint(path)
+    print(json.dumps(desc, indent=1))
+    print(f'{weights}: digest matches ({desc["digest"]})')
+    return desc
+
+# %% ../nbs/04_cli.ipynb #c016b
+def _name_order(p:Path)->list:
+    "Sort key for file names with numbers in them: `model_2` before `model_10`"
+    return [int(s) if i % 2 else s for i,s in enumerate(re.split(r'(\d+)', p.name))]  # odd places: the numbers
+
+def _checkpoints_in(folder:Path)->list:
+    "The `.json` of each checkpoint in `folder`, in name order, and its description"
+    found = []
+    for p in sorted(folder.iterdir(), key=_name_order):
+        if p.name.startswith('.') or p.suffix != '.json': continue
+        try: found.append((p, read_checkpoint(p)))
+        except CheckpointError: pass  # another tool's .json
+    return found
+
+# %% ../nbs/04_cli.ipynb #c016e
+def _digest_check(json_file:Path)->str:
+    "'ok', or in a few words why the weights that `json_file` describes fail their digest check"
+    try: verify_checkpoint(json_file)
+    except CheckpointError:
+        return 'MISMATCH (weights changed since saved)' if json_file.with_suffix('.pth').exists() else 'MISMATCH (no weights file)'
+    except OSError as e: return f'UNREADABLE ({e.strerror})'
+    return 'ok'
+
+# %% ../nbs/04_cli.ipynb #c016h
+def _monitored(desc:dict)->str:
+    "The monitored metric and its value in `desc`, as `'accuracy 0.93'`"
+    m = desc.get('monitor')
+    if m is None: return 'no monitor'
+    v = desc['metadata'].get(m, '?')
+    return f'{m} {v:.6g}' if isinstance(v, float) else f'{m} {v}'
+
+def _aligned(rows)->list:
+    "Each row's cells joined into a line, each column as wide as its widest cell"
+    widths = [max(map(len, col)) for col in zip(*rows)]
+    return ['  '.join(c.ljust(w) for c,w in zip(row, widths)).rstrip() for row in rows]
+
+# %% ../nbs/04_cli.ipynb #c016k3
+def show_folder(folder)->list:
+    "Print one line for each checkpoint in `folder`: name, epoch, monitored value, digest check; raise if any fails"
+    folder = Path(folder)
+    try: found = _checkpoints_in(folder)
+    except OSError as e: raise CheckpointError(f'{folder}: cannot list its files ({e.strerror}); check its permissions.') from e
+    if not found: raise CheckpointError(_no_checkpoints(folder))
+    rows = [(jp.with_suffix('.pth').name, f"epoch {d['metadata'].get('epoch', '?')}", _monitored(d), f'digest {_digest_check(jp)}')
+            for jp,d in found]
+    print('\n'.join(_aligned(rows)))
+    failed = [name for name,*_,check in rows if check != 'digest ok']
+    if failed: raise CheckpointError(f"{folder}: {len(failed)} of {len(rows)} checkpoints failed the digest check ({', '.join(failed)}); "
+                                     f"`fastai-bestmodel show {folder/failed[0]}` says why.")
+    return [d for _,d in found]
+
+# %% ../nbs/04_cli.ipynb #c016k
+def _no_checkpoints(folder:Path)->str:
+    "What to tell a user who points `show` at a folder without checkpoints"
+    models = folder/'models'
+    todo = (f'fastai saves them in the learner\'s models folder: try `fastai-bestmodel show {models}`.' if models.is_dir()
+            else "give the folder that SaveModelCallback saved into (the learner's models folder), or a checkpoint's .pth.")
+    return f'{folder}: no checkpoints here (no .json written by fastai_bestmodel); {todo}'
+
+# %% ../nbs/04_cli.ipynb #c015b
+if __name__ == '__main__': sys.exit(main())
