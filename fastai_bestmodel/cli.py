@@ -147,12 +147,14 @@ def _name_order(p:Path)->list:
     return [int(s) if i % 2 else s for i,s in enumerate(re.split(r'(\d+)', p.name))]  # odd places: the numbers
 
 def _checkpoints_in(folder:Path)->list:
-    "The `.json` of each checkpoint in `folder`, in name order, and its description"
+    "The `.json` of each checkpoint in `folder`, in name order, and its description (the error, if it is damaged)"
     found = []
     for p in sorted(folder.iterdir(), key=_name_order):
         if p.name.startswith('.') or p.suffix != '.json': continue
         try: found.append((p, read_checkpoint(p)))
-        except CheckpointError: pass  # another tool's .json
+        except CheckpointError as e:
+            if p.with_suffix('.pth').exists(): found.append((p, e))  # a checkpoint whose description is damaged
+            # else: another tool's .json
     return found
 
 # %% ../nbs/04_cli.ipynb #c016e
@@ -185,12 +187,12 @@ def show_folder(folder)->list:
     except OSError as e: raise CheckpointError(f'{folder}: cannot list its files ({e.strerror}); check its permissions.') from e
     if not found: raise CheckpointError(_no_checkpoints(folder))
     rows = [(jp.with_suffix('.pth').name, f"epoch {d['metadata'].get('epoch', '?')}", _monitored(d), f'digest {_digest_check(jp)}')
-            for jp,d in found]
+            if isinstance(d, dict) else (jp.with_suffix('.pth').name, '', '', 'digest UNCHECKED (its .json is damaged)') for jp,d in found]
     print('\n'.join(_aligned(rows)))
     failed = [name for name,*_,check in rows if check != 'digest ok']
     if failed: raise CheckpointError(f"{folder}: {len(failed)} of {len(rows)} checkpoints failed the digest check ({', '.join(failed)}); "
                                      f"`fastai-bestmodel show {folder/failed[0]}` says why.")
-    return [d for _,d in found]
+    return [d for _,d in found if isinstance(d, dict)]
 
 # %% ../nbs/04_cli.ipynb #c016k
 def _no_checkpoints(folder:Path)->str:
