@@ -147,7 +147,7 @@ def _start_tracking(self:SaveModelCallback):
         self.last_saved_metadata, self.best_epoch, self.last_saved_path, self._saved_digest = None, None, None, None
         self._epochs_done = 0
     self._fit_group, self._epochs_before, self._tracking = group, self._epochs_done, True
-    self._nonfinite = []
+    self._nonfinite, self._last_meta = [], None
     if self.async_save and self._writer is None: self._writer = AsyncCheckpointWriter()
 
 # %% ../nbs/01_tracker.ipynb #c014
@@ -240,7 +240,7 @@ def wait(self:SaveModelCallback):
 
 @patch
 def _finish_saving(self:SaveModelCallback):
-    if self.at_end: self._save(self.fname, ifnone(getattr(self, '_last_meta', None), {'epoch': self._epochs_done - 1}), chosen=False)
+    if self.at_end: self._save(self.fname, ifnone(self._last_meta, {'epoch': self._epochs_done - 1}), chosen=False)
     try: self.wait()
     finally: self._writer = None  # the writer and its buffers do not outlive the fit
 
