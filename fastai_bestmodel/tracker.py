@@ -147,7 +147,7 @@ def _start_tracking(self:SaveModelCallback):
         self.last_saved_metadata, self.best_epoch, self.last_saved_path, self._saved_digest = None, None, None, None
         self._epochs_done = 0
     self._fit_group, self._epochs_before, self._tracking = group, self._epochs_done, True
-    self._nonfinite, self._last_meta, self._seen_epoch = [], None, None
+    self._nonfinite, self._last_meta = [], None
     if self.async_save and self._writer is None: self._writer = AsyncCheckpointWriter()
 
 # %% ../nbs/01_tracker.ipynb #c014
@@ -201,7 +201,6 @@ def _epoch_row(self:SaveModelCallback)->dict:
 def after_epoch(self:SaveModelCallback):
     "Compare the value monitored to its best score and save if best"
     if not self._tracking: return
-    self._seen_epoch = self.epoch
     epoch = self._epochs_before + self.epoch
     self._epochs_done = epoch + 1
     meta = self._last_meta = {'epoch': epoch, **self._epoch_row()}
@@ -218,12 +217,6 @@ def after_epoch(self:SaveModelCallback):
         self.best, self.best_epoch = val, epoch
         print(f'Better model found at epoch {epoch} with {self.monitor} value: {val}.')
         self._save(self.fname, meta)
-
-@patch
-def after_cancel_fit(self:SaveModelCallback):
-    "Consider the last epoch if a callback before this one stopped the fit after the recorder logged it"
-    # `EarlyStoppingCallback` (order 60) raises in `after_epoch`, so that epoch never reaches this callback's
-    if self._tracking and self._seen_epoch != self.epoch and len(self.recorder.values) == self.epoch + 1: self.after_epoch()
 
 # %% ../nbs/01_tracker.ipynb #c016
 @patch
