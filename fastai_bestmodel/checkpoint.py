@@ -13,9 +13,9 @@ from fastcore.basics import ifnone, patch
 from fastcore.foundation import L
 
 # %% auto #0
-__all__ = ['file_digest', 'CheckpointError', 'CheckpointWriteError', 'atomic_write_bytes', 'plain_state', 'json_safe',
-           'json_path', 'save_checkpoint', 'read_checkpoint', 'verify_checkpoint', 'checkpoint_weights',
-           'load_checkpoint', 'load_best_model', 'AsyncCheckpointWriter']
+__all__ = ['file_digest', 'CheckpointError', 'CheckpointWriteError', 'CheckpointMismatchError', 'atomic_write_bytes',
+           'plain_state', 'json_safe', 'json_path', 'save_checkpoint', 'read_checkpoint', 'verify_checkpoint',
+           'checkpoint_weights', 'load_checkpoint', 'load_best_model', 'AsyncCheckpointWriter']
 
 # %% ../nbs/00_checkpoint.ipynb #c006
 def file_digest(path, chunk_size:int=1<<23)->str:
@@ -31,6 +31,10 @@ class CheckpointError(Exception):
 
 class CheckpointWriteError(CheckpointError, OSError):
     "A checkpoint that could not be written; the previous one is left intact"
+
+class CheckpointMismatchError(CheckpointError):
+    "Weights that are not the ones their `.json` describes; `replaced` if another save most likely wrote them"
+    def __init__(self, msg, replaced:bool=False): super().__init__(msg); self.replaced = replaced
 
 # %% ../nbs/00_checkpoint.ipynb #c011
 def _write_error(path, e):
@@ -294,15 +298,15 @@ def _written_by_torch_save(path)->bool:
         with zipfile.ZipFile(path) as z: return any(i.CRC != 0 for i in z.infolist())
     except (OSError, zipfile.BadZipFile): return False
 
-def _mismatch(path, want, got)->str:
+def _mismatch(path, want, got)->CheckpointMismatchError:
     "Why the weights at `path` do not match their `.json`, the likeliest cause first"
-    if _written_by_torch_save(path):
+    if replaced := _written_by_torch_save(path):
         why = (f"The weights file is a complete torch file with the CRC32s our saves leave out: it was most likely "
                f"replaced by another save after this checkpoint was written, such as fastai's `learn.save({path.stem!r})`. "
                f"Load it with `learn.load` if that is the model you want; to keep a described checkpoint beside it, "
                f"save to another name. If nothing else saved there, the weights were changed or damaged: do not use them.")
     else: why = "The weights were changed or damaged after they were saved; do not use them. Train again, or load an older copy of this checkpoint."
-    return f"{path} does not match {json_path(path)}: the .json records {want}, the weights file has {got}. {why}"
+    return CheckpointMismatchError(f"{path} does not match {json_path(path)}: the .json records {want}, the weights file has {got}. {why}", replaced)
 
 def verify_checkpoint(path)->tuple:
     "The weights file that `path`'s `.json` describes, its digest checked, and that description"
@@ -314,7 +318,7 @@ def verify_checkpoint(path)->tuple:
         digest = file_digest(p)
         if digest == want: return p, desc
         if p == path: got = digest
-    raise CheckpointError(_mismatch(path, want, got))
+    raise _mismatch(path, want, got)
 
 def checkpoint_weights(path)->Path:
     "The weights file that `path`'s `.json` describes, its digest checked"
@@ -342,7 +346,9 @@ def load_best_model(learn, # the `Learner` to load into
     if path is None:
         cb = getattr(learn, 'save_model', None)
         path = getattr(cb, 'last_saved_path', None)
-        if path is None: raise CheckpointError('No checkpoint to load: pass `path`, or fit with a SaveModelCallback that saved one.')
+        if path is None: raise CheckpointError("No checkpoint to load: pass its name, as in `load_best_model(learn, 'model')`. "
+                                               "Without one, it is the checkpoint of the learner's SaveModelCallback, and a "
+                                               "callback passed to `fit(cbs=...)` leaves the learner when the fit ends.")
     # As `learn.load` does: a relative path is in the learner's model folder, never in the working folder
     path = Path(learn.path)/learn.model_dir/path
     state, desc = load_checkpoint(path, device=getattr(learn.dls, 'device', None) or 'cpu')
@@ -403,7 +409,9 @@ class AsyncCheckpointWriter:
             # `_running` changes only under the lock, so a thread about to exit never leaves a job behind
             if not self._running:
                 self._running = True
-                threading.Thread(target=self._run, daemon=True, name='fastai_bestmodel-writer').start()
+                # Not a daemon: if the training script dies of an exception, Python waits for the saves it announced
+                # ("Better model found") before exiting; a daemon thread would be killed mid-write.
+                threading.Thread(target=self._run, name='fastai_bestmodel-writer').start()
 
 # %% ../nbs/00_checkpoint.ipynb #c049b
 @patch

@@ -10,7 +10,7 @@ import argparse, json, os, re, sys
 from pathlib import Path
 import numpy as np
 from fastcore.basics import ifnone
-from .checkpoint import read_checkpoint, verify_checkpoint, json_path, CheckpointError
+from .checkpoint import read_checkpoint, verify_checkpoint, json_path, CheckpointError, CheckpointMismatchError
 
 # %% auto #0
 __all__ = ['digits_dls', 'digits_cnn', 'digits_learner', 'demo', 'main', 'show', 'show_folder']
@@ -133,6 +133,7 @@ def _missing(path:Path)->bool:
 
 def show(path)->dict|list:
     "Print the checkpoint at `path` and check its weights' digest; for a folder, every checkpoint in it"
+    if path == '': raise CheckpointError("'': an empty path; give a checkpoint's .pth, its .json, or the folder that holds them.")
     path = Path(path)
     if path.is_dir(): return show_folder(path)
     if _missing(path): raise CheckpointError(f"{path}: no such file or folder; give a checkpoint's .pth, its .json, or the folder that holds them.")
@@ -161,7 +162,8 @@ def _checkpoints_in(folder:Path)->list:
 def _digest_check(json_file:Path)->str:
     "'ok', or in a few words why the weights that `json_file` describes fail their digest check"
     try: verify_checkpoint(json_file)
-    except CheckpointError:
+    except CheckpointMismatchError as e:
+        if e.replaced: return 'MISMATCH (replaced by another save, such as learn.save)'
         return 'MISMATCH (weights changed since saved)' if json_file.with_suffix('.pth').exists() else 'MISMATCH (no weights file)'
     except OSError as e: return f'UNREADABLE ({e.strerror})'
     return 'ok'
@@ -190,7 +192,7 @@ def show_folder(folder)->list:
             if isinstance(d, dict) else (jp.with_suffix('.pth').name, '', '', 'digest UNCHECKED (its .json is damaged)') for jp,d in found]
     print('\n'.join(_aligned(rows)))
     failed = [name for name,*_,check in rows if check != 'digest ok']
-    if failed: raise CheckpointError(f"{folder}: {len(failed)} of {len(rows)} checkpoints failed the digest check ({', '.join(failed)}); "
+    if failed: raise CheckpointError(f"{folder}: {len(failed)} of {len(rows)} checkpoints failed their check ({', '.join(failed)}); "
                                      f"`fastai-bestmodel show {folder/failed[0]}` says why.")
     return [d for _,d in found if isinstance(d, dict)]
 

@@ -20,8 +20,9 @@ from .checkpoint import save_checkpoint, read_checkpoint, load_best_model, Async
 __all__ = ['SaveModelCallback', 'ScriptedMetric']
 
 # %% ../nbs/01_tracker.ipynb #c006
-_LOWER = (np.less, np.less_equal, operator.lt, operator.le)
-_HIGHER = (np.greater, np.greater_equal, operator.gt, operator.ge)
+# Each comparison a user may pass, as numpy's: `*_equal` ones let a tie count as better, as in fastai
+_COMPS = {np.less: np.less, operator.lt: np.less, np.less_equal: np.less_equal, operator.le: np.less_equal,
+          np.greater: np.greater, operator.gt: np.greater, np.greater_equal: np.greater_equal, operator.ge: np.greater_equal}
 _NAMED = {'min': np.less, 'less': np.less, 'max': np.greater, 'greater': np.greater}
 
 def _lower_is_better(monitor): return 'loss' in monitor or 'error' in monitor
@@ -29,11 +30,10 @@ def _lower_is_better(monitor): return 'loss' in monitor or 'error' in monitor
 def _check_comp(comp, monitor):
     if comp is None: return np.less if _lower_is_better(monitor) else np.greater
     if isinstance(comp, str) and comp in _NAMED: res = _NAMED[comp]
-    elif any(comp is c for c in _LOWER): res = np.less
-    elif any(comp is c for c in _HIGHER): res = np.greater
+    elif any(comp is c for c in _COMPS): res = _COMPS[comp]
     else: raise ValueError(f"SaveModelCallback(comp={comp!r}): `comp` must be a comparison: np.less or 'min' (lower is better), "
                            f"np.greater or 'max' (higher is better), or None to infer it from the monitor's name.")
-    if res is np.greater and _lower_is_better(monitor):
+    if res in (np.greater, np.greater_equal) and _lower_is_better(monitor):
         warnings.warn(f"SaveModelCallback(monitor={monitor!r}, comp={comp!r}): higher values will count as better, "
                       f"but {monitor!r} is named like a loss or an error, where lower is better. Leave `comp=None` to infer it.")
     return res
@@ -57,6 +57,9 @@ def _check_args(monitor, min_delta, fname, every_epoch, at_end, load_best, async
     if not isinstance(fname, str) or not fname or fname in ('.', '..') or '/' in fname or '\\' in fname or '..' in fname or os.sep in fname:
         raise ValueError(f"SaveModelCallback(fname={fname!r}): `fname` must be a plain file name without a folder or '..', such as 'model'; "
                          f"choose the folder with `Learner(path=..., model_dir=...)`.")
+    if fname.endswith(('.pth', '.json')):
+        raise ValueError(f"SaveModelCallback(fname={fname!r}): `fname` is the name without its extension, as in fastai: "
+                         f"{fname.rsplit('.', 1)[0]!r} saves {fname.rsplit('.', 1)[0]}.pth and its .json.")
     if not isinstance(every_epoch, (bool, int)) or (not isinstance(every_epoch, bool) and every_epoch < 1):
         raise ValueError(f"SaveModelCallback(every_epoch={every_epoch!r}): `every_epoch` must be True, False, or a number of epochs >= 1.")
     if every_epoch and at_end:
@@ -68,7 +71,7 @@ def _check_args(monitor, min_delta, fname, every_epoch, at_end, load_best, async
 # %% ../nbs/01_tracker.ipynb #c009
 class SaveModelCallback(_FastaiSaveModelCallback):
     "fastai's `SaveModelCallback` that records, and writes beside the weights, the metrics of the epoch it saved"
-    _stateattrs = ('_writer', '_fit_group')  # a writer thread and a `fine_tune` call do not outlive the process: `export` leaves them out
+    _stateattrs = ('_writer', '_group')  # a writer thread and a `fine_tune` call do not outlive the process: `export` leaves them out
     def __init__(self,
         monitor='valid_loss', # value (usually loss or metric) being monitored.
         comp=None, # np.less or 'min' if lower is better, np.greater or 'max' if higher is; inferred from `monitor` if None.
@@ -82,8 +85,11 @@ class SaveModelCallback(_FastaiSaveModelCallback):
         async_save=False, # write checkpoints in a background thread; the loop pays only for a copy of the state.
     ):
         min_delta = _check_args(monitor, min_delta, fname, every_epoch, at_end, load_best, async_save)
-        super().__init__(monitor=monitor, comp=_check_comp(comp, monitor), min_delta=min_delta, fname=fname,
+        comp = _check_comp(comp, monitor)
+        super().__init__(monitor=monitor, comp=comp, min_delta=min_delta, fname=fname,
                          every_epoch=every_epoch, at_end=at_end, with_opt=with_opt, reset_on_fit=reset_on_fit)
+        self.lower_is_better = comp in (np.less, np.less_equal)
+        self.min_delta = -min_delta if self.lower_is_better else min_delta  # fastai negates it for np.less only
         store_attr('load_best,async_save')
         self.last_saved_metadata, self.best_epoch, self._tracking = None, None, False
         self._epochs_before, self._epochs_done, self._saved_digest = 0, 0, None
@@ -91,7 +97,7 @@ class SaveModelCallback(_FastaiSaveModelCallback):
 
     def _init_state(self):  # also called when unpickled, as in `load_learner`
         super()._init_state()
-        self._writer, self._fit_group = None, None
+        self._writer, self._group = None, None
 
 # %% ../nbs/01_tracker.ipynb #c012
 _RESERVED = ('epoch',)  # keys of the metadata that are not recorded values
@@ -141,13 +147,13 @@ def _start_tracking(self:SaveModelCallback):
                              f"Give each its own `fname`, or remove one (`learn.remove_cb`); a tracker passed to `Learner(cbs=...)` "
                              f"or `learn.add_cb` stays for every later fit.")
     group = getattr(self.learn, '_fit_group', None)
-    continues = group is not None and group is self._fit_group
+    continues = group is not None and group is self._group
     if (self.reset_on_fit and not continues) or self.best is None:
-        self.best = float('inf') if self.comp == np.less else -float('inf')
+        self.best = float('inf') if self.lower_is_better else -float('inf')
         self.last_saved_metadata, self.best_epoch, self.last_saved_path, self._saved_digest = None, None, None, None
         self._epochs_done = 0
-    self._fit_group, self._epochs_before, self._tracking = group, self._epochs_done, True
-    self._nonfinite, self._last_meta = [], None
+    self._group, self._epochs_before, self._tracking = group, self._epochs_done, True
+    self._nonfinite, self._unrecorded, self._last_meta = [], [], None
     if self.async_save and self._writer is None: self._writer = AsyncCheckpointWriter()
 
 # %% ../nbs/01_tracker.ipynb #c014
@@ -207,15 +213,17 @@ def after_epoch(self:SaveModelCallback):
     if self.every_epoch:
         if (epoch % self.every_epoch) == 0: self._save(f'{self.fname}_{epoch}', meta, chosen=False)
         return
+    if self.monitor not in meta: self._unrecorded.append(epoch)
     val = meta.get(self.monitor, float('nan'))
     if isinstance(val, list):
         raise ValueError(f"SaveModelCallback(monitor={self.monitor!r}): the monitor must be one number per epoch, "
                          f"but {self.monitor!r} is a vector ({len(val)} values). Monitor a scalar, such as an averaged metric.")
-    if not math.isfinite(val): self._nonfinite.append(epoch)
+    elif not math.isfinite(val): self._nonfinite.append(epoch)
     self.new_best = math.isfinite(val) and bool(self.comp(val - self.min_delta, self.best))
     if self.new_best:
         self.best, self.best_epoch = val, epoch
-        print(f'Better model found at epoch {epoch} with {self.monitor} value: {val}.')
+        in_fit = f' (epoch {self.epoch} of this fit)' if self._epochs_before else ''
+        print(f'Better model found at epoch {epoch}{in_fit} with {self.monitor} value: {val}.')
         self._save(self.fname, meta)
 
 # %% ../nbs/01_tracker.ipynb #c016
@@ -226,7 +234,7 @@ def _save(self:SaveModelCallback, name, meta, chosen=True):
     if rank_distrib(): return  # only rank 0 writes
     model = get_model(self.model).state_dict()
     state = {'model': model, 'opt': self.opt.state_dict()} if self.with_opt and self.opt is not None else model
-    kw = dict(monitor=self.monitor, comp='less' if self.comp == np.less else 'greater') if chosen else {}
+    kw = dict(monitor=self.monitor, comp='less' if self.lower_is_better else 'greater') if chosen else {}
     if self._writer is not None: self._writer.submit(path, state, meta, **kw)
     else: self._saved_digest = save_checkpoint(path, state, meta, **kw)['digest']
 
@@ -266,7 +274,9 @@ def after_fit(self:SaveModelCallback, **kwargs):
     if self.at_end or self.every_epoch: return
     if self.last_saved_path is None:
         why = (f"{self.monitor!r} had no finite value (NaN or infinite at epochs {self._nonfinite}). Check the learning rate and the data"
-               if self._nonfinite else "no epoch finished")
+               if self._nonfinite else
+               f"{self.monitor!r} was not recorded at epochs {self._unrecorded}: the learner has no validation set, or its "
+               f"validation was skipped" if self._unrecorded else "no epoch finished")
         warnings.warn(f"SaveModelCallback saved no model in this fit: {why}; nothing was loaded.")
         return
     distrib_barrier()  # rank 0 has written before any process reads

@@ -13,6 +13,7 @@ from fastcore.basics import ifnone, patch, init_args
 from fastai.torch_core import rank_distrib
 import fastai.callback.wandb as _fastai_wandb
 from fastai.callback.wandb import WandbCallback as _FastaiWandbCallback
+from fastai.callback.tracker import SaveModelCallback as _FastaiSaveModelCallback
 from .tracker import SaveModelCallback
 from .checkpoint import verify_checkpoint, json_path, json_safe
 
@@ -65,29 +66,38 @@ def log_checkpoint(path, # a checkpoint's `.pth` or `.json`, written by `SaveMod
     return art
 
 # %% ../nbs/03_wandb.ipynb #c012
+def _detach(learn, cb):
+    "Take `cb` off `learn`; unlike `remove_cb`, leave the attribute `learn.save_model` to another tracker that holds it"
+    if getattr(learn, cb.name, None) is cb: delattr(learn, cb.name)
+    if cb in learn.cbs: learn.cbs.remove(cb)
+    cb.learn = None
+
 class WandbCallback(_FastaiWandbCallback):
     "fastai's `WandbCallback`, logging the best model with its own epoch's metrics and `best_*` in the summary"
     order = SaveModelCallback.order + 1
     def after_create(self): pass  # fastai's adds its own tracker to the learner for good; ours adds one in `before_fit`, for that fit
 
-    def _tracker(self):
-        "The learner's `SaveModelCallback`, added for this fit if there is none"
-        self._remove_added_tracker()  # one left by a fit that ended in an exception, which skips `after_fit`
-        cb = getattr(self.learn, 'save_model', None)
-        if cb is None:
-            cb = self._added = SaveModelCallback(fname=ifnone(self.model_name, 'model'))
-            self.learn.add_cb(cb)
-            cb('before_fit')  # added after the tracker's turn in this event: start it by hand
-        elif not isinstance(cb, SaveModelCallback):
+    def _tracker(self, add:bool):
+        "The user's `SaveModelCallback`, else (if `add`) one added for this fit, or kept for the rest of a `fine_tune`"
+        added = getattr(self, '_added', None)
+        if added is not None and added in self.learn.cbs: _detach(self.learn, added)  # left by a fit that ended in an exception
+        ours = [cb for cb in self.learn.cbs if isinstance(cb, SaveModelCallback)]
+        if ours:
+            cb = self.learn.save_model if getattr(self.learn, 'save_model', None) in ours else ours[-1]
+            if self.model_name is not None: cb.fname = self.model_name
+            return cb
+        if not add: return None
+        if any(isinstance(cb, _FastaiSaveModelCallback) for cb in self.learn.cbs):
             raise TypeError(f"WandbCallback(log_model=True) needs fastai_bestmodel's SaveModelCallback, which records the metrics "
-                            f"of the epoch it saves; the learner has {type(cb).__module__}.{type(cb).__name__}. "
+                            f"of the epoch it saves; the learner has fastai.callback.tracker.SaveModelCallback. "
                             f"Use `from fastai_bestmodel.tracker import SaveModelCallback` instead.")
-        elif self.model_name is not None: cb.fname = self.model_name
-        return cb
-
-    def _remove_added_tracker(self):
-        if getattr(self, '_added', None) is not None: self.learn.remove_cb(self._added)
-        self._added = None
+        group = getattr(self.learn, '_fit_group', None)
+        if added is None or group is None or added._group is not group:  # not the next fit of the same `fine_tune`
+            added = SaveModelCallback(fname=ifnone(self.model_name, 'model'))
+        self._added = added
+        self.learn.add_cb(added)
+        added('before_fit')  # added after the tracker's turn in this event: start it by hand
+        return added
 
 # %% ../nbs/03_wandb.ipynb #c014
 @patch
@@ -96,15 +106,14 @@ def before_fit(self:WandbCallback):
     self._trained, self._cb = False, None
     if not hasattr(self, '_seen_meta'): self._seen_meta, self._seen_epoch = None, None
     if rank_distrib():  # in distributed training only rank 0 talks to W&B; every rank tracks, so all load the same best
-        if self.log_model and not hasattr(self.learn, 'lr_finder'): self._tracker()
+        if self.log_model and not hasattr(self.learn, 'lr_finder'): self._tracker(add=True)
         self.run = False
         return
     if wandb.run is None:
         raise ValueError('WandbCallback needs a W&B run: call `wandb.init(project=...)` before fitting '
                          '(with WANDB_MODE=offline it needs no account or network).')
     if not hasattr(self.learn, 'lr_finder') and not hasattr(self, 'gather_preds'):
-        cb = self._tracker() if self.log_model else getattr(self.learn, 'save_model', None)
-        self._cb = cb if isinstance(cb, SaveModelCallback) else None  # fastai's records no metrics to log
+        self._cb = self._tracker(add=self.log_model)
     _FastaiWandbCallback.before_fit(self)
 
 @patch
@@ -158,4 +167,5 @@ def after_fit(self:WandbCallback):
     finally: self.log_model = log_model
     try:
         if self._trained and self._cb is not None: self._log_saved(self._cb, log_model)
-    finally: self._remove_added_tracker()
+    finally:
+        if getattr(self, '_added', None) is not None: _detach(self.learn, self._added)  # kept in `_added` for a `fine_tune`'s next fit

@@ -62,7 +62,7 @@ def test_console_script_fails_a_damaged_checkpoint_in_one_line(checkpoints):
     r = run_python(script, 'show', 'models', cwd=checkpoints)
     assert r.returncode == 1
     assert r.stdout.splitlines()[0] == 'last.pth   epoch 7  accuracy 0.91  digest MISMATCH (weights changed since saved)'
-    assert r.stderr == 'error: models: 1 of 2 checkpoints failed the digest check (last.pth); `fastai-bestmodel show models/last.pth` says why.\n'
+    assert r.stderr == 'error: models: 1 of 2 checkpoints failed their check (last.pth); `fastai-bestmodel show models/last.pth` says why.\n'
 
 
 @pytest.mark.skipif(os.name != 'posix' or os.geteuid() == 0, reason='needs POSIX permissions that bind (not root)')

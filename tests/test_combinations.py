@@ -224,3 +224,68 @@ def test_a_checkpoint_replaced_by_another_save_is_not_loaded(tmp_path):
     assert 'is no longer the checkpoint this fit saved' in msg and 'epoch 1' in msg
     assert_same_weights(learn.model.state_dict(), keep.weights[-1])  # its final weights, not the other run's
     assert learn.model.a.item() != 42.
+
+
+class ScriptedValidLoss(KeepWeights):
+    "Replaces the recorded valid_loss of each epoch by a scripted one (after the recorder, before the tracker)"
+    order = 55
+    def __init__(self, values): self.values, self.i = list(values), -1
+    def before_fit(self): pass
+    def after_epoch(self):
+        self.i += 1
+        self.recorder.values[-1][1] = self.values[self.i]
+
+
+def test_fine_tune_with_the_tracker_wandb_adds_keeps_the_best_of_both(tmp_path, offline_run):
+    learn = synth_learner(n_trn=4, path=tmp_path)
+    keep = KeepAll()
+    # frozen epochs 0.7, 0.1 (best); unfrozen 0.5, 0.4, 0.3: none better
+    learn.fine_tune(3, freeze_epochs=2, base_lr=1e-1, cbs=[WandbCallback(log_model=True, log_preds=False),
+                                                           ScriptedValidLoss([0.7, 0.1, 0.5, 0.4, 0.3]), keep])
+    assert read_checkpoint(tmp_path / 'models' / 'model.pth')['metadata']['valid_loss'] == pytest.approx(0.1)
+    assert read_checkpoint(tmp_path / 'models' / 'model.pth')['metadata']['epoch'] == 1
+    assert_same_weights(learn.model.state_dict(), keep.weights[1])
+    assert not any(isinstance(cb, SaveModelCallback) for cb in learn.cbs)
+    logged = _logged(offline_run)
+    assert logged.summary['best_valid_loss'] == pytest.approx(0.1) and logged.summary['best_epoch'] == 1
+    assert [a['metadata']['epoch'] for a in _models(logged)] == [1]
+
+
+def test_after_an_interrupted_fit_the_users_own_tracker_is_the_one(tmp_path, offline_run):
+    from fastai.callback.core import Callback
+    class CtrlC(Callback):
+        def after_epoch(self):
+            if self.epoch == 1: raise KeyboardInterrupt()
+    learn = synth_learner(n_trn=4, path=tmp_path, metrics=ScriptedMetric([0.5, 0.9, 0.7], 'accuracy'),
+                          cbs=WandbCallback(log_model=True, log_preds=False))
+    with pytest.raises(KeyboardInterrupt): learn.fit(3, lr=1e-1, cbs=CtrlC())
+    mine = SaveModelCallback(monitor='accuracy')  # the same file name as the tracker the interrupted fit left behind
+    learn.fit(3, lr=1e-1, cbs=mine)
+    assert [cb for cb in learn.cbs if isinstance(cb, SaveModelCallback)] == []
+    assert mine.best_epoch == 1
+    (art,) = [a for a in _models(_logged(offline_run)) if 'best' in a['aliases']]
+    assert art['metadata']['accuracy'] == 0.9 and art['metadata']['epoch'] == 1
+
+
+CRASH = """
+import sys, torch
+from torch import nn
+from fastai.test_utils import synth_learner
+from fastai.callback.core import Callback
+from fastai_bestmodel.tracker import SaveModelCallback, ScriptedMetric
+class Crash(Callback):
+    order = 70
+    def after_epoch(self):
+        if self.epoch == 1: raise RuntimeError('the script fails')
+learn = synth_learner(n_trn=1, n_val=1, path=sys.argv[1], metrics=ScriptedMetric([0.5, 0.9, 0.7], 'accuracy'))
+learn.model.ballast = nn.Parameter(torch.zeros(25_000_000), requires_grad=False)  # 100 MB: the write outlasts the crash
+with learn.no_bar(), learn.no_logging(): learn.fit(3, lr=1e-3, cbs=[SaveModelCallback(monitor='accuracy', async_save=True), Crash()])
+"""
+
+
+def test_a_script_that_dies_keeps_the_async_save_it_announced(tmp_path):
+    p = subprocess.run([sys.executable, '-c', CRASH, str(tmp_path)], capture_output=True, text=True, env=python_env(), timeout=300)
+    assert p.returncode == 1, p.stderr[-2000:]  # the exception's exit code, not an abort from a killed writer thread
+    assert 'Better model found at epoch 1' in p.stdout and 'the script fails' in p.stderr
+    state, desc = load_checkpoint(tmp_path / 'models' / 'model.pth')
+    assert desc['metadata']['epoch'] == 1 and desc['metadata']['accuracy'] == 0.9
