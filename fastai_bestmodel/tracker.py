@@ -213,9 +213,9 @@ def after_epoch(self:SaveModelCallback):
     if self.every_epoch:
         if (epoch % self.every_epoch) == 0: self._save(f'{self.fname}_{epoch}', meta, chosen=False)
         return
-    if self.monitor not in meta: self._unrecorded.append(epoch)
-    val = meta.get(self.monitor, float('nan'))
-    if isinstance(val, list):
+    val = meta.get(self.monitor)
+    if val is None: self._unrecorded.append(epoch); val = float('nan')
+    elif isinstance(val, list):
         raise ValueError(f"SaveModelCallback(monitor={self.monitor!r}): the monitor must be one number per epoch, "
                          f"but {self.monitor!r} is a vector ({len(val)} values). Monitor a scalar, such as an averaged metric.")
     elif not math.isfinite(val): self._nonfinite.append(epoch)
