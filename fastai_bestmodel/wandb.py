@@ -131,7 +131,7 @@ def after_epoch(self:WandbCallback):
 def _not_worse(cb, value, logged)->bool:
     "Whether `value` of `cb`'s monitor is at least as good as the `logged` one"
     if not isinstance(logged, (int, float)) or not math.isfinite(logged): return True
-    return not bool(cb.comp(logged, value))
+    return value <= logged if cb.lower_is_better else value >= logged
 
 # %% ../nbs/03_wandb.ipynb #c016
 @patch
