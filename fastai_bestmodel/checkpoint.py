@@ -236,12 +236,15 @@ def save_checkpoint(path, # where the weights go: a `.pth` file; the `.json` goe
                     metadata:dict, # what the weights are: epoch and metrics, as numbers
                     monitor:str=None, # the value that chose this checkpoint
                     comp:str=None, # `'less'` or `'greater'`: how `monitor` was compared
+                    reason:str=None, # why it was saved, as the tracker's record says: 'best', 'every_epoch', 'end'
+                    holds:list=None, # what `state` holds: `['model']`, or `['model', 'opt']` for `{'model':..., 'opt':...}`
                     background_unlink:bool=True, # free the replaced file's blocks in a thread
                     gate:threading.Event=None, # while this is clear, the write pauses (between 8 MB chunks)
                    )->dict:
     "Write `state` to `path` and its description to `path.with_suffix('.json')`, atomically, and return that description"
     import torch
     path = Path(path)
+    holds = list(ifnone(holds, ['model', 'opt'] if isinstance(state, dict) and set(state)=={'model','opt'} else ['model']))
     try: path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e: raise _write_error(path, e) from e
     with _FolderLock(path.parent) as lock:
@@ -251,7 +254,7 @@ def save_checkpoint(path, # where the weights go: a `.pth` file; the `.json` goe
             tmp, digest = _write_tmp(path.parent, path.name, lambda f: _torch_save(plain_state(state), f), gate=gate)
             try:
                 desc = dict(format=_FORMAT, weights=path.name, digest=digest, bytes=tmp.stat().st_size,
-                            with_opt=isinstance(state, dict) and set(state)=={'model','opt'},
+                            holds=holds, with_opt='opt' in holds, reason=reason,
                             monitor=monitor, comp=comp, metadata=json_safe(dict(metadata)),
                             saved_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
                             torch_version=torch.__version__)
@@ -352,7 +355,7 @@ def load_best_model(learn, # the `Learner` to load into
     # As `learn.load` does: a relative path is in the learner's model folder, never in the working folder
     path = Path(learn.path)/learn.model_dir/path
     state, desc = load_checkpoint(path, device=getattr(learn.dls, 'device', None) or 'cpu')
-    has_opt = isinstance(state, dict) and set(state)=={'model','opt'}
+    has_opt = 'opt' in desc.get('holds', ['model', 'opt'] if desc.get('with_opt') else ['model'])  # older files: `with_opt`
     from fastai.torch_core import get_model
     get_model(learn.model).load_state_dict(state['model'] if has_opt else state, strict=strict)
     if ifnone(with_opt, has_opt):

@@ -7,6 +7,7 @@ Docs: https://github.com/fastai-bestmodel/fastai_bestmodel/tracker.html.md"""
 # %% ../nbs/01_tracker.ipynb #c003
 from __future__ import annotations
 import math, numbers, operator, os, warnings, functools
+from dataclasses import dataclass
 from pathlib import Path
 import numpy as np, torch
 from fastcore.basics import store_attr, ifnone, patch
@@ -17,7 +18,7 @@ from fastai.torch_core import get_model, rank_distrib, num_distrib, distrib_barr
 from .checkpoint import save_checkpoint, read_checkpoint, load_best_model, AsyncCheckpointWriter, CheckpointError
 
 # %% auto #0
-__all__ = ['SaveModelCallback', 'ScriptedMetric']
+__all__ = ['SaveModelCallback', 'SaveRecord', 'ScriptedMetric']
 
 # %% ../nbs/01_tracker.ipynb #c006
 # Each comparison a user may pass, as numpy's: `*_equal` ones let a tie count as better, as in fastai
@@ -91,8 +92,8 @@ class SaveModelCallback(_FastaiSaveModelCallback):
         self.lower_is_better = comp in (np.less, np.less_equal)
         self.min_delta = -min_delta if self.lower_is_better else min_delta  # fastai negates it for np.less only
         store_attr('load_best,async_save')
-        self.last_saved_metadata, self.best_epoch, self._tracking = None, None, False
-        self._epochs_before, self._epochs_done, self._saved_digest = 0, 0, None
+        self.last_saved_metadata, self.best_epoch, self._tracking, self.records = None, None, False, []
+        self._epochs_before, self._epochs_done, self._iters_before, self._iters_done = 0, 0, 0, 0
         self._init_state()
 
     def _init_state(self):  # also called when unpickled, as in `load_learner`
@@ -150,9 +151,9 @@ def _start_tracking(self:SaveModelCallback):
     continues = group is not None and group is self._group
     if (self.reset_on_fit and not continues) or self.best is None:
         self.best = float('inf') if self.lower_is_better else -float('inf')
-        self.last_saved_metadata, self.best_epoch, self.last_saved_path, self._saved_digest = None, None, None, None
-        self._epochs_done = 0
-    self._group, self._epochs_before, self._tracking = group, self._epochs_done, True
+        self.last_saved_metadata, self.best_epoch, self.last_saved_path, self.records = None, None, None, []
+        self._epochs_done, self._iters_done = 0, 0
+    self._group, self._epochs_before, self._iters_before, self._tracking = group, self._epochs_done, self._iters_done, True
     self._nonfinite, self._unrecorded, self._last_meta = [], [], None
     if self.async_save and self._writer is None: self._writer = AsyncCheckpointWriter()
 
@@ -208,10 +209,10 @@ def after_epoch(self:SaveModelCallback):
     "Compare the value monitored to its best score and save if best"
     if not self._tracking: return
     epoch = self._epochs_before + self.epoch
-    self._epochs_done = epoch + 1
+    self._epochs_done, self._iters_done = epoch + 1, self._iters_before + self.train_iter
     meta = self._last_meta = {'epoch': epoch, **self._epoch_row()}
     if self.every_epoch:
-        if (epoch % self.every_epoch) == 0: self._save(f'{self.fname}_{epoch}', meta, chosen=False)
+        if (epoch % self.every_epoch) == 0: self._save(f'{self.fname}_{epoch}', meta, 'every_epoch')
         return
     val = meta.get(self.monitor)
     if val is None: self._unrecorded.append(epoch); val = float('nan')
@@ -224,19 +225,38 @@ def after_epoch(self:SaveModelCallback):
         self.best, self.best_epoch = val, epoch
         in_fit = f' (epoch {self.epoch} of this fit)' if self._epochs_before else ''
         print(f'Better model found at epoch {epoch}{in_fit} with {self.monitor} value: {val}.')
-        self._save(self.fname, meta)
+        self._save(self.fname, meta, 'best')
+
+# %% ../nbs/01_tracker.ipynb #c015b
+@dataclass(eq=False)
+class SaveRecord:
+    "One checkpoint a tracker saved: where, why, when in training, and what that epoch recorded"
+    path: Path # the weights file; its `.json` is beside it
+    reason: str # why: 'best' (the monitor improved), 'every_epoch', or 'end' (`at_end=True`)
+    epoch: int # the epoch whose weights these are, counted since the tracker's last reset
+    iteration: int # training batches done by then, counted the same way
+    metadata: dict # `{'epoch': epoch, **recorded values}`: what the `.json` and the loggers show
+    monitor: str = None # the value that chose it, for `reason='best'`
+    value: float = None # and its value then
+    digest: str = None # the weights' digest once written, in the process that wrote them
 
 # %% ../nbs/01_tracker.ipynb #c016
 @patch
-def _save(self:SaveModelCallback, name, meta, chosen=True):
+def _save(self:SaveModelCallback, name, meta, reason):
     path = join_path_file(name, self.path/self.model_dir, ext='.pth')
+    chosen = reason == 'best'
+    rec = SaveRecord(path, reason, meta['epoch'], self._iters_done, meta,
+                     self.monitor if chosen else None, meta.get(self.monitor) if chosen else None)
+    self.records.append(rec)
     self.last_saved_metadata, self.last_saved_path = meta, path
     if rank_distrib(): return  # only rank 0 writes
     model = get_model(self.model).state_dict()
-    state = {'model': model, 'opt': self.opt.state_dict()} if self.with_opt and self.opt is not None else model
+    with_opt = self.with_opt and self.opt is not None
+    state = {'model': model, 'opt': self.opt.state_dict()} if with_opt else model
     kw = dict(monitor=self.monitor, comp='less' if self.lower_is_better else 'greater') if chosen else {}
+    kw.update(reason=reason, holds=['model', 'opt'] if with_opt else ['model'])
     if self._writer is not None: self._writer.submit(path, state, meta, **kw)
-    else: self._saved_digest = save_checkpoint(path, state, meta, **kw)['digest']
+    else: rec.digest = save_checkpoint(path, state, meta, **kw)['digest']
 
 # %% ../nbs/01_tracker.ipynb #c018
 @patch
@@ -244,23 +264,26 @@ def wait(self:SaveModelCallback):
     "Wait until the checkpoints this callback saved are on disk"
     if self._writer is None: return
     self._writer.wait()
-    if self.last_saved_path is not None and (d := self._writer.written.get(Path(self.last_saved_path))): self._saved_digest = d['digest']
+    latest = {rec.path: rec for rec in self.records}  # a save superseded before it started was never written
+    for path, rec in latest.items():
+        if rec.digest is None and (d := self._writer.written.get(Path(path))): rec.digest = d['digest']
 
 @patch
 def _finish_saving(self:SaveModelCallback):
-    if self.at_end: self._save(self.fname, ifnone(self._last_meta, {'epoch': self._epochs_done - 1}), chosen=False)
+    if self.at_end: self._save(self.fname, ifnone(self._last_meta, {'epoch': self._epochs_done - 1}), 'end')
     try: self.wait()
     finally: self._writer = None  # the writer and its buffers do not outlive the fit
 
 @patch
 def _is_own_checkpoint(self:SaveModelCallback)->bool:
     "Whether the checkpoint at `last_saved_path` is still the one this tracker wrote; warns if not"
-    if rank_distrib() or self._saved_digest is None: return True  # only rank 0 wrote, and knows what
+    saved = self.records[-1].digest if self.records else None
+    if rank_distrib() or saved is None: return True  # only rank 0 wrote, and knows what
     try: now = read_checkpoint(self.last_saved_path)['digest']
     except CheckpointError as e: now = f'unreadable ({e})'
-    if now == self._saved_digest: return True
+    if now == saved: return True
     warnings.warn(f"SaveModelCallback did not load the best model: {self.last_saved_path} is no longer the checkpoint "
-                  f"this fit saved (epoch {self.best_epoch}, {self._saved_digest}; it now holds {now}). Another save "
+                  f"this fit saved (epoch {self.best_epoch}, {saved}; it now holds {now}). Another save "
                   f"replaced it: another process training into the same folder, or `learn.save({self.fname!r})`. "
                   f"The learner keeps its final weights. Give each run its own `fname` or `Learner(path=...)`.")
     return False

@@ -104,7 +104,7 @@ class WandbCallback(_FastaiWandbCallback):
 def before_fit(self:WandbCallback):
     "Check the W&B run, make sure a tracker saves the model, then do what fastai's callback does"
     self._trained, self._cb = False, None
-    if not hasattr(self, '_seen_meta'): self._seen_meta, self._seen_epoch = None, None
+    if not hasattr(self, '_run_epochs'): self._run_epochs = weakref.WeakKeyDictionary()  # SaveRecord -> its epoch in the run
     if rank_distrib():  # in distributed training only rank 0 talks to W&B; every rank tracks, so all load the same best
         if self.log_model and not hasattr(self.learn, 'lr_finder'): self._tracker(add=True)
         self.run = False
@@ -114,6 +114,8 @@ def before_fit(self:WandbCallback):
                          '(with WANDB_MODE=offline it needs no account or network).')
     if not hasattr(self.learn, 'lr_finder') and not hasattr(self, 'gather_preds'):
         self._cb = self._tracker(add=self.log_model)
+        # Records from before this fit were saved where this callback cannot tell the run's epoch
+        for rec in getattr(self._cb, 'records', []): self._run_epochs.setdefault(rec, None)
     _FastaiWandbCallback.before_fit(self)
 
 @patch
@@ -124,9 +126,9 @@ def before_train(self:WandbCallback): self._trained = True  # `validate` never t
 def after_epoch(self:WandbCallback):
     "Log the epoch's values, as fastai does, and note the run's epoch of a checkpoint saved in it"
     _FastaiWandbCallback.after_epoch(self)
-    meta = getattr(self._cb, 'last_saved_metadata', None)
-    if self._trained and meta is not None and meta is not self._seen_meta:
-        self._seen_meta, self._seen_epoch = meta, round(self._wandb_epoch) - 1  # fastai's count of epochs ended in the run
+    if not self._trained or self._cb is None: return
+    for rec in self._cb.records:  # fastai's count of epochs ended in the run, less one: this epoch's index
+        if rec not in self._run_epochs: self._run_epochs[rec] = round(self._wandb_epoch) - 1
 
 def _not_worse(cb, value, logged)->bool:
     "Whether `value` of `cb`'s monitor is at least as good as the `logged` one"
@@ -136,14 +138,15 @@ def _not_worse(cb, value, logged)->bool:
 # %% ../nbs/03_wandb.ipynb #c016
 @patch
 def _log_saved(self:WandbCallback, cb, log_model:bool):
-    "Log what `cb` saved in this fit: the summary if it chose the best, and the model if `log_model`"
-    meta = cb.last_saved_metadata
-    if meta is None:
+    "Log `cb`'s last record: the summary if it is a best model, and the model if `log_model`"
+    if not cb.records:
         if log_model: print('WandbCallback logged no model: the SaveModelCallback saved none in this fit.')
         return
-    epoch = self._seen_epoch if meta is self._seen_meta else round(self._wandb_epoch) - 1 if cb.at_end else None
-    chose_best = not (cb.at_end or cb.every_epoch)
-    summary, value = wandb.run.summary, meta.get(cb.monitor)
+    rec = cb.records[-1]
+    # A record made after the last epoch (`at_end`) is of that epoch
+    epoch = self._run_epochs[rec] if rec in self._run_epochs else round(self._wandb_epoch) - 1
+    meta, chose_best = rec.metadata, rec.reason == 'best'
+    summary, value = wandb.run.summary, rec.value
     best = chose_best and _not_worse(cb, value, summary.get(f'best_{cb.monitor}'))
     if best:
         summary.update(json_safe({f'best_{k}': v for k,v in meta.items() if k != 'epoch'}))
@@ -152,12 +155,12 @@ def _log_saved(self:WandbCallback, cb, log_model:bool):
         print(f"WandbCallback: this fit's best {cb.monitor} ({value}, epoch {epoch}) is worse than {summary.get(f'best_{cb.monitor}')} "
               f"(epoch {summary.get('best_epoch')}), already logged in this W&B run; `best_*` and the 'best' alias stay on that model.")
     if not log_model: return
-    try: log_checkpoint(cb.last_saved_path, name=self.model_name, aliases=('best',) if best else (), epoch=epoch)
+    try: log_checkpoint(rec.path, name=self.model_name, aliases=('best',) if best else (), epoch=epoch)
     except Exception as e:
         warnings.warn(f"WandbCallback could not log the model to W&B ({type(e).__name__}: {e}). The checkpoint is safe on disk: "
-                      f"{cb.last_saved_path} and {json_path(cb.last_saved_path)}. To upload it later: "
+                      f"{rec.path} and {json_path(rec.path)}. To upload it later: "
                       f"`wandb.init(project={wandb.run.project!r}, id={wandb.run.id!r}, resume='allow')`, then "
-                      f"`fastai_bestmodel.wandb.log_checkpoint({str(cb.last_saved_path)!r})`.")
+                      f"`fastai_bestmodel.wandb.log_checkpoint({str(rec.path)!r})`.")
 
 @patch
 def after_fit(self:WandbCallback):
