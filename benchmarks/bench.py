@@ -9,7 +9,8 @@ from torch import nn
 from fastai.callback.core import Callback
 from fastai.callback.tracker import SaveModelCallback as FastaiSaveModelCallback
 from fastai.test_utils import synth_learner
-from fastai_bestmodel.tracker import SaveModelCallback, ScriptedMetric
+from fastai_bestmodel.tracker import SaveModelCallback
+from fastai_bestmodel.test_utils import ScriptedMetric
 
 os.environ.setdefault('WANDB_MODE', 'offline')
 os.environ.setdefault('WANDB_SILENT', 'true')
@@ -105,7 +106,7 @@ def bench_blocking(reps, epochs, layers, width, pace=0.5):
 
 def bench_tracking(reps, epochs):
     "2. A digits fit whose monitor stops improving after the first epoch: ours vs fastai's SaveModelCallback"
-    from fastai_bestmodel.cli import digits_learner
+    from fastai_bestmodel.test_utils import digits_learner
     def one(kind):
         learn = digits_learner(path=tempfile.mkdtemp(), metrics=ScriptedMetric([1] + [0] * (epochs - 1), 'score'))
         cb = _time_events(FastaiSaveModelCallback(monitor='score') if kind == 'fastai' else SaveModelCallback(monitor='score'))
@@ -128,7 +129,7 @@ def bench_tracking(reps, epochs):
 def bench_digits(reps, epochs):
     "3. A full digits fit with W&B offline logging of the best model vs fastai's SaveModelCallback without W&B"
     import wandb
-    from fastai_bestmodel.cli import digits_learner
+    from fastai_bestmodel.test_utils import digits_learner
     from fastai_bestmodel.wandb import WandbCallback
     def one(kind):
         tmp = Path(tempfile.mkdtemp())

@@ -8,52 +8,10 @@ Docs: https://github.com/fastai-bestmodel/fastai_bestmodel/cli.html.md"""
 from __future__ import annotations
 import argparse, json, os, re, sys
 from pathlib import Path
-import numpy as np
-from fastcore.basics import ifnone
 from .checkpoint import read_checkpoint, verify_checkpoint, json_path, CheckpointError, CheckpointMismatchError
 
 # %% auto #0
-__all__ = ['digits_dls', 'digits_cnn', 'digits_learner', 'demo', 'main', 'show', 'show_folder']
-
-# %% ../nbs/04_cli.ipynb #c005
-def _digits():
-    from sklearn.datasets import load_digits
-    d = load_digits()
-    return (d.images * (255/16)).astype(np.uint8), d.target
-
-def digits_dls(bs:int=64, valid_pct:float=0.2, seed:int=42):
-    "`DataLoaders` of scikit-learn's 8x8 digits as fastai images, split at random with `seed`"
-    from fastai.data.block import DataBlock, CategoryBlock
-    from fastai.data.transforms import IndexSplitter
-    from fastai.vision.data import ImageBlock
-    from fastai.vision.core import PILImageBW
-    images, targets = _digits()
-    valid = np.random.default_rng(seed).permutation(len(images))[:int(valid_pct*len(images))]
-    block = DataBlock(blocks=(ImageBlock(cls=PILImageBW), CategoryBlock),
-                      get_x=lambda i: PILImageBW.create(images[i]), get_y=lambda i: int(targets[i]),
-                      splitter=IndexSplitter(valid))
-    return block.dataloaders(list(range(len(images))), bs=bs, num_workers=0)
-
-# %% ../nbs/04_cli.ipynb #c006
-def digits_cnn():
-    "A small CNN for 1x8x8 images: 2 convolutions and a linear layer"
-    from torch import nn
-    return nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
-                         nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
-                         nn.Flatten(), nn.Linear(32*4*4, 10))
-
-def digits_learner(path='.', # the learner's folder: checkpoints go in its `models/`
-                   bs:int=64, seed:int=42,
-                   metrics=None, # default: fastai's `accuracy`
-                   **kwargs):
-    "A `Learner` of `digits_cnn` on `digits_dls`, with `accuracy`, saving under `path`"
-    from fastai.learner import Learner
-    from fastai.losses import CrossEntropyLossFlat
-    from fastai.metrics import accuracy
-    from fastai.torch_core import set_seed
-    set_seed(seed, reproducible=True)
-    return Learner(digits_dls(bs=bs, seed=seed), digits_cnn(), loss_func=CrossEntropyLossFlat(),
-                   metrics=ifnone(metrics, accuracy), path=path, **kwargs)
+__all__ = ['demo', 'main', 'show', 'show_folder']
 
 # %% ../nbs/04_cli.ipynb #c011
 def _fmt(d): return ', '.join(f'{k} {v:.4f}' if isinstance(v, float) else f'{k} {v}' for k,v in d.items())
@@ -70,6 +28,7 @@ def demo(epochs:int=8, # epochs of `fit_one_cycle`
     from fastai_bestmodel.tracker import SaveModelCallback
     from fastai_bestmodel.wandb import WandbCallback
     from fastai_bestmodel.offline import read_offline_run
+    from fastai_bestmodel.test_utils import digits_learner
     path = Path(path).absolute(); path.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault('WANDB_SILENT', 'true')
     learn = digits_learner(path=path, seed=seed)

@@ -18,7 +18,7 @@ from fastai.torch_core import get_model, rank_distrib, num_distrib, distrib_barr
 from .checkpoint import save_checkpoint, read_checkpoint, load_best_model, AsyncCheckpointWriter, CheckpointError
 
 # %% auto #0
-__all__ = ['SaveModelCallback', 'SaveRecord', 'ScriptedMetric']
+__all__ = ['SaveModelCallback', 'SaveRecord']
 
 # %% ../nbs/01_tracker.ipynb #c006
 # Each comparison a user may pass, as numpy's: `*_equal` ones let a tie count as better, as in fastai
@@ -305,16 +305,3 @@ def after_fit(self:SaveModelCallback, **kwargs):
     distrib_barrier()  # rank 0 has written before any process reads
     if self.load_best and self._is_own_checkpoint():
         load_best_model(self.learn, Path(self.last_saved_path).absolute(), with_opt=self.with_opt)
-
-# %% ../nbs/01_tracker.ipynb #c025
-from fastai.metrics import Metric
-
-class ScriptedMetric(Metric):
-    "A metric whose value at epoch `i` is `values[i]`, to test what a tracker chooses"
-    def __init__(self, values, name='scripted'): self.values,self._name,self.epoch = list(values),name,0
-    def reset(self): pass
-    def accumulate(self, learn): self.epoch = learn.epoch
-    @property
-    def value(self): return self.values[self.epoch]
-    @property
-    def name(self): return self._name

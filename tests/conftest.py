@@ -1,19 +1,11 @@
 import os, sys
 from pathlib import Path
 import pytest, torch
-from fastai.callback.core import Callback
-from fastai.torch_core import get_model
+from fastai_bestmodel.test_utils import KeepWeights  # noqa: F401  (the tests import it from here)
 
 os.environ.setdefault('WANDB_MODE', 'offline')
 os.environ.setdefault('WANDB_SILENT', 'true')
 ROOT = Path(__file__).resolve().parent.parent
-
-
-class KeepWeights(Callback):
-    "Copies of the weights at the end of each epoch, taken after the tracker has saved them (unwrapped in distributed training)"
-    order = 70
-    def before_fit(self): self.weights = []
-    def after_epoch(self): self.weights.append({k: v.detach().clone() for k, v in get_model(self.model).state_dict().items()})
 
 
 def assert_same_weights(a, b):

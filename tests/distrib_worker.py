@@ -5,7 +5,8 @@ import torch
 from fastai.distributed import DistributedDL
 from fastai.test_utils import synth_learner
 import fastai_bestmodel.tracker as tracker
-from fastai_bestmodel.tracker import SaveModelCallback, ScriptedMetric
+from fastai_bestmodel.tracker import SaveModelCallback
+from fastai_bestmodel.test_utils import ScriptedMetric
 from fastai_bestmodel.wandb import WandbCallback
 from conftest import KeepWeights  # this file's folder is on sys.path: torchrun runs it as a script
 

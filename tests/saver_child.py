@@ -8,7 +8,8 @@ from pathlib import Path
 from torch import nn
 from fastai.test_utils import synth_learner
 from fastai.callback.core import Callback
-from fastai_bestmodel.tracker import SaveModelCallback, ScriptedMetric
+from fastai_bestmodel.tracker import SaveModelCallback
+from fastai_bestmodel.test_utils import ScriptedMetric
 
 path, async_save = sys.argv[1], sys.argv[2] == 'async'
 

@@ -7,7 +7,8 @@ import numpy as np, pytest, torch, wandb
 from torch import nn
 from fastai.test_utils import synth_learner
 from fastai.learner import load_learner
-from fastai_bestmodel.tracker import SaveModelCallback, ScriptedMetric
+from fastai_bestmodel.tracker import SaveModelCallback
+from fastai_bestmodel.test_utils import ScriptedMetric
 from fastai_bestmodel.wandb import WandbCallback
 from fastai_bestmodel.offline import read_offline_run
 from fastai_bestmodel.checkpoint import read_checkpoint, load_checkpoint, verify_checkpoint
@@ -152,7 +153,7 @@ def test_async_every_epoch_keeps_every_epoch(tmp_path):
 
 
 def test_export_and_load_learner_with_an_async_tracker(tmp_path):
-    from fastai_bestmodel.cli import digits_learner
+    from fastai_bestmodel.test_utils import digits_learner
     learn = digits_learner(path=tmp_path, cbs=SaveModelCallback(monitor='accuracy', async_save=True))
     with learn.no_bar(), learn.no_logging(): learn.fit(2, 1e-2)
     learn.export()
@@ -164,7 +165,7 @@ def test_export_and_load_learner_with_an_async_tracker(tmp_path):
 
 def test_a_vector_metric_is_stored_as_a_list(tmp_path):
     from fastai.metrics import Precision, accuracy
-    from fastai_bestmodel.cli import digits_learner
+    from fastai_bestmodel.test_utils import digits_learner
     learn = digits_learner(path=tmp_path, metrics=[accuracy, Precision(average=None)])
     with learn.no_bar(), learn.no_logging(): learn.fit(2, 1e-2, cbs=SaveModelCallback(monitor='accuracy'))
     meta = read_checkpoint(tmp_path / 'models' / 'model.pth')['metadata']
@@ -272,7 +273,8 @@ import sys, torch
 from torch import nn
 from fastai.test_utils import synth_learner
 from fastai.callback.core import Callback
-from fastai_bestmodel.tracker import SaveModelCallback, ScriptedMetric
+from fastai_bestmodel.tracker import SaveModelCallback
+from fastai_bestmodel.test_utils import ScriptedMetric
 class Crash(Callback):
     order = 70
     def after_epoch(self):

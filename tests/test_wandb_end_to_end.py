@@ -3,7 +3,8 @@ import base64, hashlib, warnings
 from pathlib import Path
 import pytest, torch, wandb
 from fastai.test_utils import synth_learner
-from fastai_bestmodel.tracker import SaveModelCallback, ScriptedMetric
+from fastai_bestmodel.tracker import SaveModelCallback
+from fastai_bestmodel.test_utils import ScriptedMetric
 from fastai_bestmodel.wandb import WandbCallback
 from fastai_bestmodel.offline import read_offline_run
 from fastai_bestmodel.checkpoint import read_checkpoint
