@@ -15,7 +15,7 @@ from fastcore.foundation import L
 # %% auto #0
 __all__ = ['file_digest', 'CheckpointError', 'CheckpointWriteError', 'CheckpointMismatchError', 'atomic_write_bytes',
            'plain_state', 'json_safe', 'json_path', 'save_checkpoint', 'read_checkpoint', 'verify_checkpoint',
-           'checkpoint_weights', 'load_checkpoint', 'load_best_model', 'AsyncCheckpointWriter']
+           'checkpoint_weights', 'load_checkpoint', 'AsyncCheckpointWriter']
 
 # %% ../nbs/00_checkpoint.ipynb #c006
 def file_digest(path, chunk_size:int=1<<23)->str:
@@ -338,31 +338,6 @@ def load_checkpoint(path, device='cpu')->tuple:
         raise CheckpointError(f'{weights} holds more than tensors and plain containers, and loading it could run code, '
                               f'so it was refused ({type(e).__name__}: {str(e).splitlines()[0][:200]}).') from e
     return state, desc
-
-# %% ../nbs/00_checkpoint.ipynb #c045
-def load_best_model(learn, # the `Learner` to load into
-                    path=None, # a checkpoint's name or relative path in `learn.path/learn.model_dir` (as `learn.load`), or an absolute path; default: the learner's `SaveModelCallback`'s
-                    with_opt:bool=None, # also load the optimizer state; default: if the checkpoint has one
-                    strict:bool=True, # passed to `load_state_dict`
-                   )->dict:
-    "Load a checkpoint saved by `SaveModelCallback` into `learn`, digest checked, and return its description"
-    if path is None:
-        cb = getattr(learn, 'save_model', None)
-        path = getattr(cb, 'last_saved_path', None)
-        if path is None: raise CheckpointError("No checkpoint to load: pass its name, as in `load_best_model(learn, 'model')`. "
-                                               "Without one, it is the checkpoint of the learner's SaveModelCallback, and a "
-                                               "callback passed to `fit(cbs=...)` leaves the learner when the fit ends.")
-    # As `learn.load` does: a relative path is in the learner's model folder, never in the working folder
-    path = Path(learn.path)/learn.model_dir/path
-    state, desc = load_checkpoint(path, device=getattr(learn.dls, 'device', None) or 'cpu')
-    has_opt = 'opt' in desc.get('holds', ['model', 'opt'] if desc.get('with_opt') else ['model'])  # older files: `with_opt`
-    from fastai.torch_core import get_model
-    get_model(learn.model).load_state_dict(state['model'] if has_opt else state, strict=strict)
-    if ifnone(with_opt, has_opt):
-        if not has_opt: raise CheckpointError(f'{path} holds no optimizer state: it was saved with `with_opt=False`.')
-        if learn.opt is None: learn.create_opt()
-        learn.opt.load_state_dict({**state['opt'], 'hypers': L(state['opt']['hypers'])})
-    return desc
 
 # %% ../nbs/00_checkpoint.ipynb #c048
 def _snapshot(o, into=None):

@@ -11,14 +11,15 @@ from dataclasses import dataclass
 from pathlib import Path
 import numpy as np, torch
 from fastcore.basics import store_attr, ifnone, patch
+from fastcore.foundation import L
 from fastai.callback.tracker import SaveModelCallback as _FastaiSaveModelCallback
 import fastai.callback.schedule  # defines `Learner.fine_tune`
 from fastai.learner import Learner, join_path_file
 from fastai.torch_core import get_model, rank_distrib, num_distrib, distrib_barrier
-from .checkpoint import save_checkpoint, read_checkpoint, load_best_model, AsyncCheckpointWriter, CheckpointError
+from .checkpoint import save_checkpoint, read_checkpoint, load_checkpoint, AsyncCheckpointWriter, CheckpointError
 
 # %% auto #0
-__all__ = ['SaveModelCallback', 'SaveRecord']
+__all__ = ['SaveModelCallback', 'SaveRecord', 'load_best_model']
 
 # %% ../nbs/01_tracker.ipynb #c006
 # Each comparison a user may pass, as numpy's: `*_equal` ones let a tie count as better, as in fastai
@@ -257,6 +258,30 @@ def _save(self:SaveModelCallback, name, meta, reason):
     kw.update(reason=reason, holds=['model', 'opt'] if with_opt else ['model'])
     if self._writer is not None: self._writer.submit(path, state, meta, **kw)
     else: rec.digest = save_checkpoint(path, state, meta, **kw)['digest']
+
+# %% ../nbs/01_tracker.ipynb #l045
+def load_best_model(learn, # the `Learner` to load into
+                    path=None, # a checkpoint's name or relative path in `learn.path/learn.model_dir` (as `learn.load`), or an absolute path; default: the learner's `SaveModelCallback`'s
+                    with_opt:bool=None, # also load the optimizer state; default: if the checkpoint has one
+                    strict:bool=True, # passed to `load_state_dict`
+                   )->dict:
+    "Load a checkpoint saved by `SaveModelCallback` into `learn`, digest checked, and return its description"
+    if path is None:
+        cb = getattr(learn, 'save_model', None)
+        path = getattr(cb, 'last_saved_path', None)
+        if path is None: raise CheckpointError("No checkpoint to load: pass its name, as in `load_best_model(learn, 'model')`. "
+                                               "Without one, it is the checkpoint of the learner's SaveModelCallback, and a "
+                                               "callback passed to `fit(cbs=...)` leaves the learner when the fit ends.")
+    # As `learn.load` does: a relative path is in the learner's model folder, never in the working folder
+    path = Path(learn.path)/learn.model_dir/path
+    state, desc = load_checkpoint(path, device=getattr(learn.dls, 'device', None) or 'cpu')
+    has_opt = 'opt' in desc.get('holds', ['model', 'opt'] if desc.get('with_opt') else ['model'])  # older files: `with_opt`
+    get_model(learn.model).load_state_dict(state['model'] if has_opt else state, strict=strict)
+    if ifnone(with_opt, has_opt):
+        if not has_opt: raise CheckpointError(f'{path} holds no optimizer state: it was saved with `with_opt=False`.')
+        if learn.opt is None: learn.create_opt()
+        learn.opt.load_state_dict({**state['opt'], 'hypers': L(state['opt']['hypers'])})
+    return desc
 
 # %% ../nbs/01_tracker.ipynb #c018
 @patch
