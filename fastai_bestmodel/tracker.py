@@ -48,7 +48,7 @@ def _as_number(v, name):
     if isinstance(v, bool) or not isinstance(v, numbers.Real): raise TypeError(name)
     return float(v)
 
-def _check_args(monitor, min_delta, fname, every_epoch, at_end, load_best, async_save)->float:
+def _check_args(monitor, min_delta, fname, every_epoch, at_end, load_best, async_save, save_last=False)->float:
     "Check the arguments of `SaveModelCallback`, and return `min_delta` as a float"
     if not isinstance(monitor, str) or not monitor:
         raise ValueError(f"SaveModelCallback(monitor={monitor!r}): `monitor` must be the name of a value the recorder logs, such as 'valid_loss' or 'accuracy'.")
@@ -66,7 +66,7 @@ def _check_args(monitor, min_delta, fname, every_epoch, at_end, load_best, async
         raise ValueError(f"SaveModelCallback(every_epoch={every_epoch!r}): `every_epoch` must be True, False, or a number of epochs >= 1.")
     if every_epoch and at_end:
         raise ValueError("SaveModelCallback(every_epoch=..., at_end=True): `every_epoch` and `at_end` cannot both be set; pick one way of choosing what to save.")
-    for n,v in (('at_end', at_end), ('load_best', load_best), ('async_save', async_save)):
+    for n,v in (('at_end', at_end), ('load_best', load_best), ('async_save', async_save), ('save_last', save_last)):
         if not isinstance(v, bool): raise ValueError(f"SaveModelCallback({n}={v!r}): `{n}` must be True or False.")
     return delta
 
@@ -85,14 +85,15 @@ class SaveModelCallback(_FastaiSaveModelCallback):
         reset_on_fit=True, # before each fit, forget the best value of the previous fit (the fits of one `fine_tune` are one).
         load_best=True, # load the best weights into the learner at the end of fit; False keeps the final weights.
         async_save=False, # write checkpoints in a background thread; the loop pays only for a copy of the state.
+        save_last=False, # also keep `<fname>_last.pth` and its `.json`: the most recent epoch, to resume from.
     ):
-        min_delta = _check_args(monitor, min_delta, fname, every_epoch, at_end, load_best, async_save)
+        min_delta = _check_args(monitor, min_delta, fname, every_epoch, at_end, load_best, async_save, save_last)
         comp = _check_comp(comp, monitor)
         super().__init__(monitor=monitor, comp=comp, min_delta=min_delta, fname=fname,
                          every_epoch=every_epoch, at_end=at_end, with_opt=with_opt, reset_on_fit=reset_on_fit)
         self.lower_is_better = comp in (np.less, np.less_equal)
         self.min_delta = -min_delta if self.lower_is_better else min_delta  # fastai negates it for np.less only
-        store_attr('load_best,async_save')
+        store_attr('load_best,async_save,save_last')
         self.last_saved_metadata, self.best_epoch, self._tracking, self.records = None, None, False, []
         self._epochs_before, self._epochs_done, self._iters_before, self._iters_done = 0, 0, 0, 0
         self._init_state()
@@ -214,7 +215,12 @@ def after_epoch(self:SaveModelCallback):
     meta = self._last_meta = {'epoch': epoch, **self._epoch_row()}
     if self.every_epoch:
         if (epoch % self.every_epoch) == 0: self._save(f'{self.fname}_{epoch}', meta, 'every_epoch')
-        return
+    else: self._save_if_best(epoch, meta)
+    if self.save_last: self._save(f'{self.fname}_last', meta, 'last')
+
+@patch
+def _save_if_best(self:SaveModelCallback, epoch, meta):
+    "Save `meta`'s epoch as the best if its monitored value beats the best so far by `min_delta`"
     val = meta.get(self.monitor)
     if val is None: self._unrecorded.append(epoch); val = float('nan')
     elif isinstance(val, list):
@@ -249,7 +255,8 @@ def _save(self:SaveModelCallback, name, meta, reason):
     rec = SaveRecord(path, reason, meta['epoch'], self._iters_done, meta,
                      self.monitor if chosen else None, meta.get(self.monitor) if chosen else None)
     self.records.append(rec)
-    self.last_saved_metadata, self.last_saved_path = meta, path
+    # fastai's names, which its loggers read, stay on the model chosen: the best, or the one `every_epoch`/`at_end` saved
+    if reason != 'last': self.last_saved_metadata, self.last_saved_path = meta, path
     if rank_distrib(): return  # only rank 0 writes
     model = get_model(self.model).state_dict()
     with_opt = self.with_opt and self.opt is not None
@@ -302,7 +309,7 @@ def _finish_saving(self:SaveModelCallback):
 @patch
 def _is_own_checkpoint(self:SaveModelCallback)->bool:
     "Whether the checkpoint at `last_saved_path` is still the one this tracker wrote; warns if not"
-    saved = self.records[-1].digest if self.records else None
+    saved = next((r.digest for r in reversed(self.records) if r.path == self.last_saved_path), None)
     if rank_distrib() or saved is None: return True  # only rank 0 wrote, and knows what
     try: now = read_checkpoint(self.last_saved_path)['digest']
     except CheckpointError as e: now = f'unreadable ({e})'

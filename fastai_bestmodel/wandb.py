@@ -138,11 +138,11 @@ def _not_worse(cb, value, logged)->bool:
 # %% ../nbs/03_wandb.ipynb #c016
 @patch
 def _log_saved(self:WandbCallback, cb, log_model:bool):
-    "Log `cb`'s last record: the summary if it is a best model, and the model if `log_model`"
-    if not cb.records:
+    "Log the model `cb` chose last (not its `_last` file): the summary if it is a best model, the model if `log_model`"
+    rec = next((r for r in reversed(cb.records) if r.reason != 'last'), None)
+    if rec is None:
         if log_model: print('WandbCallback logged no model: the SaveModelCallback saved none in this fit.')
         return
-    rec = cb.records[-1]
     # A record made after the last epoch (`at_end`) is of that epoch
     epoch = self._run_epochs[rec] if rec in self._run_epochs else round(self._wandb_epoch) - 1
     meta, chose_best = rec.metadata, rec.reason == 'best'

@@ -291,3 +291,18 @@ def test_a_script_that_dies_keeps_the_async_save_it_announced(tmp_path):
     assert 'Better model found at epoch 1' in p.stdout and 'the script fails' in p.stderr
     state, desc = load_checkpoint(tmp_path / 'models' / 'model.pth')
     assert desc['metadata']['epoch'] == 1 and desc['metadata']['accuracy'] == 0.9
+
+
+@pytest.mark.parametrize('async_save', [False, True])
+def test_save_last_keeps_the_latest_beside_the_best_and_logs_the_best(tmp_path, offline_run, async_save):
+    learn = synth_learner(n_trn=4, path=tmp_path, metrics=ScriptedMetric([0.5, 0.9, 0.7], 'accuracy'))
+    keep = KeepWeights()
+    learn.fit(3, lr=1e-1, cbs=[SaveModelCallback(monitor='accuracy', save_last=True, async_save=async_save),
+                               WandbCallback(log_model=True, log_preds=False), keep])
+    assert_same_weights(load_checkpoint(tmp_path / 'models' / 'model_last.pth')[0], keep.weights[2])
+    assert_same_weights(load_checkpoint(tmp_path / 'models' / 'model.pth')[0], keep.weights[1])
+    assert_same_weights(learn.model.state_dict(), keep.weights[1])
+    logged = _logged(offline_run)
+    (art,) = _models(logged)
+    assert art['metadata']['epoch'] == 1 and 'best' in art['aliases'] and {f['path'] for f in art['files']} == {'model.pth', 'model.json'}
+    assert logged.summary['best_accuracy'] == 0.9
