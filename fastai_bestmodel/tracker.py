@@ -239,7 +239,7 @@ def _save_if_best(self:SaveModelCallback, epoch, meta):
 class SaveRecord:
     "One checkpoint a tracker saved: where, why, when in training, and what that epoch recorded"
     path: Path # the weights file; its `.json` is beside it
-    reason: str # why: 'best' (the monitor improved), 'every_epoch', or 'end' (`at_end=True`)
+    reason: str # why: 'best' (the monitor improved), 'every_epoch', 'end' (`at_end=True`) or 'last' (`save_last=True`)
     epoch: int # the epoch whose weights these are, counted since the tracker's last reset
     iteration: int # training batches done by then, counted the same way
     metadata: dict # `{'epoch': epoch, **recorded values}`: what the `.json` and the loggers show
