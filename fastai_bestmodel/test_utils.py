@@ -18,7 +18,7 @@ __all__ = ['ScriptedMetric', 'KeepWeights', 'digits_dls', 'digits_cnn', 'digits_
 
 # %% ../nbs/06_test_utils.ipynb #t006
 class ScriptedMetric(Metric):
-    "A metric whose value at epoch `i` is `values[i]`, to test what a tracker chooses"
+    "A metric whose value at epoch `i` of each fit is `values[i]`, to test what a tracker chooses"
     def __init__(self, values, name='scripted'): self.values,self._name,self.epoch = list(values),name,0
     def reset(self): pass
     def accumulate(self, learn): self.epoch = learn.epoch

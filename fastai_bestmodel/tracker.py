@@ -164,7 +164,7 @@ _OMIT = object()
 
 def _stored(v):
     "A recorded value as the metadata store it: a float, a list of floats for a vector, or `_OMIT`"
-    if v is None: return float('nan')
+    if v is None: return _OMIT  # not computed this epoch (no validation set): not a value, not NaN
     if isinstance(v, torch.Tensor): v = v.detach().cpu().numpy()
     try:
         a = np.asarray(v, dtype=float)

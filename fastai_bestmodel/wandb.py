@@ -75,6 +75,7 @@ def _detach(learn, cb):
 class WandbCallback(_FastaiWandbCallback):
     "fastai's `WandbCallback`, logging the best model with its own epoch's metrics and `best_*` in the summary"
     order = SaveModelCallback.order + 1
+    _stateattrs = ('_run_epochs',)  # weak references do not pickle: `learn.export()` leaves them out
     def after_create(self): pass  # fastai's adds its own tracker to the learner for good; ours adds one in `before_fit`, for that fit
 
     def _tracker(self, add:bool):

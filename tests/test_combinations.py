@@ -306,3 +306,23 @@ def test_save_last_keeps_the_latest_beside_the_best_and_logs_the_best(tmp_path, 
     (art,) = _models(logged)
     assert art['metadata']['epoch'] == 1 and 'best' in art['aliases'] and {f['path'] for f in art['files']} == {'model.pth', 'model.json'}
     assert logged.summary['best_accuracy'] == 0.9
+
+
+def test_export_with_a_wandb_callback_attached(tmp_path, offline_run):
+    from fastai_bestmodel.test_utils import digits_learner
+    learn = digits_learner(path=tmp_path, cbs=WandbCallback(log_model=True, log_preds=False))
+    with learn.no_bar(), learn.no_logging(): learn.fit(1, 1e-2)
+    learn.export()
+    assert_same_weights(load_learner(tmp_path / 'export.pkl').model.state_dict(), learn.model.state_dict())
+    with learn.no_bar(), learn.no_logging(): learn.fit(1, 1e-2)  # and the callback still logs afterwards
+    assert len(_models(_logged(offline_run))) == 2
+
+
+def test_no_validation_set_is_said_to_be_that(tmp_path):
+    learn = synth_learner(n_trn=4, n_val=0, path=tmp_path)
+    with warnings.catch_warnings(record=True) as ws:
+        warnings.simplefilter('always')
+        with learn.no_bar(), learn.no_logging(): learn.fit(2, 1e-2, cbs=SaveModelCallback())
+    assert any("'valid_loss' was not recorded at epochs [0, 1]: the learner has no validation set" in str(w.message) for w in ws)
+    learn.fit(1, 1e-2, cbs=SaveModelCallback(monitor='train_loss', fname='t'))
+    assert 'valid_loss' not in read_checkpoint(tmp_path / 'models' / 't.pth')['metadata']  # not computed: left out, not NaN
