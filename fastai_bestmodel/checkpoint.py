@@ -6,7 +6,7 @@ Docs: https://github.com/fastai-bestmodel/fastai_bestmodel/checkpoint.html.md"""
 
 # %% ../nbs/00_checkpoint.ipynb #c003
 from __future__ import annotations
-import os, json, math, time, errno, zipfile, threading, tempfile, datetime
+import os, re, json, math, time, errno, zipfile, threading, tempfile, datetime
 from pathlib import Path
 import numpy as np, xxhash
 from fastcore.basics import ifnone, patch
@@ -15,7 +15,8 @@ from fastcore.foundation import L
 # %% auto #0
 __all__ = ['file_digest', 'CheckpointError', 'CheckpointWriteError', 'CheckpointMismatchError', 'atomic_write_bytes',
            'plain_state', 'json_safe', 'json_path', 'save_checkpoint', 'read_checkpoint', 'verify_checkpoint',
-           'checkpoint_weights', 'load_checkpoint', 'AsyncCheckpointWriter']
+           'checkpoint_weights', 'load_checkpoint', 'list_checkpoints', 'link_checkpoint', 'delete_checkpoint',
+           'CheckpointWriter', 'AsyncCheckpointWriter']
 
 # %% ../nbs/00_checkpoint.ipynb #c006
 def file_digest(path, chunk_size:int=1<<23)->str:
@@ -339,6 +340,84 @@ def load_checkpoint(path, device='cpu')->tuple:
                               f'so it was refused ({type(e).__name__}: {str(e).splitlines()[0][:200]}).') from e
     return state, desc
 
+# %% ../nbs/00_checkpoint.ipynb #k002
+def _name_order(p:Path)->list:
+    "Sort key for file names with numbers in them: `model_2` before `model_10`"
+    return [int(s) if i % 2 else s for i,s in enumerate(re.split(r'(\d+)', str(p)))]  # odd places: the numbers
+
+def list_checkpoints(folder, recurse:bool=False)->list:
+    "`(json_file, description)` for each checkpoint in `folder` in name order; the `CheckpointError` for a damaged one"
+    folder, found = Path(folder), []
+    files = folder.rglob('*.json') if recurse else (p for p in folder.iterdir() if p.suffix == '.json')  # iterdir: an unreadable folder raises
+    for p in sorted(files, key=lambda p: _name_order(p.relative_to(folder))):
+        if p.name.startswith('.'): continue
+        try: found.append((p, read_checkpoint(p)))
+        except CheckpointError as e:
+            if _as_pth(p).exists(): found.append((p, e))  # a checkpoint whose description is damaged; else another tool's .json
+    return found
+
+# %% ../nbs/00_checkpoint.ipynb #k005
+def link_checkpoint(src, # the checkpoint to give another name: its `.pth` or `.json`
+                    dst, # the new name's `.pth`
+                    reason:str=None, # the new name's `reason`, if not `src`'s
+                    desc:dict=None, # `src`'s description, if the caller has it
+                   )->dict:
+    "Make `dst` a checkpoint of `src`'s weights, hard-linked where possible, with its own `.json`, and return its description"
+    src, dst = _as_pth(src), _as_pth(dst)
+    desc = dict(desc or read_checkpoint(src), weights=dst.name)
+    if reason is not None: desc['reason'] = reason
+    weights = src if src.exists() else _pending(src, desc['digest'])  # a save interrupted after its commit
+    try:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        with _FolderLock(dst.parent) as lock:
+            _finish_interrupted(dst, abandoned=lock.locked)
+            pending = _pending(dst, desc['digest'])
+            _unlink(pending)
+            try: os.link(weights, pending)
+            except OSError: _replace(_write_tmp(dst.parent, dst.name, lambda f: f.write(Path(weights).read_bytes()))[0], pending, background_unlink=False)
+            try: atomic_write_bytes(json_path(dst), json.dumps(desc, indent=1, allow_nan=False).encode())
+            except BaseException: _unlink(pending); raise
+            _replace(pending, dst, background_unlink=False, durable=False)
+    except OSError as e: raise _write_error(dst, e) from e
+    return desc
+
+# %% ../nbs/00_checkpoint.ipynb #k008
+def delete_checkpoint(path):
+    "Delete the checkpoint at `path` (its `.pth` or `.json`): its `.json` first, durably, then its weights"
+    path = _as_pth(path)
+    with _FolderLock(path.parent):
+        _unlink(json_path(path))
+        _fsync_dir(path.parent)
+        _unlink(path)
+        for p in path.parent.glob(f'.{path.name}.*'):
+            if p.suffix in ('.pending', '.tmp'): _unlink(p)
+
+# %% ../nbs/00_checkpoint.ipynb #w001
+def _write_job(job, written:dict, **kwargs)->dict:
+    "Do what one submitted save asks, in order: keep the previous checkpoint, save, then delete; note each in `written`"
+    path = job['path']
+    if job['keep_previous_as'] is not None and json_path(path).exists():
+        dst, reason = job['keep_previous_as']
+        written[Path(dst)] = link_checkpoint(path, dst, reason=reason)
+    desc = written[path] = save_checkpoint(path, job['state'], job['metadata'], **kwargs, **job['kwargs'])
+    for p in job['delete']:
+        delete_checkpoint(p)
+        written.pop(Path(p), None)
+    return desc
+
+def _job(path, state, metadata, keep_previous_as, delete, kwargs)->dict:
+    return dict(path=Path(path), state=state, metadata=dict(metadata), keep_previous_as=keep_previous_as,
+                delete=[_as_pth(p) for p in delete], kwargs=kwargs)
+
+class CheckpointWriter:
+    "Save checkpoints in the calling thread, with `AsyncCheckpointWriter`'s interface"
+    def __init__(self): self.last_written, self.written = None, {}
+    def submit(self, path, state, metadata, keep_previous_as=None, delete=(), **kwargs):
+        "Save `state` to `path` now, as `save_checkpoint(path, state, metadata, **kwargs)`, with the steps a policy asks for"
+        self.last_written = _write_job(_job(path, state, metadata, keep_previous_as, delete, kwargs), self.written)
+    def wait(self): return self.last_written
+    def raise_error(self): pass
+
 # %% ../nbs/00_checkpoint.ipynb #c048
 def _snapshot(o, into=None):
     "Copy the tensors of `o` into the tensors of `into` where shapes match, else into new CPU tensors"
@@ -366,13 +445,14 @@ class AsyncCheckpointWriter:
         self._gate = threading.Event()  # cleared while the caller copies a snapshot: the writer pauses meanwhile
         self._gate.set()
 
-    def submit(self, path, state, metadata, **kwargs):
-        "Snapshot `state` and queue it for `save_checkpoint(path, ..., metadata, **kwargs)`, replacing a save to `path` not yet started"
+    def submit(self, path, state, metadata, keep_previous_as=None, delete=(), **kwargs):
+        "Snapshot `state` and queue it as `CheckpointWriter.submit` would save it, replacing a plain save to `path` not yet started"
         self.raise_error()
-        path = Path(path)
+        path, plain = Path(path), keep_previous_as is None and not delete
         with self._cond:
-            # Another path's save is never dropped: with one already waiting, wait for the thread to take it
-            while path not in self._pending and self._pending: self._cond.wait()
+            # Another path's save is never dropped: with one already waiting, wait for the thread to take it. Nor is a
+            # save with a policy's steps (a checkpoint it keeps or deletes): only a plain save supersedes a plain one.
+            while self._pending and not (plain and path in self._pending and self._pending[path]['plain']): self._cond.wait()
             old = self._pending.pop(path, None)
             reuse = old['state'] if old else (self._spare.pop() if self._spare else None)
             # The copy is all the loop waits for; a write running beside it would take half the CPU and memory bandwidth
@@ -382,7 +462,7 @@ class AsyncCheckpointWriter:
                 if any(t.is_pinned() for t in _tensors(snap)):
                     import torch; torch.cuda.synchronize()
             finally: self._gate.set()
-            self._pending[path] = dict(path=path, state=snap, metadata=dict(metadata), kwargs=kwargs)
+            self._pending[path] = dict(_job(path, snap, metadata, keep_previous_as, delete, kwargs), plain=plain)
             self._cond.notify_all()
             # `_running` changes only under the lock, so a thread about to exit never leaves a job behind
             if not self._running:
@@ -402,8 +482,7 @@ def _run(self:AsyncCheckpointWriter):
             job = self._busy = self._pending.pop(next(iter(self._pending)))
             self._cond.notify_all()  # a `submit` waiting for room can go on
         try:
-            desc = save_checkpoint(job['path'], job['state'], job['metadata'], gate=self._gate, background_unlink=False, **job['kwargs'])
-            self.last_written = self.written[job['path']] = desc
+            self.last_written = _write_job(job, self.written, gate=self._gate, background_unlink=False)
         except BaseException as e: self._error = e
         finally:
             with self._cond:

@@ -8,7 +8,7 @@ Docs: https://github.com/fastai-bestmodel/fastai_bestmodel/cli.html.md"""
 from __future__ import annotations
 import argparse, json, os, re, sys
 from pathlib import Path
-from .checkpoint import read_checkpoint, verify_checkpoint, json_path, CheckpointError, CheckpointMismatchError
+from .checkpoint import read_checkpoint, verify_checkpoint, list_checkpoints, json_path, CheckpointError, CheckpointMismatchError
 
 # %% auto #0
 __all__ = ['demo', 'main', 'show', 'show_folder']
@@ -101,22 +101,6 @@ def show(path)->dict|list:
     print(f'{weights}: digest matches ({desc["digest"]})')
     return desc
 
-# %% ../nbs/04_cli.ipynb #c016b
-def _name_order(p:Path)->list:
-    "Sort key for file names with numbers in them: `model_2` before `model_10`"
-    return [int(s) if i % 2 else s for i,s in enumerate(re.split(r'(\d+)', p.name))]  # odd places: the numbers
-
-def _checkpoints_in(folder:Path)->list:
-    "The `.json` of each checkpoint in `folder`, in name order, and its description (the error, if it is damaged)"
-    found = []
-    for p in sorted(folder.iterdir(), key=_name_order):
-        if p.name.startswith('.') or p.suffix != '.json': continue
-        try: found.append((p, read_checkpoint(p)))
-        except CheckpointError as e:
-            if p.with_suffix('.pth').exists(): found.append((p, e))  # a checkpoint whose description is damaged
-            # else: another tool's .json
-    return found
-
 # %% ../nbs/04_cli.ipynb #c016e
 def _digest_check(json_file:Path)->str:
     "'ok', or in a few words why the weights that `json_file` describes fail their digest check"
@@ -144,7 +128,7 @@ def _aligned(rows)->list:
 def show_folder(folder)->list:
     "Print one line for each checkpoint in `folder`: name, epoch, monitored value, digest check; raise if any fails"
     folder = Path(folder)
-    try: found = _checkpoints_in(folder)
+    try: found = list_checkpoints(folder)
     except OSError as e: raise CheckpointError(f'{folder}: cannot list its files ({e.strerror}); check its permissions.') from e
     if not found: raise CheckpointError(_no_checkpoints(folder))
     rows = [(jp.with_suffix('.pth').name, f"epoch {d['metadata'].get('epoch', '?')}", _monitored(d), f'digest {_digest_check(jp)}')
