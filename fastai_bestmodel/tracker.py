@@ -6,20 +6,21 @@ Docs: https://github.com/fastai-bestmodel/fastai_bestmodel/tracker.html.md"""
 
 # %% ../nbs/01_tracker.ipynb #c003
 from __future__ import annotations
-import math, numbers, operator, os, warnings, functools
+import datetime, math, numbers, operator, os, re, signal, threading, time, warnings, functools
 from dataclasses import dataclass
 from pathlib import Path
 import numpy as np, torch
 from fastcore.basics import store_attr, ifnone, patch
 from fastcore.foundation import L
+from fastai.callback.core import CancelFitException
 from fastai.callback.tracker import SaveModelCallback as _FastaiSaveModelCallback
 import fastai.callback.schedule  # defines `Learner.fine_tune`
 from fastai.learner import Learner, join_path_file
 from fastai.torch_core import get_model, rank_distrib, num_distrib, distrib_barrier
-from .checkpoint import save_checkpoint, read_checkpoint, load_checkpoint, AsyncCheckpointWriter, CheckpointError
+from .checkpoint import read_checkpoint, load_checkpoint, CheckpointWriter, AsyncCheckpointWriter, CheckpointError
 
 # %% auto #0
-__all__ = ['SaveModelCallback', 'SaveRecord', 'load_best_model']
+__all__ = ['fill_template', 'SaveModelCallback', 'SaveRecord', 'TrainingTerminated', 'load_best_model', 'deciding_tracker']
 
 # %% ../nbs/01_tracker.ipynb #c006
 # Each comparison a user may pass, as numpy's: `*_equal` ones let a tie count as better, as in fastai
@@ -70,6 +71,65 @@ def _check_args(monitor, min_delta, fname, every_epoch, at_end, load_best, async
         if not isinstance(v, bool): raise ValueError(f"SaveModelCallback({n}={v!r}): `{n}` must be True or False.")
     return delta
 
+# %% ../nbs/01_tracker.ipynb #p001
+_FIELD = re.compile(r'\{([^{}:]+)(?::([^{}]*))?\}')  # `{name}` or `{name:format}`
+
+def fill_template(template:str, values:dict)->str:
+    "`template` with each `{name}` or `{name:format}` replaced by `name=<value>`, as Lightning's `filename` is"
+    def field(m):
+        v = values[m.group(1)]
+        return f'{m.group(1)}={format(v, m.group(2) or "") if isinstance(v, numbers.Number) else v}'
+    return _FIELD.sub(field, template)
+
+def _check_template(filename):
+    p = Path(filename)
+    if p.is_absolute() or '..' in p.parts or '\\' in filename or filename.endswith(('.pth', '.json')):
+        raise ValueError(f"SaveModelCallback(filename={filename!r}): `filename` is a name inside the model folder, without "
+                         f"'..', a leading '/' or an extension, such as '{{epoch:02d}}-{{valid_loss:.4f}}'.")
+    if not _FIELD.search(filename) or '{' in _FIELD.sub('', filename) or '}' in _FIELD.sub('', filename):
+        raise ValueError(f"SaveModelCallback(filename={filename!r}): `filename` needs at least one field in braces, such as "
+                         f"'{{epoch}}', and balanced braces; otherwise every checkpoint it names would get the same name.")
+
+# %% ../nbs/01_tracker.ipynb #p002
+def _check_whole(name, v, low=1):
+    if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < low):
+        raise ValueError(f"SaveModelCallback({name}={v!r}): `{name}` must be None or a whole number >= {low}.")
+
+def _check_policies(save_top_k, filename, every_epoch, at_end, save_last, every_n_train_steps, train_time_interval,
+                    keep_last_n, save_on_exception)->float:
+    "Check the options that choose what else to keep, and return `train_time_interval` in seconds (or None)"
+    if isinstance(save_top_k, bool) or not isinstance(save_top_k, int) or save_top_k < -1:
+        raise ValueError(f"SaveModelCallback(save_top_k={save_top_k!r}): `save_top_k` must be 1 (keep the best, the default), "
+                         f"k > 1 (the k best), -1 (every epoch's model), or 0 (no best model, only the other checkpoints asked for).")
+    if save_top_k != 1 and (every_epoch or at_end):
+        raise ValueError(f"SaveModelCallback(save_top_k={save_top_k}, {'every_epoch' if every_epoch else 'at_end'}=...): "
+                         f"`every_epoch` and `at_end` save instead of the best, so there are no k best to keep. "
+                         f"`save_top_k=-1` keeps every epoch's model.")
+    if filename is not None:
+        if not isinstance(filename, str): raise ValueError(f"SaveModelCallback(filename={filename!r}): `filename` must be a string template.")
+        if save_top_k in (0, 1): raise ValueError(f"SaveModelCallback(filename={filename!r}, save_top_k={save_top_k}): `filename` names the checkpoints "
+                                                  f"kept besides the best (`<fname>.pth`), and with save_top_k={save_top_k} there are none. "
+                                                  f"Set `save_top_k` to k > 1, or -1.")
+        _check_template(filename)
+    _check_whole('every_n_train_steps', every_n_train_steps); _check_whole('keep_last_n', keep_last_n)
+    interval = train_time_interval.total_seconds() if isinstance(train_time_interval, datetime.timedelta) else train_time_interval
+    if interval is not None:
+        try: interval = _as_number(interval, 'train_time_interval')
+        except TypeError: interval = float('nan')
+        if not math.isfinite(interval) or interval <= 0:
+            raise ValueError(f"SaveModelCallback(train_time_interval={train_time_interval!r}): `train_time_interval` must be "
+                             f"None, a number of seconds > 0, or a `datetime.timedelta`.")
+    schedules = [n for n,v in (('every_epoch', every_epoch), ('every_n_train_steps', every_n_train_steps), ('train_time_interval', interval)) if v]
+    if len(schedules) > 1: raise ValueError(f"SaveModelCallback({'=..., '.join(schedules)}=...): choose one schedule for periodic checkpoints.")
+    if keep_last_n is not None and not schedules:
+        raise ValueError(f"SaveModelCallback(keep_last_n={keep_last_n}): `keep_last_n` keeps the newest periodic checkpoints, and "
+                         f"none is scheduled: set `every_epoch`, `every_n_train_steps` or `train_time_interval` too.")
+    if not isinstance(save_on_exception, bool): raise ValueError(f"SaveModelCallback(save_on_exception={save_on_exception!r}): `save_on_exception` must be True or False.")
+    if save_top_k == 0 and not (schedules or save_last or save_on_exception):
+        raise ValueError("SaveModelCallback(save_top_k=0): nothing would be saved. Keep the best (`save_top_k=1`), or ask for "
+                         "another checkpoint: `save_last=True`, `every_n_train_steps=...`, `train_time_interval=...` or `save_on_exception=True`.")
+    return interval
+
 # %% ../nbs/01_tracker.ipynb #c009
 class SaveModelCallback(_FastaiSaveModelCallback):
     "fastai's `SaveModelCallback` that records, and writes beside the weights, the metrics of the epoch it saved"
@@ -86,15 +146,24 @@ class SaveModelCallback(_FastaiSaveModelCallback):
         load_best=True, # load the best weights into the learner at the end of fit; False keeps the final weights.
         async_save=False, # write checkpoints in a background thread; the loop pays only for a copy of the state.
         save_last=False, # also keep `<fname>_last.pth` and its `.json`: the most recent epoch, to resume from.
+        save_top_k=1, # keep the k best: the best as `<fname>.pth`, the others named by `filename`; -1 keeps every epoch's.
+        filename=None, # template naming the top-k checkpoints other than the best; default `'<fname>-{epoch}-{<monitor>:.4f}'`.
+        every_n_train_steps=None, # also save every n training batches, as `<fname>_step<n>.pth`.
+        train_time_interval=None, # also save when this many seconds (or a `timedelta`) have passed since the last such save.
+        keep_last_n=None, # keep only the newest n periodic checkpoints (`every_epoch` or the two above); None keeps all.
+        save_on_exception=False, # on an exception, Ctrl-C or SIGTERM during fit, save `<fname>_interrupted.pth` first.
     ):
         min_delta = _check_args(monitor, min_delta, fname, every_epoch, at_end, load_best, async_save, save_last)
+        self._interval = _check_policies(save_top_k, filename, every_epoch, at_end, save_last, every_n_train_steps,
+                                         train_time_interval, keep_last_n, save_on_exception)
         comp = _check_comp(comp, monitor)
         super().__init__(monitor=monitor, comp=comp, min_delta=min_delta, fname=fname,
                          every_epoch=every_epoch, at_end=at_end, with_opt=with_opt, reset_on_fit=reset_on_fit)
         self.lower_is_better = comp in (np.less, np.less_equal)
         self.min_delta = -min_delta if self.lower_is_better else min_delta  # fastai negates it for np.less only
-        store_attr('load_best,async_save,save_last')
+        store_attr('load_best,async_save,save_last,save_top_k,filename,every_n_train_steps,train_time_interval,keep_last_n,save_on_exception')
         self.last_saved_metadata, self.best_epoch, self._tracking, self.records = None, None, False, []
+        self._kept, self._periodic, self._sigterm = [], [], False
         self._epochs_before, self._epochs_done, self._iters_before, self._iters_done = 0, 0, 0, 0
         self._init_state()
 
@@ -103,7 +172,7 @@ class SaveModelCallback(_FastaiSaveModelCallback):
         self._writer, self._group = None, None
 
 # %% ../nbs/01_tracker.ipynb #c012
-_RESERVED = ('epoch',)  # keys of the metadata that are not recorded values
+_RESERVED = ('epoch', 'iteration', 'values_of_epoch', 'exception')  # keys of the metadata that are not recorded values
 
 def _recorded_names(recorder):
     "The names of the values in a full row of `recorder.values`"
@@ -134,30 +203,45 @@ def fine_tune(self:Learner, *args, **kwargs):
 
 # %% ../nbs/01_tracker.ipynb #c012d
 @patch
-def _start_tracking(self:SaveModelCallback):
-    "Check the monitor and the other trackers, and reset what this fit tracks unless it continues the last"
-    names = _recorded_names(self.recorder)
+def _check_names(self:SaveModelCallback, names):
+    "Check the monitor and the `filename` template against the names the recorder logs"
     if self.monitor not in names:
         raise ValueError(f"SaveModelCallback(monitor={self.monitor!r}): the learner records no value of that name. "
                          f"It records: {', '.join(names)}. Pass one of those as `monitor`, or add the metric to `Learner(metrics=...)`.")
     if clash := [n for n in names if n in _RESERVED]:
         raise ValueError(f"SaveModelCallback: a metric is named {clash[0]!r}, which the checkpoint's metadata uses for its own "
                          f"{clash[0]}. Rename the metric (for a fastai `Metric`, give it another `name`).")
+    if self.filename is None: return
+    try: fill_template(self.filename, {'epoch': 0, 'step': 0, **{n: 0.0 for n in names}})
+    except KeyError as e: raise ValueError(f"SaveModelCallback(filename={self.filename!r}): the learner records no value named {e.args[0]!r}. "
+                                           f"A template may name epoch, step, or: {', '.join(names)}.") from None
+    except ValueError as e: raise ValueError(f"SaveModelCallback(filename={self.filename!r}): a format in it does not fit a number ({e}).") from None
+
+@patch
+def _check_other_trackers(self:SaveModelCallback):
     for cb in self.learn.cbs:
         if cb is not self and isinstance(cb, _FastaiSaveModelCallback) and cb.fname == self.fname:
             raise ValueError(f"Two SaveModelCallbacks on this learner save to {self.path/self.model_dir/self.fname}.pth "
                              f"(monitors {cb.monitor!r} and {self.monitor!r}), and each would overwrite the other's model. "
                              f"Give each its own `fname`, or remove one (`learn.remove_cb`); a tracker passed to `Learner(cbs=...)` "
                              f"or `learn.add_cb` stays for every later fit.")
+
+# %% ../nbs/01_tracker.ipynb #c012e
+@patch
+def _start_tracking(self:SaveModelCallback):
+    "Check the names and the other trackers, and reset what this fit tracks unless it continues the last"
+    self._check_names(_recorded_names(self.recorder))
+    self._check_other_trackers()
     group = getattr(self.learn, '_fit_group', None)
     continues = group is not None and group is self._group
     if (self.reset_on_fit and not continues) or self.best is None:
         self.best = float('inf') if self.lower_is_better else -float('inf')
         self.last_saved_metadata, self.best_epoch, self.last_saved_path, self.records = None, None, None, []
-        self._epochs_done, self._iters_done = 0, 0
+        self._kept, self._periodic, self._epochs_done, self._iters_done = [], [], 0, 0
     self._group, self._epochs_before, self._iters_before, self._tracking = group, self._epochs_done, self._iters_done, True
-    self._nonfinite, self._unrecorded, self._last_meta = [], [], None
-    if self.async_save and self._writer is None: self._writer = AsyncCheckpointWriter()
+    self._nonfinite, self._unrecorded, self._last_meta, self._clock = [], [], None, time.monotonic()
+    if self._writer is None: self._writer = AsyncCheckpointWriter() if self.async_save else CheckpointWriter()
+    if self.save_on_exception: self._catch_sigterm()
 
 # %% ../nbs/01_tracker.ipynb #c014
 _OMIT = object()
@@ -208,19 +292,19 @@ def _epoch_row(self:SaveModelCallback)->dict:
 
 @patch
 def after_epoch(self:SaveModelCallback):
-    "Compare the value monitored to its best score and save if best"
+    "Compare the value monitored to its best score and save if best; save on `every_epoch`'s schedule, and the last"
     if not self._tracking: return
     epoch = self._epochs_before + self.epoch
     self._epochs_done, self._iters_done = epoch + 1, self._iters_before + self.train_iter
     meta = self._last_meta = {'epoch': epoch, **self._epoch_row()}
     if self.every_epoch:
-        if (epoch % self.every_epoch) == 0: self._save(f'{self.fname}_{epoch}', meta, 'every_epoch')
+        if (epoch % self.every_epoch) == 0: self._save_periodic(f'{self.fname}_{epoch}', meta, 'every_epoch')
     else: self._save_if_best(epoch, meta)
-    if self.save_last: self._save(f'{self.fname}_last', meta, 'last')
+    if self.save_last: self._save(self._path(f'{self.fname}_last'), meta, 'last')
 
 @patch
 def _save_if_best(self:SaveModelCallback, epoch, meta):
-    "Save `meta`'s epoch as the best if its monitored value beats the best so far by `min_delta`"
+    "Note `meta`'s epoch as the best if its monitored value beats the best so far by `min_delta`, and keep the top k"
     val = meta.get(self.monitor)
     if val is None: self._unrecorded.append(epoch); val = float('nan')
     elif isinstance(val, list):
@@ -232,39 +316,171 @@ def _save_if_best(self:SaveModelCallback, epoch, meta):
         self.best, self.best_epoch = val, epoch
         in_fit = f' (epoch {self.epoch} of this fit)' if self._epochs_before else ''
         print(f'Better model found at epoch {epoch}{in_fit} with {self.monitor} value: {val}.')
-        self._save(self.fname, meta, 'best')
+    if math.isfinite(val) and self.save_top_k: self._keep_top_k(meta, val)
 
 # %% ../nbs/01_tracker.ipynb #c015b
 @dataclass(eq=False)
 class SaveRecord:
     "One checkpoint a tracker saved: where, why, when in training, and what that epoch recorded"
     path: Path # the weights file; its `.json` is beside it
-    reason: str # why: 'best' (the monitor improved), 'every_epoch', 'end' (`at_end=True`) or 'last' (`save_last=True`)
-    epoch: int # the epoch whose weights these are, counted since the tracker's last reset
+    reason: str # why: 'best', 'top_k', 'every_epoch', 'periodic', 'last', 'end' (`at_end=True`) or 'interrupted'
+    epoch: int # the epoch whose weights these are, counted since the tracker's last reset (a fraction for 'periodic', 'interrupted')
     iteration: int # training batches done by then, counted the same way
     metadata: dict # `{'epoch': epoch, **recorded values}`: what the `.json` and the loggers show
-    monitor: str = None # the value that chose it, for `reason='best'`
+    monitor: str = None # the value that ranked it, for 'best' and 'top_k'
     value: float = None # and its value then
     digest: str = None # the weights' digest once written, in the process that wrote them
 
 # %% ../nbs/01_tracker.ipynb #c016
+_CHOSEN = ('best', 'every_epoch', 'end')  # what fastai's `last_saved_path` names: the model the tracker chose
+
 @patch
-def _save(self:SaveModelCallback, name, meta, reason):
-    path = join_path_file(name, self.path/self.model_dir, ext='.pth')
-    chosen = reason == 'best'
-    rec = SaveRecord(path, reason, meta['epoch'], self._iters_done, meta,
-                     self.monitor if chosen else None, meta.get(self.monitor) if chosen else None)
-    self.records.append(rec)
+def _save(self:SaveModelCallback, path, meta, reason, record=None, moved=None, delete=())->SaveRecord:
+    "Record a save of the model to `path` and hand it to the writer, with the checkpoint `moved` aside first and `delete` after"
+    ranked = reason in ('best', 'top_k')
+    rec = record or SaveRecord(path, reason, meta['epoch'], self._iters_done, meta,
+                               self.monitor if ranked else None, meta.get(self.monitor) if ranked else None)
+    self.records += [r for r in (moved, rec) if r is not None]
     # fastai's names, which its loggers read, stay on the model chosen: the best, or the one `every_epoch`/`at_end` saved
-    if reason != 'last': self.last_saved_metadata, self.last_saved_path = meta, path
-    if rank_distrib(): return  # only rank 0 writes
+    if reason in _CHOSEN: self.last_saved_metadata, self.last_saved_path = meta, path
+    if rank_distrib(): return rec  # only rank 0 writes
     model = get_model(self.model).state_dict()
     with_opt = self.with_opt and self.opt is not None
     state = {'model': model, 'opt': self.opt.state_dict()} if with_opt else model
-    kw = dict(monitor=self.monitor, comp='less' if self.lower_is_better else 'greater') if chosen else {}
+    kw = dict(monitor=self.monitor, comp='less' if self.lower_is_better else 'greater') if ranked else {}
     kw.update(reason=reason, holds=['model', 'opt'] if with_opt else ['model'])
-    if self._writer is not None: self._writer.submit(path, state, meta, **kw)
-    else: rec.digest = save_checkpoint(path, state, meta, **kw)['digest']
+    self._writer.submit(path, state, meta, keep_previous_as=(moved.path, moved.reason) if moved else None, delete=delete, **kw)
+    if isinstance(self._writer, CheckpointWriter):
+        for r in (moved, rec):
+            if r is not None: r.digest = self._writer.written[Path(r.path)]['digest']
+    return rec
+
+# %% ../nbs/01_tracker.ipynb #ch01
+@patch(as_prop=True)
+def chosen_record(self:SaveModelCallback)->SaveRecord:
+    "The record of the model this tracker chose, which `last_saved_path` names: the best, or what `every_epoch`/`at_end` saved"
+    return next((r for r in reversed(self.records) if r.reason in _CHOSEN), None)
+
+# %% ../nbs/01_tracker.ipynb #tk01
+@patch
+def _path(self:SaveModelCallback, name)->Path: return join_path_file(name, self.path/self.model_dir, ext='.pth')
+
+@patch
+def _top_k_path(self:SaveModelCallback, meta, iteration)->Path:
+    "Where the top-k checkpoint of `meta`'s epoch goes: its `filename`, with `-v1`, `-v2`... if another kept one has that name"
+    template = ifnone(self.filename, self.fname + '-{epoch}-{' + self.monitor + ':.4f}')
+    name = fill_template(template, {**meta, 'step': iteration})
+    taken = {Path(r.path) for r in self._kept} | {self._path(self.fname)}
+    path, n = self._path(name), 0
+    while path in taken: n += 1; path = self._path(f'{name}-v{n}')
+    return path
+
+@patch
+def _keep_top_k(self:SaveModelCallback, meta, val):
+    "Save this epoch if it is among the k best: as `<fname>.pth` if it is the best; drop the one it pushes out"
+    best_path = self._path(self.fname)
+    old_best = next((r for r in self._kept if r.path == best_path), None)
+    new = SaveRecord(None, 'best' if self.new_best else 'top_k', meta['epoch'], self._iters_done, meta, self.monitor, val)
+    entries, drop = self._kept + [new], None
+    if 0 < self.save_top_k < len(entries):
+        keep = new if self.new_best else old_best  # the best never leaves; of the rest the worst does, the newest of equals
+        drop = max(reversed([r for r in entries if r is not keep]), key=lambda r: r.value if self.lower_is_better else -r.value)
+    if drop is new: return
+    moved = None
+    if self.new_best and old_best is not None and old_best is not drop:
+        moved = SaveRecord(self._top_k_path(old_best.metadata, old_best.iteration), 'top_k', old_best.epoch,
+                           old_best.iteration, old_best.metadata, self.monitor, old_best.value, old_best.digest)
+    new.path = best_path if self.new_best else self._top_k_path(meta, self._iters_done)
+    gone = drop is not None and drop is not old_best
+    self._save(new.path, meta, new.reason, record=new, moved=moved, delete=[drop.path] if gone else [])
+    replaced = old_best if self.new_best else None  # `<fname>.pth` now holds the new best: the old one is moved or gone
+    self._kept = [moved if r is replaced else r for r in self._kept if r is not drop and (r is not replaced or moved)] + [new]
+
+# %% ../nbs/01_tracker.ipynb #tk02
+@patch(as_prop=True)
+def best_k_models(self:SaveModelCallback)->dict:
+    "The top-k checkpoints kept now, best first: path -> monitored value (Lightning's name)"
+    ranked = sorted(self._kept, key=lambda r: r.value, reverse=not self.lower_is_better)
+    return {r.path: r.value for r in ranked}
+
+# %% ../nbs/01_tracker.ipynb #pe01
+@patch
+def _meta_now(self:SaveModelCallback, **extra)->dict:
+    "Where training is now (epochs done, as a fraction; training batches done) and the latest recorded values, marked as such"
+    n = len(self.dls.train) or 1
+    meta = {'epoch': round(self._epochs_before + self.train_iter / n, 6), 'iteration': self._iters_before + self.train_iter, **extra}
+    if self._last_meta is not None:
+        meta.update(values_of_epoch=self._last_meta['epoch'], **{k: v for k,v in self._last_meta.items() if k != 'epoch'})
+    return meta
+
+@patch
+def _save_periodic(self:SaveModelCallback, name, meta, reason):
+    "Save a periodic checkpoint; past `keep_last_n`, the oldest goes once this one is on disk"
+    old = self._periodic[:-self.keep_last_n + 1 or None] if self.keep_last_n else []
+    self._periodic = [r for r in self._periodic if r not in old] + [self._save(self._path(name), meta, reason, delete=[r.path for r in old])]
+
+@patch
+def after_batch(self:SaveModelCallback):
+    "Save on the schedule of `every_n_train_steps` or `train_time_interval`"
+    if not (self._tracking and self.training) or not (self.every_n_train_steps or self._interval): return
+    self._iters_done = self._iters_before + self.train_iter
+    due = (self._iters_done % self.every_n_train_steps == 0 if self.every_n_train_steps
+           else time.monotonic() - self._clock >= self._interval)
+    if not due: return
+    self._clock = time.monotonic()
+    self._save_periodic(f'{self.fname}_step{self._iters_done}', self._meta_now(), 'periodic')
+
+# %% ../nbs/01_tracker.ipynb #in01
+class TrainingTerminated(SystemExit):
+    "Raised in the training loop when the process receives SIGTERM, so that a fit can save before it stops"
+
+@patch
+def _catch_sigterm(self:SaveModelCallback):
+    "Turn the first SIGTERM into `TrainingTerminated`, if this is the main thread and nothing else handles SIGTERM"
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL: return
+    def on_sigterm(signum, frame):
+        self._restore_sigterm()  # a second SIGTERM ends the process at once, as it would have
+        raise TrainingTerminated(128 + signum)
+    signal.signal(signal.SIGTERM, on_sigterm)
+    self._sigterm = True
+
+@patch
+def _restore_sigterm(self:SaveModelCallback):
+    if getattr(self, '_sigterm', False): signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    self._sigterm = False
+
+# %% ../nbs/01_tracker.ipynb #in02
+_fastai_do_fit = getattr(Learner._do_fit, '__wrapped__', Learner._do_fit)  # fastai's, also if this module is run again
+
+@patch
+def _do_fit(self:Learner):
+    # fastai has no event for an exception in a fit: tell the trackers, then let it go on
+    try: return _fastai_do_fit(self)
+    except CancelFitException: raise
+    except BaseException as e:
+        for cb in list(self.cbs):
+            if isinstance(cb, SaveModelCallback): cb._after_exception(e)
+        raise
+Learner._do_fit.__wrapped__ = _fastai_do_fit
+
+@patch
+def _after_exception(self:SaveModelCallback, e:BaseException):
+    "Save `<fname>_interrupted.pth` if `save_on_exception`, and finish the saves already started"
+    self._restore_sigterm()
+    if not self._tracking: return
+    self._tracking, rec = False, None
+    try:
+        if self.save_on_exception:
+            self._iters_done = self._iters_before + self.train_iter
+            rec = self._save(self._path(f'{self.fname}_interrupted'), self._meta_now(exception=type(e).__name__), 'interrupted')
+        self._finish_saving(at_end=False)
+    except Exception as err:
+        warnings.warn(f"SaveModelCallback could not finish its saves after {type(e).__name__} ({type(err).__name__}: {err}); "
+                      f"checkpoints written before are intact.")
+        return
+    if rec is not None and not rank_distrib():
+        print(f"{type(e).__name__} during training, at epoch {rec.metadata['epoch']} (iteration {rec.iteration}): "
+              f"saved {rec.path} and its .json before stopping.")
 
 # %% ../nbs/01_tracker.ipynb #l045
 def load_best_model(learn, # the `Learner` to load into
@@ -296,13 +512,13 @@ def wait(self:SaveModelCallback):
     "Wait until the checkpoints this callback saved are on disk"
     if self._writer is None: return
     self._writer.wait()
-    latest = {rec.path: rec for rec in self.records}  # a save superseded before it started was never written
+    latest = {Path(rec.path): rec for rec in self.records}  # a save superseded before it started was never written
     for path, rec in latest.items():
-        if rec.digest is None and (d := self._writer.written.get(Path(path))): rec.digest = d['digest']
+        if rec.digest is None and (d := self._writer.written.get(path)): rec.digest = d['digest']
 
 @patch
-def _finish_saving(self:SaveModelCallback):
-    if self.at_end: self._save(self.fname, ifnone(self._last_meta, {'epoch': self._epochs_done - 1}), 'end')
+def _finish_saving(self:SaveModelCallback, at_end:bool=True):
+    if at_end and self.at_end: self._save(self._path(self.fname), ifnone(self._last_meta, {'epoch': self._epochs_done - 1}), 'end')
     try: self.wait()
     finally: self._writer = None  # the writer and its buffers do not outlive the fit
 
@@ -320,13 +536,24 @@ def _is_own_checkpoint(self:SaveModelCallback)->bool:
                   f"The learner keeps its final weights. Give each run its own `fname` or `Learner(path=...)`.")
     return False
 
+# %% ../nbs/01_tracker.ipynb #mt01
+def _loads_best(cb)->bool: return cb.load_best and not (cb.at_end or cb.every_epoch) and cb.save_top_k != 0
+
+def deciding_tracker(learn)->SaveModelCallback:
+    "The `SaveModelCallback` whose best model `learn` holds after fit: the last added of those that load theirs"
+    ours = [cb for cb in learn.cbs if isinstance(cb, SaveModelCallback)]
+    return ([cb for cb in ours if _loads_best(cb)] or ours or [None])[-1]
+
+# %% ../nbs/01_tracker.ipynb #c018b
 @patch
 def after_fit(self:SaveModelCallback, **kwargs):
-    "Save the final model if `at_end`, else load the best one if `load_best`"
+    "Save the final model if `at_end`, else load the best one if `load_best` and this tracker decides"
+    self._restore_sigterm()
     if not self._tracking: return
+    decides = deciding_tracker(self.learn) is self
     self._tracking = False
     self._finish_saving()
-    if self.at_end or self.every_epoch: return
+    if self.at_end or self.every_epoch or not self.save_top_k: return
     if self.last_saved_path is None:
         why = (f"{self.monitor!r} had no finite value (NaN or infinite at epochs {self._nonfinite}). Check the learning rate and the data"
                if self._nonfinite else
@@ -335,5 +562,5 @@ def after_fit(self:SaveModelCallback, **kwargs):
         warnings.warn(f"SaveModelCallback saved no model in this fit: {why}; nothing was loaded.")
         return
     distrib_barrier()  # rank 0 has written before any process reads
-    if self.load_best and self._is_own_checkpoint():
+    if self.load_best and decides and self._is_own_checkpoint():
         load_best_model(self.learn, Path(self.last_saved_path).absolute(), with_opt=self.with_opt)
