@@ -6,7 +6,7 @@ Docs: https://github.com/fastai-bestmodel/fastai_bestmodel/wandb.html.md"""
 
 # %% ../nbs/03_wandb.ipynb #c003
 from __future__ import annotations
-import math, warnings, weakref
+import math, re, warnings, weakref
 from pathlib import Path
 import wandb
 from fastcore.basics import ifnone, patch, init_args
@@ -14,11 +14,11 @@ from fastai.torch_core import rank_distrib
 import fastai.callback.wandb as _fastai_wandb
 from fastai.callback.wandb import WandbCallback as _FastaiWandbCallback
 from fastai.callback.tracker import SaveModelCallback as _FastaiSaveModelCallback
-from .tracker import SaveModelCallback
+from .tracker import SaveModelCallback, deciding_tracker
 from .checkpoint import verify_checkpoint, json_path, json_safe
 
 # %% auto #0
-__all__ = ['log_checkpoint', 'WandbCallback']
+__all__ = ['log_checkpoint', 'WandbCallback', 'best_alias']
 
 # %% ../nbs/03_wandb.ipynb #c006
 def _format_config_value(v, depth=0):
@@ -40,7 +40,7 @@ def _format_config(config, depth=0):
 _fastai_wandb._format_config_value, _fastai_wandb._format_config = _format_config_value, _format_config
 
 # %% ../nbs/03_wandb.ipynb #c009
-_logged_digests = weakref.WeakKeyDictionary()  # W&B run -> digests of the weights logged in it, for the run's lifetime
+_logged_digests = weakref.WeakKeyDictionary()  # W&B run -> (artifact name, digest) of each model logged in it, for the run's lifetime
 
 def log_checkpoint(path, # a checkpoint's `.pth` or `.json`, written by `SaveModelCallback`
                    name:str=None, # the artifact's name; default `run-<id>-<file name>`, this run's own
@@ -52,17 +52,18 @@ def log_checkpoint(path, # a checkpoint's `.pth` or `.json`, written by `SaveMod
     run = wandb.run
     if run is None: raise ValueError('log_checkpoint needs a W&B run: call `wandb.init(project=...)` first.')
     weights, desc = verify_checkpoint(path)
-    logged = _logged_digests.setdefault(run, set())
-    if desc['digest'] in logged:
-        print(f'{weights} was already logged in this run, unchanged: not uploaded again.')
-        return None
     stem = Path(desc['weights']).stem
-    art = wandb.Artifact(name=ifnone(name, f'run-{run.id}-{stem}'), type='model', metadata=desc['metadata'], description=description)
+    name = ifnone(name, f'run-{run.id}-{stem}')
+    logged = _logged_digests.setdefault(run, set())
+    if (name, desc['digest']) in logged:
+        print(f'{weights} was already logged in this run as {name}, unchanged: not uploaded again.')
+        return None
+    art = wandb.Artifact(name=name, type='model', metadata=desc['metadata'], description=description)
     art.add_file(str(weights), name=f'{stem}.pth')
     art.add_file(str(json_path(Path(weights).parent/desc['weights'])), name=f'{stem}.json')
     epoch = ifnone(epoch, desc['metadata'].get('epoch'))
     run.log_artifact(art, aliases=[*aliases, *([f'epoch-{epoch}'] if epoch is not None else [])])
-    logged.add(desc['digest'])
+    logged.add((name, desc['digest']))
     return art
 
 # %% ../nbs/03_wandb.ipynb #c012
@@ -78,16 +79,15 @@ class WandbCallback(_FastaiWandbCallback):
     _stateattrs = ('_run_epochs',)  # weak references do not pickle: `learn.export()` leaves them out
     def after_create(self): pass  # fastai's adds its own tracker to the learner for good; ours adds one in `before_fit`, for that fit
 
-    def _tracker(self, add:bool):
-        "The user's `SaveModelCallback`, else (if `add`) one added for this fit, or kept for the rest of a `fine_tune`"
+    def _trackers(self, add:bool)->list:
+        "The user's `SaveModelCallback`s, else (if `add`) one added for this fit, or kept for the rest of a `fine_tune`"
         added = getattr(self, '_added', None)
         if added is not None and added in self.learn.cbs: _detach(self.learn, added)  # left by a fit that ended in an exception
         ours = [cb for cb in self.learn.cbs if isinstance(cb, SaveModelCallback)]
         if ours:
-            cb = self.learn.save_model if getattr(self.learn, 'save_model', None) in ours else ours[-1]
-            if self.model_name is not None: cb.fname = self.model_name
-            return cb
-        if not add: return None
+            if self.model_name is not None and len(ours) == 1: ours[0].fname = self.model_name
+            return ours
+        if not add: return []
         if any(isinstance(cb, _FastaiSaveModelCallback) for cb in self.learn.cbs):
             raise TypeError(f"WandbCallback(log_model=True) needs fastai_bestmodel's SaveModelCallback, which records the metrics "
                             f"of the epoch it saves; the learner has fastai.callback.tracker.SaveModelCallback. "
@@ -98,25 +98,26 @@ class WandbCallback(_FastaiWandbCallback):
         self._added = added
         self.learn.add_cb(added)
         added('before_fit')  # added after the tracker's turn in this event: start it by hand
-        return added
+        return [added]
 
 # %% ../nbs/03_wandb.ipynb #c014
 @patch
 def before_fit(self:WandbCallback):
     "Check the W&B run, make sure a tracker saves the model, then do what fastai's callback does"
-    self._trained, self._cb = False, None
+    self._trained, self._cbs = False, []
     if not hasattr(self, '_run_epochs'): self._run_epochs = weakref.WeakKeyDictionary()  # SaveRecord -> its epoch in the run
     if rank_distrib():  # in distributed training only rank 0 talks to W&B; every rank tracks, so all load the same best
-        if self.log_model and not hasattr(self.learn, 'lr_finder'): self._tracker(add=True)
+        if self.log_model and not hasattr(self.learn, 'lr_finder'): self._trackers(add=True)
         self.run = False
         return
     if wandb.run is None:
         raise ValueError('WandbCallback needs a W&B run: call `wandb.init(project=...)` before fitting '
                          '(with WANDB_MODE=offline it needs no account or network).')
     if not hasattr(self.learn, 'lr_finder') and not hasattr(self, 'gather_preds'):
-        self._cb = self._tracker(add=self.log_model)
+        self._cbs = self._trackers(add=self.log_model)
         # Records from before this fit were saved where this callback cannot tell the run's epoch
-        for rec in getattr(self._cb, 'records', []): self._run_epochs.setdefault(rec, None)
+        for cb in self._cbs:
+            for rec in cb.records: self._run_epochs.setdefault(rec, None)
     _FastaiWandbCallback.before_fit(self)
 
 @patch
@@ -127,36 +128,45 @@ def before_train(self:WandbCallback): self._trained = True  # `validate` never t
 def after_epoch(self:WandbCallback):
     "Log the epoch's values, as fastai does, and note the run's epoch of a checkpoint saved in it"
     _FastaiWandbCallback.after_epoch(self)
-    if not self._trained or self._cb is None: return
-    for rec in self._cb.records:  # fastai's count of epochs ended in the run, less one: this epoch's index
-        if rec not in self._run_epochs: self._run_epochs[rec] = round(self._wandb_epoch) - 1
+    if not self._trained: return
+    for cb in self._cbs:
+        for rec in cb.records:  # fastai's count of epochs ended in the run, less one: this epoch's index
+            if rec not in self._run_epochs: self._run_epochs[rec] = round(self._wandb_epoch) - 1
 
 def _not_worse(cb, value, logged)->bool:
     "Whether `value` of `cb`'s monitor is at least as good as the `logged` one"
     if not isinstance(logged, (int, float)) or not math.isfinite(logged): return True
     return value <= logged if cb.lower_is_better else value >= logged
 
+def best_alias(monitor:str)->str:
+    "The W&B alias of a tracker's best model: `best-<monitor>`, with any character an alias cannot hold made `_`"
+    return 'best-' + re.sub(r'[^A-Za-z0-9_.-]', '_', monitor)
+
 # %% ../nbs/03_wandb.ipynb #c016
 @patch
-def _log_saved(self:WandbCallback, cb, log_model:bool):
-    "Log the model `cb` chose last (not its `_last` file): the summary if it is a best model, the model if `log_model`"
-    rec = next((r for r in reversed(cb.records) if r.reason != 'last'), None)
+def _log_saved(self:WandbCallback, cb, log_model:bool, decides:bool):
+    "Log the model `cb` chose (not its top-k or `_last` files): the summary if it is a best model, the model if `log_model`"
+    rec = cb.chosen_record
     if rec is None:
-        if log_model: print('WandbCallback logged no model: the SaveModelCallback saved none in this fit.')
+        if log_model: print(f'WandbCallback logged no model for {cb.monitor!r}: its SaveModelCallback saved none in this fit.')
         return
     # A record made after the last epoch (`at_end`) is of that epoch
     epoch = self._run_epochs[rec] if rec in self._run_epochs else round(self._wandb_epoch) - 1
-    meta, chose_best = rec.metadata, rec.reason == 'best'
-    summary, value = wandb.run.summary, rec.value
-    best = chose_best and _not_worse(cb, value, summary.get(f'best_{cb.monitor}'))
+    meta, chose_best, summary, key = rec.metadata, rec.reason == 'best', wandb.run.summary, best_alias(cb.monitor)
+    sub = summary.get(key)  # runs logged before several trackers were told apart have only the flat `best_<monitor>`
+    logged = sub.get(cb.monitor) if sub is not None else summary.get(f'best_{cb.monitor}')
+    best = chose_best and _not_worse(cb, rec.value, logged)
     if best:
-        summary.update(json_safe({f'best_{k}': v for k,v in meta.items() if k != 'epoch'}))
-        summary['best_epoch'] = ifnone(epoch, meta['epoch'])
+        summary[key] = json_safe({**meta, 'epoch': ifnone(epoch, meta['epoch'])})
+        if decides:
+            summary.update(json_safe({f'best_{k}': v for k,v in meta.items() if k != 'epoch'}))
+            summary['best_epoch'] = ifnone(epoch, meta['epoch'])
     elif chose_best:
-        print(f"WandbCallback: this fit's best {cb.monitor} ({value}, epoch {epoch}) is worse than {summary.get(f'best_{cb.monitor}')} "
-              f"(epoch {summary.get('best_epoch')}), already logged in this W&B run; `best_*` and the 'best' alias stay on that model.")
+        print(f"WandbCallback: this fit's best {cb.monitor} ({rec.value}, epoch {epoch}) is worse than {logged}, already "
+              f"logged in this W&B run; the {key!r} summary and alias stay on that model.")
     if not log_model: return
-    try: log_checkpoint(rec.path, name=self.model_name, aliases=('best',) if best else (), epoch=epoch)
+    aliases = ((key, 'best') if decides else (key,)) if best else ()
+    try: log_checkpoint(rec.path, name=self.model_name, aliases=aliases, epoch=epoch)
     except Exception as e:
         warnings.warn(f"WandbCallback could not log the model to W&B ({type(e).__name__}: {e}). The checkpoint is safe on disk: "
                       f"{rec.path} and {json_path(rec.path)}. To upload it later: "
@@ -165,11 +175,13 @@ def _log_saved(self:WandbCallback, cb, log_model:bool):
 
 @patch
 def after_fit(self:WandbCallback):
-    "Log the best model and its metrics, then remove a tracker added for this fit"
+    "Log each tracker's best model and its metrics, then remove a tracker added for this fit"
     log_model, self.log_model = self.log_model, False
     try: _FastaiWandbCallback.after_fit(self)
     finally: self.log_model = log_model
     try:
-        if self._trained and self._cb is not None: self._log_saved(self._cb, log_model)
+        if self._trained:
+            decider = deciding_tracker(self.learn)
+            for cb in self._cbs: self._log_saved(cb, log_model, decides=cb is decider or len(self._cbs) == 1)
     finally:
         if getattr(self, '_added', None) is not None: _detach(self.learn, self._added)  # kept in `_added` for a `fine_tune`'s next fit

@@ -41,7 +41,7 @@ def test_artifact_metadata_is_the_best_epochs_own(tmp_path, offline_run, values,
     want = {'epoch': best, 'train_loss': float(rec[best][0]), 'valid_loss': float(rec[best][1]), name: values[best]}
     assert art['metadata'] == want
     assert all(isinstance(v, (int, float)) for v in art['metadata'].values())
-    assert set(art['aliases']) == {'best', f'epoch-{best}', 'latest'}
+    assert set(art['aliases']) == {'best', f'best-{name}', f'epoch-{best}', 'latest'}
     # The summary carries the best model's values, not the last epoch's nor the lowest seen
     for k, v in want.items():
         if k != 'epoch': assert logged.summary[f'best_{k}'] == v
@@ -131,5 +131,5 @@ def test_async_save_logs_the_same_best_model(tmp_path, offline_run):
     keep = KeepWeights()
     learn.fit(4, lr=1e-1, cbs=[SaveModelCallback(monitor='accuracy', async_save=True), WandbCallback(log_model=True, log_preds=False), keep])
     art = [a for a in _logged(offline_run).artifacts if a['type'] == 'model'][0]
-    assert art['metadata']['epoch'] == 2 and set(art['aliases']) == {'best', 'epoch-2', 'latest'}
+    assert art['metadata']['epoch'] == 2 and set(art['aliases']) == {'best', 'best-accuracy', 'epoch-2', 'latest'}
     assert_same_weights(torch.load(tmp_path / 'models' / 'model.pth', weights_only=True), keep.weights[2])
