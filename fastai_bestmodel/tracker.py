@@ -361,6 +361,12 @@ def chosen_record(self:SaveModelCallback)->SaveRecord:
     "The record of the model this tracker chose, which `last_saved_path` names: the best, or what `every_epoch`/`at_end` saved"
     return next((r for r in reversed(self.records) if r.reason in _CHOSEN), None)
 
+# %% ../nbs/01_tracker.ipynb #ch02
+@patch(as_prop=True)
+def epochs_done(self:SaveModelCallback)->int:
+    "Epochs this tracker has seen end since its last reset (the fits of one `fine_tune` count as one training)"
+    return self._epochs_done
+
 # %% ../nbs/01_tracker.ipynb #tk01
 @patch
 def _path(self:SaveModelCallback, name)->Path: return join_path_file(name, self.path/self.model_dir, ext='.pth')

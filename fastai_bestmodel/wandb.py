@@ -130,8 +130,9 @@ def after_epoch(self:WandbCallback):
     _FastaiWandbCallback.after_epoch(self)
     if not self._trained: return
     for cb in self._cbs:
-        for rec in cb.records:  # fastai's count of epochs ended in the run, less one: this epoch's index
-            if rec not in self._run_epochs: self._run_epochs[rec] = round(self._wandb_epoch) - 1
+        offset = round(self._wandb_epoch) - cb.epochs_done  # fastai counts the epochs ended in the run; the tracker, since its reset
+        for rec in cb.records:  # a checkpoint moved aside this epoch keeps the epoch of its weights
+            if rec not in self._run_epochs: self._run_epochs[rec] = rec.epoch + offset
 
 def _not_worse(cb, value, logged)->bool:
     "Whether `value` of `cb`'s monitor is at least as good as the `logged` one"
