@@ -209,18 +209,57 @@ def bench_files(epochs):
     return rows
 
 
+def _io()->tuple:
+    "Bytes this process has read and written through system calls so far (Linux's /proc/self/io rchar, wchar)"
+    with open('/proc/self/io') as f: d = dict(line.split(': ') for line in f.read().splitlines())
+    return int(d['rchar']), int(d['wchar'])
+
+
+def _time_and_io(cb, event):
+    "Record the seconds, bytes read and bytes written of each call of `cb`'s `event` that saved, in `cb.cost`"
+    cb.cost, orig = [], getattr(cb, event)
+    def measured(*args, **kwargs):
+        n, (r0, w0), t0 = len(cb.records), _io(), time.perf_counter()
+        try: return orig(*args, **kwargs)
+        finally:
+            if len(cb.records) > n: cb.cost.append((time.perf_counter() - t0, _io()[0] - r0, _io()[1] - w0))
+    setattr(cb, event, measured)
+    return cb
+
+
+def bench_policies(reps, epochs, layers, width):
+    "6. The cost of one save under each policy, in a fit where every epoch improves: the best alone, top-k, periodic"
+    tmp = Path(tempfile.mkdtemp())
+    size = sum(p.numel() for p in _Big(layers, width).parameters()) * 4
+    kinds = {'best': dict(), 'top_k': dict(save_top_k=3), 'periodic': dict(save_top_k=0, every_n_train_steps=1, keep_last_n=2)}
+    def one(kind):
+        learn = _learner(tmp / kind, epochs, True, layers, width)
+        cb = _time_and_io(SaveModelCallback(monitor='score', **kinds[kind]), 'after_batch' if kind == 'periodic' else 'after_epoch')
+        _fit(learn, epochs, [cb])
+        del learn; gc.collect()
+        return cb.cost[3:]  # from the 4th save on, top-k moves one checkpoint aside and deletes one with each save
+    res = _interleaved(reps, list(kinds), one)
+    print(f'6. cost of one save by policy, {size/1e6:.0f} MB of state, every epoch improving; medians of {len(res["best"])} saves each')
+    med = {k: [statistics.median(c[i] for c in v) for i in range(3)] for k, v in res.items()}
+    for k, (t, r, w) in med.items():
+        print(f'   {k:8s}: blocks {t*1000:.1f} ms ({t/med["best"][0]:.2f} of best), reads {r/1e6:.3f} MB, writes {w/1e6:.1f} MB '
+              f'({w/size:.3f} of the state; best writes {med["best"][2]/size:.3f})')
+    return med
+
+
 if __name__ == '__main__':
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument('--reps', type=int, default=3)
     p.add_argument('--layers', type=int, default=3, help='layers of width x width: 3 x 4096 is 50 M parameters')
     p.add_argument('--width', type=int, default=4096)
     p.add_argument('--quick', action='store_true', help='a small model and few repetitions, to check the script runs')
+    p.add_argument('--only', type=int, default=None, help='run only this figure (1 to 6)')
     a = p.parse_args()
     if a.quick: a.reps, a.layers, a.width = 1, 1, 256
     import fastai_bestmodel.wandb  # noqa: F401  (fixes fastai's WandbCallback crash with fastcore 2.2)
     print(f'torch {torch.__version__}, {os.cpu_count()} CPUs, device: cpu')
-    bench_memory(a.layers, a.width)  # first: its processes' peaks were higher after the disk-heavy figures ran
-    bench_blocking(a.reps, 6, a.layers, a.width)
-    bench_tracking(max(a.reps, 7), 10)
-    bench_digits(a.reps, 8)
-    bench_files(20)
+    figures = {4: lambda: bench_memory(a.layers, a.width),  # first: its processes' peaks were higher after the disk-heavy figures ran
+               1: lambda: bench_blocking(a.reps, 6, a.layers, a.width), 2: lambda: bench_tracking(max(a.reps, 7), 10),
+               3: lambda: bench_digits(a.reps, 8), 5: lambda: bench_files(20), 6: lambda: bench_policies(a.reps, 8, a.layers, a.width)}
+    for n, figure in figures.items():
+        if a.only in (None, n): figure()

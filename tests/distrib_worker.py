@@ -4,7 +4,7 @@ from pathlib import Path
 import torch
 from fastai.distributed import DistributedDL
 from fastai.test_utils import synth_learner
-import fastai_bestmodel.checkpoint as checkpoint
+import fastai_bestmodel.writer as writer  # the writer calls save_checkpoint for the tracker
 from fastai_bestmodel.tracker import SaveModelCallback
 from fastai_bestmodel.test_utils import ScriptedMetric
 from fastai_bestmodel.wandb import WandbCallback
@@ -20,11 +20,11 @@ DistributedDL._broadcast = _broadcast_on_cpu
 
 out, rank = Path(sys.argv[1]), int(os.environ['RANK'])
 # A spy, not a double: it records which process writes, then calls the real writer
-_real_save = checkpoint.save_checkpoint
+_real_save = writer.save_checkpoint
 def _recording_save(*args, **kwargs):
     with open(out / f'writes-{rank}.txt', 'a') as f: f.write(f'{args[0]}\n')
     return _real_save(*args, **kwargs)
-checkpoint.save_checkpoint = _recording_save
+writer.save_checkpoint = _recording_save
 
 # Each process sees a different score, as each computes metrics on its own shard: rank 0's best epoch is 1, rank 1's is 0
 scores = [0.2, 0.9, 0.5] if rank == 0 else [0.95, 0.1, 0.5]

@@ -9,7 +9,7 @@ import json, os, signal, sys, time, torch
 from pathlib import Path
 from fastai.test_utils import synth_learner
 from fastai.callback.core import Callback
-import fastai_bestmodel.checkpoint as ckpt
+import fastai_bestmodel.checkpoint as ckpt, fastai_bestmodel.durable as durable
 from fastai_bestmodel.tracker import SaveModelCallback
 from fastai_bestmodel.test_utils import ScriptedMetric
 
@@ -34,13 +34,13 @@ class Fill(Callback):
 
 calls = 0
 def arm():
-    real = ckpt._fsync_dir
+    real = durable.fsync_dir
     def fsync_then_maybe_die(folder):
         global calls
         real(folder)
         calls += 1
         if calls == int(sys.argv[3]): os.kill(os.getpid(), signal.SIGKILL)
-    ckpt._fsync_dir = fsync_then_maybe_die
+    durable.fsync_dir = ckpt.fsync_dir = fsync_then_maybe_die  # `durable` calls its own; `checkpoint` its imported name
 
 
 if mode == 'interrupt':

@@ -3,7 +3,8 @@
 import os, random, signal, subprocess, sys, time, json, tempfile, shutil
 from pathlib import Path
 import pytest, torch
-from fastai_bestmodel.checkpoint import (save_checkpoint, load_checkpoint, read_checkpoint, checkpoint_weights, file_digest,
+from fastai_bestmodel.durable import file_digest
+from fastai_bestmodel.checkpoint import (save_checkpoint, load_checkpoint, read_checkpoint, checkpoint_weights,
                                          CheckpointError, CheckpointWriteError, json_path)
 from conftest import python_env
 

@@ -138,13 +138,13 @@ def test_sigkill_during_a_top_k_replacement_leaves_every_kept_checkpoint_loadabl
 
 def test_a_full_disk_during_a_top_k_save_deletes_nothing(tmp_path, monkeypatch):
     learn = synth_learner(n_trn=2, path=tmp_path, metrics=ScriptedMetric([0.5, 0.6, 0.7], 'accuracy'))
-    real, calls = ckpt._write_tmp, []
+    real, calls = ckpt.write_tmp, []
     def fail_third_save(*args, **kwargs):
         calls.append(args[1])
         if len([c for c in calls if c.endswith('.pth')]) == 3:  # epoch 2's new best: the disk fills as it is written
             raise OSError(errno.ENOSPC, 'No space left on device')
         return real(*args, **kwargs)
-    monkeypatch.setattr(ckpt, '_write_tmp', fail_third_save)
+    monkeypatch.setattr(ckpt, 'write_tmp', fail_third_save)
     with pytest.raises(CheckpointWriteError, match='No space left on device'):
         learn.fit(3, lr=1e-1, cbs=SaveModelCallback(monitor='accuracy', save_top_k=2, filename='k-{epoch}'))
     found = _on_disk(tmp_path / 'models', '')
@@ -186,3 +186,20 @@ def test_early_stopping_keeps_loads_and_logs_the_best(tmp_path, offline_run):
     assert _on_disk(tmp_path / 'models', '') == {'model.pth': 1, 'model_last.pth': 3}  # no `_interrupted`: not an interruption
     (art,) = _models(offline_run)
     assert art['metadata']['epoch'] == 1 and art['metadata']['accuracy'] == 0.9 and 'best' in art['aliases']
+
+
+def test_an_exception_mid_fit_leaves_an_interrupted_checkpoint_and_goes_on(tmp_path):
+    class Fail(Callback):
+        def after_batch(self):
+            if self.training and self.epoch == 2 and self.iter == 1: raise RuntimeError('CUDA out of memory (scripted)')
+    learn = synth_learner(n_trn=4, path=tmp_path, metrics=ScriptedMetric([0.5, 0.9, 0.7], 'accuracy'))
+    keep = KeepWeights()
+    cb = SaveModelCallback(monitor='accuracy', save_on_exception=True, async_save=True)
+    with pytest.raises(RuntimeError, match='scripted'):
+        learn.fit(3, lr=1e-1, cbs=[cb, Fail(), keep])
+    state, desc = load_checkpoint(tmp_path / 'models' / 'model_interrupted.pth')
+    assert (desc['metadata']['exception'], desc['metadata']['iteration'], desc['metadata']['values_of_epoch']) == ('RuntimeError', 10, 1)
+    assert desc['metadata']['accuracy'] == 0.9  # epoch 1's, the latest recorded, marked as such
+    assert_same_weights(state, learn.model.state_dict())  # the weights when it failed
+    assert_same_weights(load_checkpoint(tmp_path / 'models' / 'model.pth')[0], keep.weights[1])  # the best, written in the background, is on disk
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # the SIGTERM handler did not outlive the fit
