@@ -23,8 +23,8 @@ def _write_job(job, written:dict, **kwargs)->dict:
         dst, reason = job['keep_previous_as']
         written[Path(dst)] = link_checkpoint(path, dst, reason=reason)
     desc = written[path] = save_checkpoint(path, job['state'], job['metadata'], **kwargs, **job['kwargs'])
-    for p in job['delete']:
-        delete_checkpoint(p)
+    for p in job['delete']:  # freed in a thread unless this already is one (the async writer says so)
+        delete_checkpoint(p, background=kwargs.get('background_unlink', True))
         written.pop(Path(p), None)
     return desc
 
