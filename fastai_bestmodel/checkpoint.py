@@ -96,7 +96,7 @@ def save_checkpoint(path, # where the weights go: a `.pth` file; the `.json` goe
                     metadata:dict, # what the weights are: epoch and metrics, as numbers
                     monitor:str=None, # the value that chose this checkpoint
                     comp:str=None, # `'less'` or `'greater'`: how `monitor` was compared
-                    reason:str=None, # why it was saved, as the tracker's record says: 'best', 'every_epoch', 'end', 'last'
+                    reason:str=None, # why it was saved, as the tracker's record says: 'best', 'top_k', 'last', 'every_epoch', 'periodic', 'interrupted', 'end'
                     holds:list=None, # what `state` holds: `['model']`, or `['model', 'opt']` for `{'model':..., 'opt':...}`
                     background_unlink:bool=True, # free the replaced file's blocks in a thread
                     gate:threading.Event=None, # while this is clear, the write pauses (between 8 MB chunks)
