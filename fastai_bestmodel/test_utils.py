@@ -29,8 +29,8 @@ class ScriptedMetric(Metric):
 
 # %% ../nbs/08_test_utils.ipynb #t010
 class KeepWeights(Callback):
-    "Copies of the weights at the end of each epoch, taken after a tracker has saved them"
-    order = 70
+    "Copies of the weights at the end of each epoch, taken after a tracker has saved them and before `EarlyStoppingCallback` may stop the fit"
+    order = 62
     def before_fit(self): self.weights = []
     def after_epoch(self): self.weights.append({k: v.detach().clone() for k,v in get_model(self.model).state_dict().items()})
 

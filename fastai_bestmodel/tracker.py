@@ -61,6 +61,8 @@ def _check_args(monitor, min_delta, fname, every_epoch, at_end, load_best, async
     if not isinstance(fname, str) or not fname or fname in ('.', '..') or '/' in fname or '\\' in fname or '..' in fname or os.sep in fname:
         raise ValueError(f"SaveModelCallback(fname={fname!r}): `fname` must be a plain file name without a folder or '..', such as 'model'; "
                          f"choose the folder with `Learner(path=..., model_dir=...)`.")
+    if '{' in fname or '}' in fname:
+        raise ValueError(f"SaveModelCallback(fname={fname!r}): `fname` is a plain name; templates with fields in braces go in `filename`.")
     if fname.endswith(('.pth', '.json')):
         raise ValueError(f"SaveModelCallback(fname={fname!r}): `fname` is the name without its extension, as in fastai: "
                          f"{fname.rsplit('.', 1)[0]!r} saves {fname.rsplit('.', 1)[0]}.pth and its .json.")
@@ -221,6 +223,10 @@ def _check_names(self:SaveModelCallback, names):
 @patch
 def _check_other_trackers(self:SaveModelCallback):
     for cb in self.learn.cbs:
+        if cb is not self and isinstance(cb, SaveModelCallback) and self.filename and cb.filename == self.filename and cb.save_top_k not in (0, 1):
+            raise ValueError(f"Two SaveModelCallbacks on this learner name their top-k checkpoints by the same `filename` "
+                             f"({self.filename!r}, monitors {cb.monitor!r} and {self.monitor!r}), and would replace and delete each "
+                             f"other's. Give each its own template, such as one that starts with its `fname`.")
         if cb is not self and isinstance(cb, _FastaiSaveModelCallback) and cb.fname == self.fname:
             raise ValueError(f"Two SaveModelCallbacks on this learner save to {self.path/self.model_dir/self.fname}.pth "
                              f"(monitors {cb.monitor!r} and {self.monitor!r}), and each would overwrite the other's model. "
@@ -238,9 +244,9 @@ def _start_tracking(self:SaveModelCallback):
     if (self.reset_on_fit and not continues) or self.best is None:
         self.best = float('inf') if self.lower_is_better else -float('inf')
         self.last_saved_metadata, self.best_epoch, self.last_saved_path, self.records = None, None, None, []
-        self._kept, self._periodic, self._epochs_done, self._iters_done = [], [], 0, 0
+        self._kept, self._periodic, self._epochs_done, self._iters_done, self._last_meta = [], [], 0, 0, None
     self._group, self._epochs_before, self._iters_before, self._tracking = group, self._epochs_done, self._iters_done, True
-    self._nonfinite, self._unrecorded, self._last_meta, self._clock = [], [], None, time.monotonic()
+    self._nonfinite, self._unrecorded, self._clock = [], [], time.monotonic()
     if self._writer is None: self._writer = AsyncCheckpointWriter() if self.async_save else CheckpointWriter()
     if self.save_on_exception: self._catch_sigterm()
 
@@ -299,7 +305,7 @@ def after_epoch(self:SaveModelCallback):
     self._epochs_done, self._iters_done = epoch + 1, self._iters_before + self.train_iter
     meta = self._last_meta = {'epoch': epoch, **self._epoch_row()}
     if self.every_epoch:
-        if (epoch % self.every_epoch) == 0: self._save_periodic(f'{self.fname}_{epoch}', meta, 'every_epoch')
+        if (epoch % self.every_epoch) == 0: self._save_periodic(self._path(f'{self.fname}_{epoch}'), meta, 'every_epoch')  # fastai's names
     else: self._save_if_best(epoch, meta)
     if self.save_last: self._save(self._path(f'{self.fname}_last'), meta, 'last')
 
@@ -316,7 +322,7 @@ def _save_if_best(self:SaveModelCallback, epoch, meta):
     if self.new_best:
         self.best, self.best_epoch = val, epoch
         in_fit = f' (epoch {self.epoch} of this fit)' if self._epochs_before else ''
-        print(f'Better model found at epoch {epoch}{in_fit} with {self.monitor} value: {val}.')
+        if self.save_top_k: print(f'Better model found at epoch {epoch}{in_fit} with {self.monitor} value: {val}.')
     if math.isfinite(val) and self.save_top_k: self._keep_top_k(meta, val)
 
 # %% ../nbs/03_tracker.ipynb #c015b
@@ -350,11 +356,19 @@ def _save(self:SaveModelCallback, path, meta, reason, record=None, moved=None, d
     state = {'model': model, 'opt': self.opt.state_dict()} if with_opt else model
     kw = dict(monitor=self.monitor, comp='less' if self.lower_is_better else 'greater') if ranked else {}
     kw.update(reason=reason, holds=['model', 'opt'] if with_opt else ['model'])
-    self._writer.submit(path, state, meta, keep_previous_as=(moved.path, moved.reason) if moved else None, delete=delete, **kw)
-    if isinstance(self._writer, CheckpointWriter):
-        for r in (moved, rec):
-            if r is not None: r.digest = self._writer.written[Path(r.path)]['digest']
+    self._writer.submit(path, state, meta, keep_previous_as=(moved.path, moved.reason, moved.digest) if moved else None, delete=delete, **kw)
+    if isinstance(self._writer, CheckpointWriter): self._note_written()
     return rec
+
+@patch
+def _note_written(self:SaveModelCallback):
+    "Take each record's digest from what the writer wrote; forget a checkpoint it did not keep aside (another run replaced it)"
+    latest = {Path(rec.path): rec for rec in self.records}  # a save superseded before it started was never written
+    for path, rec in latest.items():
+        if rec.digest is None and (d := self._writer.written.get(path)): rec.digest = d['digest']
+    lost = [r for r in self.records if r.reason == 'top_k' and r.digest is None and latest.get(Path(r.path)) is r]
+    self.records = [r for r in self.records if r not in lost]
+    self._kept = [r for r in self._kept if r not in lost]
 
 # %% ../nbs/03_tracker.ipynb #ch01
 @patch(as_prop=True)
@@ -377,9 +391,13 @@ def _top_k_path(self:SaveModelCallback, meta, iteration)->Path:
     "Where the top-k checkpoint of `meta`'s epoch goes: its `filename`, with `-v1`, `-v2`... if another kept one has that name"
     template = ifnone(self.filename, self.fname + '-{epoch}-{' + self.monitor + ':.4f}')
     name = fill_template(template, {**meta, 'step': iteration})
-    taken = {Path(r.path) for r in self._kept} | {self._path(self.fname)}
+    return self._free_path(name, {Path(r.path) for r in self._kept} | {self._path(self.fname)})
+
+@patch
+def _free_path(self:SaveModelCallback, name, taken)->Path:
+    "`name`'s path, or with `-v1`, `-v2`... if that is `taken` or a checkpoint is already there (an earlier fit's, another run's)"
     path, n = self._path(name), 0
-    while path in taken: n += 1; path = self._path(f'{name}-v{n}')
+    while path in taken or path.exists() or path.with_suffix('.json').exists(): n += 1; path = self._path(f'{name}-v{n}')
     return path
 
 @patch
@@ -400,6 +418,7 @@ def _keep_top_k(self:SaveModelCallback, meta, val):
     new.path = best_path if self.new_best else self._top_k_path(meta, self._iters_done)
     gone = drop is not None and drop is not old_best
     self._save(new.path, meta, new.reason, record=new, moved=moved, delete=[drop.path] if gone else [])
+    if moved is not None and moved not in self.records: moved = None  # not kept aside: another run had replaced it
     replaced = old_best if self.new_best else None  # `<fname>.pth` now holds the new best: the old one is moved or gone
     self._kept = [moved if r is replaced else r for r in self._kept if r is not drop and (r is not replaced or moved)] + [new]
 
@@ -421,10 +440,10 @@ def _meta_now(self:SaveModelCallback, **extra)->dict:
     return meta
 
 @patch
-def _save_periodic(self:SaveModelCallback, name, meta, reason):
+def _save_periodic(self:SaveModelCallback, path, meta, reason):
     "Save a periodic checkpoint; past `keep_last_n`, the oldest goes once this one is on disk"
     old = self._periodic[:-self.keep_last_n + 1 or None] if self.keep_last_n else []
-    self._periodic = [r for r in self._periodic if r not in old] + [self._save(self._path(name), meta, reason, delete=[r.path for r in old])]
+    self._periodic = [r for r in self._periodic if r not in old] + [self._save(path, meta, reason, delete=[r.path for r in old])]
 
 @patch
 def after_batch(self:SaveModelCallback):
@@ -435,7 +454,7 @@ def after_batch(self:SaveModelCallback):
            else time.monotonic() - self._clock >= self._interval)
     if not due: return
     self._clock = time.monotonic()
-    self._save_periodic(f'{self.fname}_step{self._iters_done}', self._meta_now(), 'periodic')
+    self._save_periodic(self._free_path(f'{self.fname}_step{self._iters_done}', set()), self._meta_now(), 'periodic')
 
 # %% ../nbs/03_tracker.ipynb #in01
 class TrainingTerminated(SystemExit):
@@ -519,9 +538,7 @@ def wait(self:SaveModelCallback):
     "Wait until the checkpoints this callback saved are on disk"
     if self._writer is None: return
     self._writer.wait()
-    latest = {Path(rec.path): rec for rec in self.records}  # a save superseded before it started was never written
-    for path, rec in latest.items():
-        if rec.digest is None and (d := self._writer.written.get(path)): rec.digest = d['digest']
+    self._note_written()
 
 @patch
 def _finish_saving(self:SaveModelCallback, at_end:bool=True):

@@ -6,11 +6,11 @@ Docs: https://github.com/fastai-bestmodel/fastai_bestmodel/writer.html.md"""
 
 # %% ../nbs/02_writer.ipynb #w902
 from __future__ import annotations
-import threading
+import threading, warnings
 from pathlib import Path
-from fastcore.basics import patch
+from fastcore.basics import patch, ifnone
 from fastcore.foundation import L
-from .checkpoint import save_checkpoint, link_checkpoint, delete_checkpoint, json_path, like_dict
+from .checkpoint import save_checkpoint, read_checkpoint, link_checkpoint, delete_checkpoint, json_path, like_dict
 
 # %% auto #0
 __all__ = ['CheckpointWriter', 'AsyncCheckpointWriter']
@@ -20,8 +20,12 @@ def _write_job(job, written:dict, **kwargs)->dict:
     "Do what one submitted save asks, in order: keep the previous checkpoint, save, then delete; note each in `written`"
     path = job['path']
     if job['keep_previous_as'] is not None and json_path(path).exists():
-        dst, reason = job['keep_previous_as']
-        written[Path(dst)] = link_checkpoint(path, dst, reason=reason)
+        dst, reason, digest = job['keep_previous_as']
+        now = read_checkpoint(path)['digest']
+        # Keep only the checkpoint the caller means: another process saving the same name may have replaced it
+        if now == ifnone(digest, written.get(path, {}).get('digest', now)): written[Path(dst)] = link_checkpoint(path, dst, reason=reason)
+        else: warnings.warn(f"{path} is no longer the checkpoint to keep as {dst} (it holds {now}, not {digest}): another save "
+                            f"replaced it, such as another run saving the same name into this folder. It is not kept under that name.")
     desc = written[path] = save_checkpoint(path, job['state'], job['metadata'], **kwargs, **job['kwargs'])
     for p in job['delete']:  # freed in a thread unless this already is one (the async writer says so)
         delete_checkpoint(p, background=kwargs.get('background_unlink', True))

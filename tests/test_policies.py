@@ -203,3 +203,35 @@ def test_an_exception_mid_fit_leaves_an_interrupted_checkpoint_and_goes_on(tmp_p
     assert_same_weights(state, learn.model.state_dict())  # the weights when it failed
     assert_same_weights(load_checkpoint(tmp_path / 'models' / 'model.pth')[0], keep.weights[1])  # the best, written in the background, is on disk
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # the SIGTERM handler did not outlive the fit
+
+
+def test_a_later_fit_never_overwrites_an_earlier_fits_top_k_files(tmp_path):
+    learn = synth_learner(n_trn=2, path=tmp_path, metrics=ScriptedMetric([0.5, 0.6, 0.7], 'accuracy'))
+    keep = KeepWeights()
+    cb = SaveModelCallback(monitor='accuracy', save_top_k=-1, filename='{epoch:02d}', every_n_train_steps=2)
+    learn.fit(3, lr=1e-1, cbs=[cb, keep])
+    first = {n: load_checkpoint(tmp_path / 'models' / n)[0] for n in ('epoch=00.pth', 'epoch=01.pth', 'model_step2.pth')}
+    learn.fit(3, lr=1e-1, cbs=[cb])  # the same names come up again: they get -v1
+    on_disk = _on_disk(tmp_path / 'models', '')
+    assert {'epoch=00-v1.pth', 'epoch=01-v1.pth', 'model_step2-v1.pth'} <= set(on_disk)
+    for n, state in first.items(): assert_same_weights(load_checkpoint(tmp_path / 'models' / n)[0], state)
+    assert_same_weights(first['epoch=00.pth'], keep.weights[0])
+
+
+def test_two_trackers_naming_top_k_files_alike_are_refused_before_the_first_batch(tmp_path):
+    learn = synth_learner(n_trn=2, path=tmp_path, metrics=ScriptedMetric([0.5, 0.6], 'accuracy'))
+    a = SaveModelCallback(fname='a', save_top_k=3, filename='{epoch:02d}')
+    b = SaveModelCallback(monitor='accuracy', fname='b', save_top_k=3, filename='{epoch:02d}')
+    with pytest.raises(ValueError, match='by the same `filename`'): learn.fit(2, cbs=[a, b])
+    assert not (tmp_path / 'models').exists() or not list((tmp_path / 'models').iterdir())
+
+
+def test_periodic_checkpoints_in_fine_tunes_second_fit_carry_the_latest_values(tmp_path):
+    learn = synth_learner(n_trn=4, path=tmp_path)
+    rows = []
+    class Rows(Callback):
+        order = 70
+        def after_epoch(self): rows.append(float(self.recorder.values[-1][1]))
+    learn.fine_tune(2, cbs=[SaveModelCallback(every_n_train_steps=3), Rows()])  # epoch 0 frozen (4 batches), then epochs 1 and 2
+    m = read_checkpoint(tmp_path / 'models' / 'model_step6.pth')['metadata']  # in the second fit's first epoch
+    assert (m['iteration'], m['values_of_epoch'], m['valid_loss']) == (6, 0, rows[0])
