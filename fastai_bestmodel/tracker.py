@@ -17,7 +17,7 @@ from fastai.callback.tracker import SaveModelCallback as _FastaiSaveModelCallbac
 import fastai.callback.schedule  # defines `Learner.fine_tune`
 from fastai.learner import Learner, join_path_file
 from fastai.torch_core import get_model, rank_distrib, num_distrib, distrib_barrier
-from .checkpoint import read_checkpoint, load_checkpoint, CheckpointError
+from .checkpoint import read_checkpoint, load_checkpoint, list_checkpoints, CheckpointError
 from .writer import CheckpointWriter, AsyncCheckpointWriter
 
 # %% auto #0
@@ -50,7 +50,7 @@ def _as_number(v, name):
     if isinstance(v, bool) or not isinstance(v, numbers.Real): raise TypeError(name)
     return float(v)
 
-def _check_args(monitor, min_delta, fname, every_epoch, at_end, load_best, async_save, save_last=False)->float:
+def _check_args(monitor, min_delta, fname, every_epoch, at_end, load_best, async_save, save_last=False, resume=False)->float:
     "Check the arguments of `SaveModelCallback`, and return `min_delta` as a float"
     if not isinstance(monitor, str) or not monitor:
         raise ValueError(f"SaveModelCallback(monitor={monitor!r}): `monitor` must be the name of a value the recorder logs, such as 'valid_loss' or 'accuracy'.")
@@ -70,7 +70,7 @@ def _check_args(monitor, min_delta, fname, every_epoch, at_end, load_best, async
         raise ValueError(f"SaveModelCallback(every_epoch={every_epoch!r}): `every_epoch` must be True, False, or a number of epochs >= 1.")
     if every_epoch and at_end:
         raise ValueError("SaveModelCallback(every_epoch=..., at_end=True): `every_epoch` and `at_end` cannot both be set; pick one way of choosing what to save.")
-    for n,v in (('at_end', at_end), ('load_best', load_best), ('async_save', async_save), ('save_last', save_last)):
+    for n,v in (('at_end', at_end), ('load_best', load_best), ('async_save', async_save), ('save_last', save_last), ('resume', resume)):
         if not isinstance(v, bool): raise ValueError(f"SaveModelCallback({n}={v!r}): `{n}` must be True or False.")
     return delta
 
@@ -155,8 +155,9 @@ class SaveModelCallback(_FastaiSaveModelCallback):
         train_time_interval=None, # also save when this many seconds (or a `timedelta`) have passed since the last such save.
         keep_last_n=None, # keep only the newest n periodic checkpoints (`every_epoch` or the two above); None keeps all.
         save_on_exception=False, # on an exception, Ctrl-C or SIGTERM during fit, save `<fname>_interrupted.pth` first.
+        resume=False, # take up the checkpoints of `fname` an earlier run left (its best, top k, records); else warn that this fit replaces them.
     ):
-        min_delta = _check_args(monitor, min_delta, fname, every_epoch, at_end, load_best, async_save, save_last)
+        min_delta = _check_args(monitor, min_delta, fname, every_epoch, at_end, load_best, async_save, save_last, resume)
         self._interval = _check_policies(save_top_k, filename, every_epoch, at_end, save_last, every_n_train_steps,
                                          train_time_interval, keep_last_n, save_on_exception)
         comp = _check_comp(comp, monitor)
@@ -164,9 +165,9 @@ class SaveModelCallback(_FastaiSaveModelCallback):
                          every_epoch=every_epoch, at_end=at_end, with_opt=with_opt, reset_on_fit=reset_on_fit)
         self.lower_is_better = comp in (np.less, np.less_equal)
         self.min_delta = -min_delta if self.lower_is_better else min_delta  # fastai negates it for np.less only
-        store_attr('load_best,async_save,save_last,save_top_k,filename,every_n_train_steps,train_time_interval,keep_last_n,save_on_exception')
+        store_attr('load_best,async_save,save_last,save_top_k,filename,every_n_train_steps,train_time_interval,keep_last_n,save_on_exception,resume')
         self.last_saved_metadata, self.best_epoch, self._tracking, self.records = None, None, False, []
-        self._kept, self._periodic, self._sigterm = [], [], False
+        self._kept, self._periodic, self._sigterm, self._wrote = [], [], False, set()  # `_wrote`: digests of what it saved
         self._epochs_before, self._epochs_done, self._iters_before, self._iters_done = 0, 0, 0, 0
         self._init_state()
 
@@ -245,10 +246,53 @@ def _start_tracking(self:SaveModelCallback):
         self.best = float('inf') if self.lower_is_better else -float('inf')
         self.last_saved_metadata, self.best_epoch, self.last_saved_path, self.records = None, None, None, []
         self._kept, self._periodic, self._epochs_done, self._iters_done, self._last_meta = [], [], 0, 0, None
+        self._check_earlier_run()
     self._group, self._epochs_before, self._iters_before, self._tracking = group, self._epochs_done, self._iters_done, True
     self._nonfinite, self._unrecorded, self._clock = [], [], time.monotonic()
     if self._writer is None: self._writer = AsyncCheckpointWriter() if self.async_save else CheckpointWriter()
     if self.save_on_exception: self._catch_sigterm()
+
+# %% ../nbs/03_tracker.ipynb #rs01
+@patch
+def _earlier_checkpoints(self:SaveModelCallback)->list:
+    "Records of the checkpoints of this tracker's `fname` in the model folder that it did not write itself"
+    folder = Path(self.path)/self.model_dir
+    if rank_distrib() or not folder.is_dir(): return []
+    own_names, found = (self.fname, f'{self.fname}_last', f'{self.fname}_interrupted'), []
+    for jp, d in list_checkpoints(folder, recurse=bool(self.filename and '/' in self.filename)):
+        if not isinstance(d, dict) or d['digest'] in self._wrote: continue
+        if d.get('tracker', jp.stem if jp.stem in own_names else None) != self.fname: continue  # older files: by name
+        m, ranked = d['metadata'], d.get('reason', 'best') in ('best', 'top_k')
+        reason = d.get('reason') or ('best' if jp.stem == self.fname else 'last')
+        found.append(SaveRecord(jp.with_suffix('.pth'), reason, m.get('epoch'), m.get('iteration'), m, d.get('monitor') if ranked else None,
+                                m.get(d.get('monitor')) if ranked else None, d['digest']))
+    return found
+
+# %% ../nbs/03_tracker.ipynb #rs02
+@patch
+def _check_earlier_run(self:SaveModelCallback):
+    "Before the first batch: take up what an earlier run left (`resume=True`), or say that this fit will replace it"
+    found = _from_rank0(self._earlier_checkpoints())
+    best = next((r for r in found if Path(r.path) == self._path(self.fname) and r.reason == 'best'), None)
+    if best is not None and self.resume and best.monitor != self.monitor:
+        raise ValueError(f"SaveModelCallback(resume=True, monitor={self.monitor!r}): {best.path} was chosen by {best.monitor!r}, "
+                         f"so its value says nothing of {self.monitor!r}. Resume with monitor={best.monitor!r}, or give this run its own `fname`.")
+    if not self.resume:
+        if best is not None and not rank_distrib():
+            warnings.warn(f"SaveModelCallback: {best.path} holds a checkpoint that this callback did not write (an earlier run's: "
+                          f"epoch {best.epoch}, {best.monitor} {best.value}). This fit starts its best afresh, as fastai's does, and its "
+                          f"first epoch will replace that file even if worse. To keep it unless this fit beats it, pass "
+                          f"`SaveModelCallback(resume=True)`; to keep both, give this run its own `fname`.")
+        return
+    self._wrote |= {r.digest for r in found}
+    self.records = sorted(found, key=lambda r: (r.epoch or 0, r.reason != 'best'))
+    self._kept = [r for r in found if r.monitor == self.monitor and r.value is not None and math.isfinite(r.value)]
+    self._periodic = sorted((r for r in found if r.reason in ('periodic', 'every_epoch')), key=lambda r: r.epoch or 0)
+    if best is None: return
+    self.best, self.best_epoch, self.last_saved_path, self.last_saved_metadata = best.value, best.epoch, best.path, best.metadata
+    if not rank_distrib():
+        print(f'Resuming: {best.path} is the best so far ({self.monitor} {best.value}, epoch {best.epoch}), with '
+              f'{len(found) - 1} more checkpoints of this run; it is replaced only by a better model.')
 
 # %% ../nbs/03_tracker.ipynb #c014
 _OMIT = object()
@@ -355,7 +399,7 @@ def _save(self:SaveModelCallback, path, meta, reason, record=None, moved=None, d
     with_opt = self.with_opt and self.opt is not None
     state = {'model': model, 'opt': self.opt.state_dict()} if with_opt else model
     kw = dict(monitor=self.monitor, comp='less' if self.lower_is_better else 'greater') if ranked else {}
-    kw.update(reason=reason, holds=['model', 'opt'] if with_opt else ['model'])
+    kw.update(reason=reason, holds=['model', 'opt'] if with_opt else ['model'], tracker=self.fname)
     self._writer.submit(path, state, meta, keep_previous_as=(moved.path, moved.reason, moved.digest) if moved else None, delete=delete, **kw)
     if isinstance(self._writer, CheckpointWriter): self._note_written()
     return rec
@@ -365,7 +409,7 @@ def _note_written(self:SaveModelCallback):
     "Take each record's digest from what the writer wrote; forget a checkpoint it did not keep aside (another run replaced it)"
     latest = {Path(rec.path): rec for rec in self.records}  # a save superseded before it started was never written
     for path, rec in latest.items():
-        if rec.digest is None and (d := self._writer.written.get(path)): rec.digest = d['digest']
+        if rec.digest is None and (d := self._writer.written.get(path)): rec.digest = d['digest']; self._wrote.add(d['digest'])
     lost = [r for r in self.records if r.reason == 'top_k' and r.digest is None and latest.get(Path(r.path)) is r]
     self.records = [r for r in self.records if r not in lost]
     self._kept = [r for r in self._kept if r not in lost]
