@@ -17,11 +17,12 @@ from fastai.callback.tracker import SaveModelCallback as _FastaiSaveModelCallbac
 import fastai.callback.schedule  # defines `Learner.fine_tune`
 from fastai.learner import Learner, join_path_file
 from fastai.torch_core import get_model, rank_distrib, num_distrib, distrib_barrier
-from .checkpoint import read_checkpoint, load_checkpoint, list_checkpoints, CheckpointError
+from .checkpoint import read_checkpoint, load_checkpoint, list_checkpoints, json_path, CheckpointError
 from .writer import CheckpointWriter, AsyncCheckpointWriter
 
 # %% auto #0
-__all__ = ['fill_template', 'SaveModelCallback', 'SaveRecord', 'TrainingTerminated', 'load_best_model', 'deciding_tracker']
+__all__ = ['fill_template', 'SaveModelCallback', 'SaveRecord', 'TrainingTerminated', 'find_checkpoint', 'load_best_state',
+           'load_best_model', 'deciding_tracker']
 
 # %% ../nbs/03_tracker.ipynb #c006
 # Each comparison a user may pass, as numpy's: `*_equal` ones let a tie count as better, as in fastai
@@ -552,26 +553,80 @@ def _after_exception(self:SaveModelCallback, e:BaseException):
         print(f"{type(e).__name__} during training, at epoch {rec.metadata['epoch']} (iteration {rec.iteration}): "
               f"saved {rec.path} and its .json before stopping.")
 
+# %% ../nbs/03_tracker.ipynb #l045a
+def _best_in_folder(folder:Path)->Path:
+    "The best checkpoint in `folder`, by what its `.json`s say"
+    found = [(jp, d) for jp, d in list_checkpoints(folder) if isinstance(d, dict)]
+    best = found if len(found) == 1 else [(jp, d) for jp, d in found if d.get('reason', 'best' if d.get('monitor') else None) == 'best']
+    if len(best) == 1: return _pth(best[0][0])
+    if not best: raise CheckpointError(f"{folder} holds no best model: {len(found)} checkpoints, none saved as a tracker's best. "
+                                       f"Name one of them: {', '.join(_pth(jp).name for jp,_ in found) or 'there are none'}.")
+    which = ', '.join(f"{_pth(jp).name} ({d.get('monitor')})" for jp, d in best)
+    raise CheckpointError(f"{folder} holds the best models of {len(best)} trackers: {which}; "
+                          f"name the one to load, such as {_pth(best[0][0])}.")
+
+def _pth(p)->Path:
+    "The `.pth` of a checkpoint named by its `.pth`, its `.json`, or its name without a suffix (which may hold dots: `loss=0.12`)"
+    p = Path(p)
+    return p if p.suffix == '.pth' else p.with_name(p.name.removesuffix('.json') + '.pth')
+
+def _wandb_ref(source)->bool:
+    "Whether `source` has the form of a W&B artifact: `entity/project/name`, with or without `:alias`"
+    return isinstance(source, str) and bool(re.fullmatch(r'([\w.-]+/){2}[\w.-]+(:[\w.-]+)?|[\w.-]+:[\w.-]+', source))
+
+# %% ../nbs/03_tracker.ipynb #l045b
+def find_checkpoint(source, # a `.pth`/`.json`, a name without suffix, a folder, or a W&B artifact `entity/project/name[:alias]`
+                    folder=None, # where a relative `source` is looked for first (a learner's model folder)
+                    aliases=('best', 'latest'), # for a W&B artifact named without an alias, the aliases to try, in order
+                   )->Path:
+    "The weights file of the checkpoint `source` names (a W&B artifact is downloaded first)"
+    tried, src = [], Path(source)
+    for cand in ([Path(folder)/src] if folder is not None and not src.is_absolute() else []) + [src]:
+        if cand.is_dir(): return _best_in_folder(cand)
+        if _pth(cand).exists() or json_path(_pth(cand)).exists(): return _pth(cand)
+        tried.append(f'{cand}: no such checkpoint or folder')
+    if _wandb_ref(str(source)):
+        from .wandb import download_checkpoint  # imports wandb only when a W&B artifact is asked for
+        return download_checkpoint(str(source), aliases=aliases, tried=tried)
+    raise CheckpointError(f"No checkpoint found for {str(source)!r}. Tried: {'; '.join(tried)}.")
+
+def load_best_state(source, device='cpu', folder=None, aliases=('best', 'latest'))->tuple:
+    "The state and the description of the checkpoint `source` names (see `find_checkpoint`), its digest checked, without a `Learner`"
+    return load_checkpoint(find_checkpoint(source, folder, aliases), device=device)
+
 # %% ../nbs/03_tracker.ipynb #l045
+def _check_fits(path, weights, own):
+    "Refuse `weights` that do not fit the state dict `own`, naming the keys and shapes that differ"
+    missing, unexpected = sorted(set(own) - set(weights)), sorted(set(weights) - set(own))
+    shapes = [f'{k} {tuple(weights[k].shape)} vs {tuple(own[k].shape)}' for k in own if k in weights and weights[k].shape != own[k].shape]
+    if missing or unexpected or shapes:
+        def some(v): return ', '.join(v[:4]) + (' ...' if len(v) > 4 else '')
+        what = '; '.join(f'{n}: {some(v)}' for n,v in (('missing', missing), ('unexpected', unexpected), ('other shapes', shapes)) if v)
+        raise CheckpointError(f"{path} does not fit this learner's model ({what}): it was saved from another architecture. "
+                              f"Nothing was loaded; pass `strict=False` to load the keys that match.")
+
 def load_best_model(learn, # the `Learner` to load into
-                    path=None, # a checkpoint's name or relative path in `learn.path/learn.model_dir` (as `learn.load`), or an absolute path; default: the learner's `SaveModelCallback`'s
+                    source=None, # see `find_checkpoint`; a relative name is looked for in the learner's model folder first; default: the learner's `SaveModelCallback`'s
                     with_opt:bool=None, # also load the optimizer state; default: if the checkpoint has one
                     strict:bool=True, # passed to `load_state_dict`
+                    aliases=('best', 'latest'), # for a W&B artifact named without an alias, the aliases to try, in order
                    )->dict:
-    "Load a checkpoint saved by `SaveModelCallback` into `learn`, digest checked, and return its description"
-    if path is None:
+    "Load the checkpoint `source` names into `learn`, digest checked, and return its description"
+    if source is None:
         cb = getattr(learn, 'save_model', None)
-        path = getattr(cb, 'last_saved_path', None)
-        if path is None: raise CheckpointError("No checkpoint to load: pass its name, as in `load_best_model(learn, 'model')`. "
-                                               "Without one, it is the checkpoint of the learner's SaveModelCallback, and a "
-                                               "callback passed to `fit(cbs=...)` leaves the learner when the fit ends.")
-    # As `learn.load` does: a relative path is in the learner's model folder, never in the working folder
-    path = Path(learn.path)/learn.model_dir/path
+        source = getattr(cb, 'last_saved_path', None)
+        if source is None: raise CheckpointError("No checkpoint to load: pass its name, as in `load_best_model(learn, 'model')`. "
+                                                 "Without one, it is the checkpoint of the learner's SaveModelCallback, and a "
+                                                 "callback passed to `fit(cbs=...)` leaves the learner when the fit ends.")
+    # As `learn.load` does: a relative path is in the learner's model folder first
+    path = find_checkpoint(source, Path(learn.path)/learn.model_dir, aliases)
     state, desc = load_checkpoint(path, device=getattr(learn.dls, 'device', None) or 'cpu')
     has_opt = 'opt' in desc.get('holds', ['model', 'opt'] if desc.get('with_opt') else ['model'])  # older files: `with_opt`
-    get_model(learn.model).load_state_dict(state['model'] if has_opt else state, strict=strict)
+    if ifnone(with_opt, has_opt) and not has_opt: raise CheckpointError(f'{path} holds no optimizer state: it was saved with `with_opt=False`.')
+    weights = state['model'] if has_opt else state
+    if strict: _check_fits(path, weights, get_model(learn.model).state_dict())  # before `load_state_dict`, which changes what fits
+    get_model(learn.model).load_state_dict(weights, strict=strict)
     if ifnone(with_opt, has_opt):
-        if not has_opt: raise CheckpointError(f'{path} holds no optimizer state: it was saved with `with_opt=False`.')
         if learn.opt is None: learn.create_opt()
         learn.opt.load_state_dict({**state['opt'], 'hypers': L(state['opt']['hypers'])})
     return desc

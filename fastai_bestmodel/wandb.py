@@ -15,10 +15,11 @@ import fastai.callback.wandb as _fastai_wandb
 from fastai.callback.wandb import WandbCallback as _FastaiWandbCallback
 from fastai.callback.tracker import SaveModelCallback as _FastaiSaveModelCallback
 from .tracker import SaveModelCallback, deciding_tracker
+from .checkpoint import CheckpointError
 from .checkpoint import verify_checkpoint, json_path, json_safe
 
 # %% auto #0
-__all__ = ['log_checkpoint', 'WandbCallback', 'best_alias']
+__all__ = ['log_checkpoint', 'download_checkpoint', 'WandbCallback', 'best_alias']
 
 # %% ../nbs/05_wandb.ipynb #c006
 def _format_config_value(v, depth=0):
@@ -65,6 +66,25 @@ def log_checkpoint(path, # a checkpoint's `.pth` or `.json`, written by `SaveMod
     run.log_artifact(art, aliases=[*aliases, *([f'epoch-{epoch}'] if epoch is not None else [])])
     logged.add((name, desc['digest']))
     return art
+
+# %% ../nbs/05_wandb.ipynb #dl01
+def download_checkpoint(ref:str, # a W&B model artifact: `entity/project/name`, with or without `:alias`
+                        aliases=('best', 'latest'), # without an alias in `ref`, the aliases to try, in order
+                        root=None, # where to download; default: W&B's own artifact folder
+                        tried:list=None, # what was tried before (local paths), for the error message
+                       )->Path:
+    "Download the checkpoint logged as the model artifact `ref` and return its weights file, digest checked"
+    refs = [ref] if ':' in ref.rsplit('/', 1)[-1] else [f'{ref}:{a}' for a in aliases]
+    tried = list(tried or [])
+    for r in refs:
+        try:
+            folder = Path(wandb.Api().artifact(r, type='model').download(root=root))
+            jsons = [p for p in folder.glob('*.json')]
+            if len(jsons) != 1: raise CheckpointError(f'the artifact holds {len(jsons)} .json files, not one checkpoint description: '
+                                                      f'it was not logged by fastai_bestmodel')
+            return verify_checkpoint(jsons[0])[0]
+        except Exception as e: tried.append(f'W&B {r}: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ""}')
+    raise CheckpointError(f"No checkpoint found for {ref!r}. Tried: {'; '.join(tried)}.")
 
 # %% ../nbs/05_wandb.ipynb #c012
 def _detach(learn, cb):
