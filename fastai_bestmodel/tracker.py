@@ -668,6 +668,15 @@ def deciding_tracker(learn)->SaveModelCallback:
     return ([cb for cb in ours if _loads_best(cb)] or ours or [None])[-1]
 
 # %% ../nbs/03_tracker.ipynb #c018b
+def _share_from_rank0(learn, with_opt:bool):
+    "Give every process rank 0's model weights (and optimizer state), over the process group: no shared folder needed"
+    if num_distrib() <= 1 or not (torch.distributed.is_available() and torch.distributed.is_initialized()): return
+    for t in get_model(learn.model).state_dict().values(): torch.distributed.broadcast(t, src=0)  # in place: they are the weights
+    if with_opt:
+        box = [learn.opt.state_dict() if rank_distrib() == 0 else None]
+        torch.distributed.broadcast_object_list(box, src=0)
+        if rank_distrib(): learn.opt.load_state_dict(box[0])
+
 @patch
 def after_fit(self:SaveModelCallback, **kwargs):
     "Save the final model if `at_end`, else load the best one if `load_best` and this tracker decides"
@@ -684,6 +693,8 @@ def after_fit(self:SaveModelCallback, **kwargs):
                f"validation was skipped" if self._unrecorded else "no epoch finished")
         warnings.warn(f"SaveModelCallback saved no model in this fit: {why}; nothing was loaded.")
         return
-    distrib_barrier()  # rank 0 has written before any process reads
-    if self.load_best and decides and self._is_own_checkpoint():
-        load_best_model(self.learn, Path(self.last_saved_path).absolute(), with_opt=self.with_opt)
+    # Only rank 0 wrote, and only it reads: the others may be other machines, without its folder
+    load = _from_rank0(self.load_best and decides and self._is_own_checkpoint())
+    if not load: return
+    if not rank_distrib(): load_best_model(self.learn, Path(self.last_saved_path).absolute(), with_opt=self.with_opt)
+    _share_from_rank0(self.learn, self.with_opt and self.opt is not None)

@@ -19,6 +19,7 @@ def _broadcast_on_cpu(self, t, rank):
 DistributedDL._broadcast = _broadcast_on_cpu
 
 out, rank = Path(sys.argv[1]), int(os.environ['RANK'])
+separate = len(sys.argv) > 2 and sys.argv[2] == 'separate'  # each process its own folder, as on two machines
 # A spy, not a double: it records which process writes, then calls the real writer
 _real_save = writer.save_checkpoint
 def _recording_save(*args, **kwargs):
@@ -28,7 +29,7 @@ writer.save_checkpoint = _recording_save
 
 # Each process sees a different score, as each computes metrics on its own shard: rank 0's best epoch is 1, rank 1's is 0
 scores = [0.2, 0.9, 0.5] if rank == 0 else [0.95, 0.1, 0.5]
-learn = synth_learner(n_trn=8, n_val=4, path=out, metrics=ScriptedMetric(scores, 'accuracy'))
+learn = synth_learner(n_trn=8, n_val=4, path=out / f'machine{rank}' if separate else out, metrics=ScriptedMetric(scores, 'accuracy'))
 if rank == 0:
     import wandb
     wandb.init(project='fastai-bestmodel-distributed', mode='offline', dir=out)
