@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np, torch
 from fastcore.basics import store_attr, ifnone, patch
 from fastcore.foundation import L
-from fastai.callback.core import CancelFitException
+from fastai.callback.core import Callback, CancelFitException
 from fastai.callback.tracker import SaveModelCallback as _FastaiSaveModelCallback
 import fastai.callback.schedule  # defines `Learner.fine_tune`
 from fastai.learner import Learner, join_path_file
@@ -22,7 +22,7 @@ from .writer import CheckpointWriter, AsyncCheckpointWriter
 
 # %% auto #0
 __all__ = ['fill_template', 'SaveModelCallback', 'SaveRecord', 'TrainingTerminated', 'find_checkpoint', 'load_best_state',
-           'load_best_model', 'deciding_tracker']
+           'load_best_model', 'resume_training', 'deciding_tracker']
 
 # %% ../nbs/03_tracker.ipynb #c006
 # Each comparison a user may pass, as numpy's: `*_equal` ones let a tie count as better, as in fastai
@@ -246,7 +246,8 @@ def _start_tracking(self:SaveModelCallback):
     if (self.reset_on_fit and not continues) or self.best is None:
         self.best = float('inf') if self.lower_is_better else -float('inf')
         self.last_saved_metadata, self.best_epoch, self.last_saved_path, self.records = None, None, None, []
-        self._kept, self._periodic, self._epochs_done, self._iters_done, self._last_meta = [], [], 0, 0, None
+        self._kept, self._periodic, self._epochs_done, self._last_meta = [], [], 0, None
+        self._iters_done = self.epoch * len(self.dls.train)  # a fit resumed at `start_epoch` counts the batches it skipped
         self._check_earlier_run()
     self._group, self._epochs_before, self._iters_before, self._tracking = group, self._epochs_done, self._iters_done, True
     self._nonfinite, self._unrecorded, self._clock = [], [], time.monotonic()
@@ -383,6 +384,43 @@ class SaveRecord:
     value: float = None # and its value then
     digest: str = None # the weights' digest once written, in the process that wrote them
 
+# %% ../nbs/03_tracker.ipynb #er01
+def _random_states(learn)->dict:
+    "The state of every random number generator training draws from"
+    import random
+    st = dict(python=random.getstate(), numpy=np.random.get_state(), torch=torch.get_rng_state(),
+              dls=[dl.rng.getstate() for dl in learn.dls.loaders if hasattr(dl, 'rng')])
+    if torch.cuda.is_available() and torch.cuda.is_initialized(): st['cuda'] = torch.cuda.get_rng_state_all()
+    return st
+
+def _set_random_states(learn, st:dict):
+    import random
+    py = st['python']
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    kind, keys, pos, has_gauss, gauss = st['numpy']
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
+    torch.set_rng_state(st['torch'])
+    if 'cuda' in st and torch.cuda.is_available(): torch.cuda.set_rng_state_all(st['cuda'])
+    for dl, s in zip([dl for dl in learn.dls.loaders if hasattr(dl, 'rng')], st['dls']): dl.rng.setstate((s[0], tuple(s[1]), s[2]))
+
+def _record_dict(r)->dict: return dict(path=str(r.path), reason=r.reason, epoch=r.epoch, iteration=r.iteration, metadata=r.metadata,
+                                       monitor=r.monitor, value=r.value, digest=r.digest)
+
+def _smooth_loss_state(learn):
+    "The recorder's running average of the training loss (its `train_loss`), which runs on across epochs"
+    sl = getattr(getattr(learn, 'recorder', None), 'smooth_loss', None)
+    return None if sl is None else [sl.val.detach().clone().as_subclass(torch.Tensor) if isinstance(sl.val, torch.Tensor) else sl.val, sl.count]
+
+class _ContinueSmoothLoss(Callback):
+    "Start a resumed fit's running average of the training loss where the run left it, once"
+    order = 55  # after the recorder resets it in `before_fit`
+    def __init__(self, val, count): self.state = (val, count)
+    def before_train(self):
+        if self.state is None: return
+        self.recorder.smooth_loss.val, self.recorder.smooth_loss.count = self.state
+        self.state = None
+    def after_fit(self): self.learn.remove_cb(self)
+
 # %% ../nbs/03_tracker.ipynb #c016
 _CHOSEN = ('best', 'every_epoch', 'end')  # what fastai's `last_saved_path` names: the model the tracker chose
 
@@ -398,7 +436,11 @@ def _save(self:SaveModelCallback, path, meta, reason, record=None, moved=None, d
     if rank_distrib(): return rec  # only rank 0 writes
     model = get_model(self.model).state_dict()
     with_opt = self.with_opt and self.opt is not None
-    state = {'model': model, 'opt': self.opt.state_dict()} if with_opt else model
+    # What resuming needs rides in the optimizer's state, which fastai's `Optimizer.load_state_dict` reads around
+    resume = dict(epoch=meta['epoch'] if reason in ('best', 'top_k', 'last', 'every_epoch', 'end') else None, iteration=self._iters_done,
+                  rng=_random_states(self.learn), records=[_record_dict(r) for r in self.records],
+                  smooth_loss=_smooth_loss_state(self.learn)) if with_opt else None
+    state = {'model': model, 'opt': {**self.opt.state_dict(), 'resume': resume}} if with_opt else model
     kw = dict(monitor=self.monitor, comp='less' if self.lower_is_better else 'greater') if ranked else {}
     kw.update(reason=reason, holds=['model', 'opt'] if with_opt else ['model'], tracker=self.fname)
     self._writer.submit(path, state, meta, keep_previous_as=(moved.path, moved.reason, moved.digest) if moved else None, delete=delete, **kw)
@@ -479,7 +521,7 @@ def best_k_models(self:SaveModelCallback)->dict:
 def _meta_now(self:SaveModelCallback, **extra)->dict:
     "Where training is now (epochs done, as a fraction; training batches done) and the latest recorded values, marked as such"
     n = len(self.dls.train) or 1
-    meta = {'epoch': round(self._epochs_before + self.train_iter / n, 6), 'iteration': self._iters_before + self.train_iter, **extra}
+    meta = {'epoch': round((self._iters_before + self.train_iter) / n, 6), 'iteration': self._iters_before + self.train_iter, **extra}
     if self._last_meta is not None:
         meta.update(values_of_epoch=self._last_meta['epoch'], **{k: v for k,v in self._last_meta.items() if k != 'epoch'})
     return meta
@@ -621,6 +663,11 @@ def load_best_model(learn, # the `Learner` to load into
     # As `learn.load` does: a relative path is in the learner's model folder first
     path = find_checkpoint(source, Path(learn.path)/learn.model_dir, aliases)
     state, desc = load_checkpoint(path, device=getattr(learn.dls, 'device', None) or 'cpu')
+    _load_into(learn, path, state, desc, with_opt, strict)
+    return desc
+
+def _load_into(learn, path, state, desc, with_opt=None, strict=True):
+    "Load the checkpoint `state` (read from `path`, described by `desc`) into `learn`'s model, and optimizer if `with_opt`"
     has_opt = 'opt' in desc.get('holds', ['model', 'opt'] if desc.get('with_opt') else ['model'])  # older files: `with_opt`
     if ifnone(with_opt, has_opt) and not has_opt: raise CheckpointError(f'{path} holds no optimizer state: it was saved with `with_opt=False`.')
     weights = state['model'] if has_opt else state
@@ -629,7 +676,23 @@ def load_best_model(learn, # the `Learner` to load into
     if ifnone(with_opt, has_opt):
         if learn.opt is None: learn.create_opt()
         learn.opt.load_state_dict({**state['opt'], 'hypers': L(state['opt']['hypers'])})
-    return desc
+
+# %% ../nbs/03_tracker.ipynb #er02
+def resume_training(learn, # the `Learner` to resume, built as the run's was
+                    source='model_last', # a checkpoint saved with `with_opt=True` at the end of an epoch (see `find_checkpoint`)
+                   )->int:
+    "Put back the model, optimizer and random states a checkpoint saved, and return the epoch to pass to `fit`'s `start_epoch`"
+    path = find_checkpoint(source, Path(learn.path)/learn.model_dir)
+    state, desc = load_checkpoint(path, device=getattr(learn.dls, 'device', None) or 'cpu')
+    resume = state.get('opt', {}).get('resume') if 'opt' in desc.get('holds', []) else None
+    if resume is None: raise CheckpointError(f"{path} cannot resume a run: it was saved without the optimizer state. Save with "
+                                             f"`SaveModelCallback(with_opt=True)` (and `save_last=True` for the latest epoch).")
+    if not isinstance(resume.get('epoch'), int): raise CheckpointError(f"{path} was saved mid-epoch ({desc['reason']}, epoch {desc['metadata'].get('epoch')}): "
+                                                                       f"a run resumes exactly from the end of an epoch; use `<fname>_last` or the best.")
+    _load_into(learn, path, state, desc, with_opt=True)
+    _set_random_states(learn, resume['rng'])
+    if resume.get('smooth_loss') is not None: learn.add_cb(_ContinueSmoothLoss(*resume['smooth_loss']))
+    return resume['epoch'] + 1
 
 # %% ../nbs/03_tracker.ipynb #c018
 @patch

@@ -1,5 +1,5 @@
 """A restarted run never silently replaces a better model: each run here is its own process, as a restarted job is."""
-import json, subprocess, sys
+import json, subprocess, sys, torch
 from pathlib import Path
 from fastai_bestmodel.checkpoint import list_checkpoints, load_checkpoint
 from conftest import python_env
@@ -37,3 +37,31 @@ def test_a_new_run_says_it_will_replace_an_earlier_best_and_does(tmp_path):
     (w,) = [w for w in second['warnings'] if 'did not write' in w]
     assert 'model.pth' in w and 'accuracy 0.9' in w and 'resume=True' in w
     assert _on_disk(tmp_path) == {'model.pth': 201.0}  # fastai's meaning: the new run's best replaces it
+
+
+def _child(*args):
+    out = subprocess.run([sys.executable, str(HERE / 'exact_resume_child.py'), *map(str, args)],
+                         capture_output=True, text=True, env=python_env(), timeout=300)
+    return out
+
+
+def test_a_run_killed_after_epoch_2_and_resumed_in_a_new_process_matches_the_uninterrupted_run(tmp_path):
+    assert _child(tmp_path / 'full', 'full', tmp_path / 'full.json').returncode == 0
+    killed = _child(tmp_path / 'run', 'killed', tmp_path / 'killed.json')
+    assert killed.returncode == -9, killed.stderr[-2000:]  # SIGKILL: nothing ran after epoch 2's saves
+    resumed = _child(tmp_path / 'run', 'resumed', tmp_path / 'resumed.json')
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    full, res = json.loads((tmp_path / 'full.json').read_text()), json.loads((tmp_path / 'resumed.json').read_text())
+    assert res['start'] == 3 and sorted(map(int, res['rows'])) == [3, 4, 5]
+    diff = max(abs(a - b) for e in res['rows'] for a, b in zip(full['rows'][e], res['rows'][e]))
+    print(f'\nresumed epochs 3-5 vs the uninterrupted run: largest difference {diff:.3g}')
+    assert diff <= 1e-6
+    # The final best checkpoint is the uninterrupted run's: same epoch, same metrics, same weights
+    a, b = (load_checkpoint(tmp_path / d / 'models' / 'model.pth') for d in ('full', 'run'))
+    assert a[1]['metadata'] == b[1]['metadata'] and res['best_epoch'] == full['best_epoch']
+    for k in a[0]['model']: assert torch.allclose(a[0]['model'][k], b[0]['model'][k], atol=1e-6), k
+    assert res['best'] == full['best']  # and the learner ends holding it
+    # fastai's own loader still reads the file, optimizer state and all
+    from fastai.test_utils import synth_learner
+    learn = synth_learner(n_trn=5, path=tmp_path / 'run')
+    learn.load('model_last', with_opt=True)
