@@ -411,14 +411,17 @@ def _smooth_loss_state(learn):
     sl = getattr(getattr(learn, 'recorder', None), 'smooth_loss', None)
     return None if sl is None else [sl.val.detach().clone().as_subclass(torch.Tensor) if isinstance(sl.val, torch.Tensor) else sl.val, sl.count]
 
-class _ContinueSmoothLoss(Callback):
-    "Start a resumed fit's running average of the training loss where the run left it, once"
-    order = 55  # after the recorder resets it in `before_fit`
-    def __init__(self, val, count): self.state = (val, count)
+class _ResumeState(Callback):
+    "Put back the random states and the running training loss a checkpoint saved, at the first epoch a resumed fit trains"
+    order = 55  # after the recorder resets its running loss in `before_fit`
+    def __init__(self, resume:dict): self.resume = resume
     def before_train(self):
-        if self.state is None: return
-        self.recorder.smooth_loss.val, self.recorder.smooth_loss.count = self.state
-        self.state = None
+        # Here, not when the checkpoint is loaded: whatever draws random numbers in between (`wandb.init`, a model built
+        # after loading) would otherwise shift every draw of the resumed run
+        if self.resume is None: return
+        _set_random_states(self.learn, self.resume['rng'])
+        if (sl := self.resume.get('smooth_loss')) is not None: self.recorder.smooth_loss.val, self.recorder.smooth_loss.count = sl
+        self.resume = None
     def after_fit(self): self.learn.remove_cb(self)
 
 # %% ../nbs/03_tracker.ipynb #c016
@@ -681,7 +684,7 @@ def _load_into(learn, path, state, desc, with_opt=None, strict=True):
 def resume_training(learn, # the `Learner` to resume, built as the run's was
                     source='model_last', # a checkpoint saved with `with_opt=True` at the end of an epoch (see `find_checkpoint`)
                    )->int:
-    "Put back the model, optimizer and random states a checkpoint saved, and return the epoch to pass to `fit`'s `start_epoch`"
+    "Put back the model and optimizer a checkpoint saved (and, as the next fit starts training, its random states); return the epoch to pass to `fit`'s `start_epoch`"
     path = find_checkpoint(source, Path(learn.path)/learn.model_dir)
     state, desc = load_checkpoint(path, device=getattr(learn.dls, 'device', None) or 'cpu')
     resume = state.get('opt', {}).get('resume') if 'opt' in desc.get('holds', []) else None
@@ -690,8 +693,7 @@ def resume_training(learn, # the `Learner` to resume, built as the run's was
     if not isinstance(resume.get('epoch'), int): raise CheckpointError(f"{path} was saved mid-epoch ({desc['reason']}, epoch {desc['metadata'].get('epoch')}): "
                                                                        f"a run resumes exactly from the end of an epoch; use `<fname>_last` or the best.")
     _load_into(learn, path, state, desc, with_opt=True)
-    _set_random_states(learn, resume['rng'])
-    if resume.get('smooth_loss') is not None: learn.add_cb(_ContinueSmoothLoss(*resume['smooth_loss']))
+    learn.add_cb(_ResumeState(resume))  # the random states go back when the next fit starts training
     return resume['epoch'] + 1
 
 # %% ../nbs/03_tracker.ipynb #c018

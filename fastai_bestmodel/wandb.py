@@ -141,7 +141,12 @@ def before_fit(self:WandbCallback):
     _FastaiWandbCallback.before_fit(self)
 
 @patch
-def before_train(self:WandbCallback): self._trained = True  # `validate` never trains: it logs no model
+def before_train(self:WandbCallback):
+    "Note that this fit trains (`validate` never does: it logs no model), and the epochs of checkpoints a tracker resumed"
+    if not self._trained: self._start_epoch = self.epoch  # > 0 in a fit that `start_epoch` resumed
+    self._trained = True
+    for cb in self._cbs:  # records that appear before a tracker's first epoch are an earlier run's, taken up with `resume=True`:
+        for rec in cb.records: self._run_epochs.setdefault(rec, rec.epoch)  # a resumed run numbers its epochs as that run did
 
 # %% ../nbs/05_wandb.ipynb #c014c
 @patch
@@ -150,7 +155,9 @@ def after_epoch(self:WandbCallback):
     _FastaiWandbCallback.after_epoch(self)
     if not self._trained: return
     for cb in self._cbs:
-        offset = round(self._wandb_epoch) - cb.epochs_done  # fastai counts the epochs ended in the run; the tracker, since its reset
+        # fastai counts the epochs ended in the run; the tracker, since its reset. A fit resumed at `start_epoch` numbers its
+        # epochs as the run it continues did, whatever W&B's count (an offline run resumed in a new process starts at 0)
+        offset = 0 if self._start_epoch else round(self._wandb_epoch) - cb.epochs_done
         for rec in cb.records:  # a checkpoint moved aside this epoch keeps the epoch of its weights
             if rec not in self._run_epochs: self._run_epochs[rec] = rec.epoch + offset
 

@@ -1,4 +1,4 @@
-"""One process of the exact-resume test: `exact_resume_child.py <folder> full|killed|resumed <out.json>`.
+"""One process of the exact-resume test: `exact_resume_child.py <folder> full|killed|resumed <out.json> [wandb run id]`.
 
 `full` trains 6 epochs of `fit_one_cycle`; `killed` trains the same run and is SIGKILLed right after epoch 2's
 checkpoints are written; `resumed` builds the learner anew in a new process, scrambles every random generator, then
@@ -13,6 +13,7 @@ from fastai.callback.core import Callback
 from fastai_bestmodel.tracker import SaveModelCallback, resume_training
 
 folder, mode, out = sys.argv[1], sys.argv[2], sys.argv[3]
+run_id = sys.argv[4] if len(sys.argv) > 4 else None  # log to this W&B run (offline), resuming it in `resumed`
 EPOCHS, KILL_AFTER = 6, 2
 torch.set_num_threads(1)
 
@@ -43,7 +44,14 @@ if mode == 'resumed':
     learn.model = Noisy()
     start = resume_training(learn, 'model_last')
 cb = SaveModelCallback(with_opt=True, save_last=True, resume=mode == 'resumed')
+cbs = [cb, rows]
+if run_id:
+    import wandb
+    from fastai_bestmodel.wandb import WandbCallback
+    run = wandb.init(project='resume', id=run_id, resume='allow', mode='offline', dir=folder)
+    cbs.append(WandbCallback(log_model=True, log_preds=False))
 with learn.no_bar(), learn.no_logging():
-    learn.fit_one_cycle(EPOCHS, 1e-2, start_epoch=start, cbs=[cb, rows])
+    learn.fit_one_cycle(EPOCHS, 1e-2, start_epoch=start, cbs=cbs)
+if run_id: run.finish()
 best = {k: v.tolist() for k, v in learn.model.state_dict().items()}
 json.dump(dict(rows=rows.rows, start=start, best_epoch=cb.best_epoch, best=best), open(out, 'w'))

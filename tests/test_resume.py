@@ -65,3 +65,19 @@ def test_a_run_killed_after_epoch_2_and_resumed_in_a_new_process_matches_the_uni
     from fastai.test_utils import synth_learner
     learn = synth_learner(n_trn=5, path=tmp_path / 'run')
     learn.load('model_last', with_opt=True)
+
+
+
+def test_a_resumed_w_and_b_run_logs_the_uninterrupted_runs_best(tmp_path):
+    from fastai_bestmodel.offline import read_offline_run
+    assert _child(tmp_path / 'full', 'full', tmp_path / 'full.json', 'fullrun').returncode == 0
+    assert _child(tmp_path / 'run', 'killed', tmp_path / 'killed.json', 'killedrun').returncode == -9
+    resumed = _child(tmp_path / 'run', 'resumed', tmp_path / 'resumed.json', 'killedrun')  # `wandb.init(id=..., resume='allow')`
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    def logged(folder):  # the last offline run in `folder`: the resumed process's
+        return read_offline_run(sorted((folder / 'wandb').glob('offline-run-*'))[-1])
+    full, res = logged(tmp_path / 'full'), logged(tmp_path / 'run')
+    best = {k: v for k, v in full.summary.items() if k.startswith('best')}
+    assert best and {k: res.summary.get(k) for k in best} == best  # best_*, best_epoch and best-valid_loss: the uninterrupted run's
+    desc = load_checkpoint(tmp_path / 'run' / 'models' / 'model.pth')[1]
+    assert res.summary['best_epoch'] == desc['metadata']['epoch'] and res.summary['best_valid_loss'] == desc['metadata']['valid_loss']
