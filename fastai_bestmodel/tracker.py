@@ -17,7 +17,7 @@ from fastai.callback.tracker import SaveModelCallback as _FastaiSaveModelCallbac
 import fastai.callback.schedule  # defines `Learner.fine_tune`
 from fastai.learner import Learner, join_path_file
 from fastai.torch_core import get_model, rank_distrib, num_distrib, distrib_barrier
-from .checkpoint import read_checkpoint, load_checkpoint, list_checkpoints, json_path, CheckpointError
+from .checkpoint import read_checkpoint, load_checkpoint, list_checkpoints, delete_checkpoint, json_path, CheckpointError
 from .writer import CheckpointWriter, AsyncCheckpointWriter
 
 # %% auto #0
@@ -256,13 +256,13 @@ def _start_tracking(self:SaveModelCallback):
 
 # %% ../nbs/03_tracker.ipynb #rs01
 @patch
-def _earlier_checkpoints(self:SaveModelCallback)->list:
-    "Records of the checkpoints of this tracker's `fname` in the model folder that it did not write itself"
+def _earlier_checkpoints(self:SaveModelCallback, own:bool=False)->list:
+    "Records of the checkpoints of this tracker's `fname` in the model folder, but for those it wrote itself unless `own`"
     folder = Path(self.path)/self.model_dir
     if rank_distrib() or not folder.is_dir(): return []
     own_names, found = (self.fname, f'{self.fname}_last', f'{self.fname}_interrupted'), []
     for jp, d in list_checkpoints(folder, recurse=bool(self.filename and '/' in self.filename)):
-        if not isinstance(d, dict) or d['digest'] in self._wrote: continue
+        if not isinstance(d, dict) or (d['digest'] in self._wrote and not own): continue
         if d.get('tracker', jp.stem if jp.stem in own_names else None) != self.fname: continue  # older files: by name
         m, ranked = d['metadata'], d.get('reason', 'best') in ('best', 'top_k')
         reason = d.get('reason') or ('best' if jp.stem == self.fname else 'last')
@@ -274,24 +274,41 @@ def _earlier_checkpoints(self:SaveModelCallback)->list:
 @patch
 def _check_earlier_run(self:SaveModelCallback):
     "Before the first batch: take up what an earlier run left (`resume=True`), or say that this fit will replace it"
-    found = _from_rank0(self._earlier_checkpoints())
-    best = next((r for r in found if Path(r.path) == self._path(self.fname) and r.reason == 'best'), None)
-    if best is not None and self.resume and best.monitor != self.monitor:
+    found = _from_rank0(self._earlier_checkpoints(own=self.resume))  # resuming keeps even this callback's own earlier best
+    best = next((r for r in found if Path(r.path).name == f'{self.fname}.pth' and r.reason == 'best'), None)  # rank 0's folder
+    other_monitor = best is not None and best.monitor != self.monitor
+    if self.resume and other_monitor:
         raise ValueError(f"SaveModelCallback(resume=True, monitor={self.monitor!r}): {best.path} was chosen by {best.monitor!r}, "
                          f"so its value says nothing of {self.monitor!r}. Resume with monitor={best.monitor!r}, or give this run its own `fname`.")
     if not self.resume:
         if best is not None and not rank_distrib():
-            warnings.warn(f"SaveModelCallback: {best.path} holds a checkpoint that this callback did not write (an earlier run's: "
-                          f"epoch {best.epoch}, {best.monitor} {best.value}). This fit starts its best afresh, as fastai's does, and its "
-                          f"first epoch will replace that file even if worse. To keep it unless this fit beats it, pass "
-                          f"`SaveModelCallback(resume=True)`; to keep both, give this run its own `fname`.")
+            keep = (f"give this run its own `fname` (it was chosen by {best.monitor!r})" if other_monitor else
+                    "pass `SaveModelCallback(resume=True)`; to keep both, give this run its own `fname`")
+            warnings.warn(f"SaveModelCallback: {best.path} holds a checkpoint this callback did not write (another run's or "
+                          f"callback's: epoch {best.epoch}, {best.monitor} {best.value}). This fit starts its best afresh, as "
+                          f"fastai's does, and its first epoch will replace that file even if worse. To keep it unless this fit "
+                          f"beats it, {keep}.")
         return
+    self._take_up(found, best)
+
+# %% ../nbs/03_tracker.ipynb #rs02b
+@patch
+def _take_up(self:SaveModelCallback, found:list, best):
+    "Continue from the checkpoints `found` on disk: the best, the top k (trimmed to k), the periodic ones, their records"
     self._wrote |= {r.digest for r in found}
+    # A run killed between moving its old best aside and writing the new one leaves the old best under two names
+    dup = [r for r in found if best is not None and r is not best and r.reason == 'top_k' and r.digest == best.digest]
+    ranked = [r for r in found if r not in dup and r.monitor == self.monitor and r.value is not None and math.isfinite(r.value)]
+    ranked.sort(key=lambda r: (r is not best, r.value if self.lower_is_better else -r.value))  # the best first, then by value
+    extra = ranked[self.save_top_k:] if self.save_top_k > 0 else []  # more than k: left by a run killed mid-replacement
+    for r in dup + extra:
+        if not rank_distrib(): delete_checkpoint(r.path)
+    found = [r for r in found if r not in dup + extra]
     self.records = sorted(found, key=lambda r: (r.epoch or 0, r.reason != 'best'))
-    self._kept = [r for r in found if r.monitor == self.monitor and r.value is not None and math.isfinite(r.value)]
+    self._kept = [r for r in ranked if r not in extra]
     self._periodic = sorted((r for r in found if r.reason in ('periodic', 'every_epoch')), key=lambda r: r.epoch or 0)
     if best is None: return
-    self.best, self.best_epoch, self.last_saved_path, self.last_saved_metadata = best.value, best.epoch, best.path, best.metadata
+    self.best, self.best_epoch, self.last_saved_path, self.last_saved_metadata = best.value, best.epoch, self._path(self.fname), best.metadata
     if not rank_distrib():
         print(f'Resuming: {best.path} is the best so far ({self.monitor} {best.value}, epoch {best.epoch}), with '
               f'{len(found) - 1} more checkpoints of this run; it is replaced only by a better model.')
@@ -413,9 +430,22 @@ def _smooth_loss_state(learn):
 
 class _ResumeState(Callback):
     "Put back the random states and the running training loss a checkpoint saved, at the first epoch a resumed fit trains"
-    order = 55  # after the recorder resets its running loss in `before_fit`
-    def __init__(self, resume:dict): self.resume = resume
+    order = 55  # after the recorder (50), before the trackers (60 and more)
+    def __init__(self, resume:dict):
+        self.resume, self.rows = resume, {}
+        for r in resume.get('records', []):  # each epoch's recorded values, from the records of the run it continues
+            if isinstance(r['epoch'], int) and r['reason'] != 'periodic': self.rows[r['epoch']] = r['metadata']
+    def before_epoch(self): self.trained = False
+    def after_epoch(self):
+        # fastai's `start_epoch` still ends each epoch it skips, with an empty row: give it the run's own values, so
+        # that `EarlyStoppingCallback` and the recorder's plots see the epochs as they were
+        if self.trained or not self.recorder.values: return
+        meta, names = self.rows.get(self.epoch), _recorded_names(self.recorder)
+        if meta is None: warnings.warn(f"resume_training: no record of epoch {self.epoch}'s values (save with `save_last=True` to keep every "
+                                       f"epoch's); the recorder shows NaN for it.")
+        self.recorder.values[-1] = [float('nan') if meta is None else meta.get(n, float('nan')) for n in names]
     def before_train(self):
+        self.trained = True
         # Here, not when the checkpoint is loaded: whatever draws random numbers in between (`wandb.init`, a model built
         # after loading) would otherwise shift every draw of the resumed run
         if self.resume is None: return
@@ -604,8 +634,10 @@ def _best_in_folder(folder:Path)->Path:
     found = [(jp, d) for jp, d in list_checkpoints(folder) if isinstance(d, dict)]
     best = found if len(found) == 1 else [(jp, d) for jp, d in found if d.get('reason', 'best' if d.get('monitor') else None) == 'best']
     if len(best) == 1: return _pth(best[0][0])
-    if not best: raise CheckpointError(f"{folder} holds no best model: {len(found)} checkpoints, none saved as a tracker's best. "
-                                       f"Name one of them: {', '.join(_pth(jp).name for jp,_ in found) or 'there are none'}.")
+    if not best:
+        hint = f" fastai saves them in the learner's models folder: try {folder/'models'}." if (folder/'models').is_dir() and not found else ''
+        raise CheckpointError(f"{folder} holds no best model: {len(found)} checkpoints, none saved as a tracker's best. "
+                              f"Name one of them: {', '.join(_pth(jp).name for jp,_ in found) or 'there are none'}.{hint}")
     which = ', '.join(f"{_pth(jp).name} ({d.get('monitor')})" for jp, d in best)
     raise CheckpointError(f"{folder} holds the best models of {len(best)} trackers: {which}; "
                           f"name the one to load, such as {_pth(best[0][0])}.")
@@ -674,7 +706,12 @@ def _load_into(learn, path, state, desc, with_opt=None, strict=True):
     has_opt = 'opt' in desc.get('holds', ['model', 'opt'] if desc.get('with_opt') else ['model'])  # older files: `with_opt`
     if ifnone(with_opt, has_opt) and not has_opt: raise CheckpointError(f'{path} holds no optimizer state: it was saved with `with_opt=False`.')
     weights = state['model'] if has_opt else state
-    if strict: _check_fits(path, weights, get_model(learn.model).state_dict())  # before `load_state_dict`, which changes what fits
+    own = get_model(learn.model).state_dict()
+    if strict: _check_fits(path, weights, own)  # before `load_state_dict`, which changes what fits
+    else:  # load what fits; torch's non-strict load still fails on a tensor of another shape, after changing others
+        other = [k for k in weights if k in own and weights[k].shape != own[k].shape]
+        if other: warnings.warn(f"{path}: not loaded, of another shape than this model's: {', '.join(other)}.")
+        weights = {k: v for k,v in weights.items() if k not in other}
     get_model(learn.model).load_state_dict(weights, strict=strict)
     if ifnone(with_opt, has_opt):
         if learn.opt is None: learn.create_opt()

@@ -10,6 +10,7 @@ from torch import nn
 import torch.nn.functional as F
 from fastai.test_utils import synth_learner
 from fastai.callback.core import Callback
+from fastai.callback.tracker import EarlyStoppingCallback
 from fastai_bestmodel.tracker import SaveModelCallback, resume_training
 
 folder, mode, out = sys.argv[1], sys.argv[2], sys.argv[3]
@@ -51,7 +52,7 @@ if run_id:
     run = wandb.init(project='resume', id=run_id, resume='allow', mode='offline', dir=folder)
     cbs.append(WandbCallback(log_model=True, log_preds=False))
 with learn.no_bar(), learn.no_logging():
-    learn.fit_one_cycle(EPOCHS, 1e-2, start_epoch=start, cbs=cbs)
+    learn.fit_one_cycle(EPOCHS, 1e-2, start_epoch=start, cbs=cbs + [EarlyStoppingCallback(patience=10)])  # as users combine it
 if run_id: run.finish()
 best = {k: v.tolist() for k, v in learn.model.state_dict().items()}
 json.dump(dict(rows=rows.rows, start=start, best_epoch=cb.best_epoch, best=best), open(out, 'w'))

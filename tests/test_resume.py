@@ -81,3 +81,37 @@ def test_a_resumed_w_and_b_run_logs_the_uninterrupted_runs_best(tmp_path):
     assert best and {k: res.summary.get(k) for k in best} == best  # best_*, best_epoch and best-valid_loss: the uninterrupted run's
     desc = load_checkpoint(tmp_path / 'run' / 'models' / 'model.pth')[1]
     assert res.summary['best_epoch'] == desc['metadata']['epoch'] and res.summary['best_valid_loss'] == desc['metadata']['valid_loss']
+
+
+def test_taking_up_what_a_killed_top_k_replacement_left_trims_it_back_to_k(tmp_path):
+    "A run killed after moving its old best aside, before the new best replaced it, leaves the old best under two names"
+    from fastai_bestmodel.checkpoint import save_checkpoint, link_checkpoint
+    from fastai_bestmodel.tracker import SaveModelCallback
+    from fastai_bestmodel.test_utils import ScriptedMetric
+    from fastai.test_utils import synth_learner
+    models = tmp_path / 'models'
+    kw = dict(monitor='accuracy', comp='greater', tracker='model')
+    save_checkpoint(models / 'model-epoch=0.pth', {'a': torch.zeros(1), 'b': torch.zeros(1)}, {'epoch': 0, 'accuracy': 0.5}, reason='top_k', **kw)
+    save_checkpoint(models / 'model.pth', {'a': torch.ones(1), 'b': torch.ones(1)}, {'epoch': 1, 'accuracy': 0.6}, reason='best', **kw)
+    link_checkpoint(models / 'model.pth', models / 'model-epoch=1.pth', reason='top_k')  # killed here
+    learn = synth_learner(n_trn=1, path=tmp_path, metrics=ScriptedMetric([0.1], 'accuracy'))
+    cb = SaveModelCallback(monitor='accuracy', save_top_k=2, filename='model-{epoch}', resume=True)
+    learn.fit(1, cbs=cb)
+    assert {p.name: v for p, v in cb.best_k_models.items()} == {'model.pth': 0.6, 'model-epoch=0.pth': 0.5}
+    assert _on_disk(tmp_path) == {'model.pth': 1.0, 'model-epoch=0.pth': 0.0}  # the duplicate is gone; 0.1 did not enter
+
+
+def test_resume_true_keeps_its_own_earlier_best_after_load_learner(tmp_path):
+    from fastai.learner import load_learner
+    from fastai_bestmodel.tracker import SaveModelCallback
+    from fastai_bestmodel.test_utils import ScriptedMetric, digits_learner
+    learn = digits_learner(path=tmp_path)
+    learn.metrics = ScriptedMetric([0.9, 0.5], 'accuracy')
+    learn.add_cb(SaveModelCallback(monitor='accuracy', resume=True))
+    with learn.no_bar(), learn.no_logging(): learn.fit(1, 1e-3)
+    before = (tmp_path / 'models' / 'model.pth').read_bytes()
+    learn.export('export.pkl')
+    again = load_learner(tmp_path / 'export.pkl')
+    again.metrics = ScriptedMetric([0.4], 'accuracy')
+    with again.no_bar(), again.no_logging(): again.fit(1, 1e-3)
+    assert (tmp_path / 'models' / 'model.pth').read_bytes() == before  # 0.4 < 0.9: kept
