@@ -658,7 +658,9 @@ def find_checkpoint(source, # a `.pth`/`.json`, a name without suffix, a folder,
                    )->Path:
     "The weights file of the checkpoint `source` names (a W&B artifact is downloaded first)"
     tried, src = [], Path(source)
-    for cand in ([Path(folder)/src] if folder is not None and not src.is_absolute() else []) + [src]:
+    # A bare name (`'model'`, as `learn.load` takes) is only looked for in `folder`, never in the working folder
+    bare = folder is not None and len(src.parts) == 1 and src.suffix not in ('.pth', '.json') and src.name not in ('.', '..')
+    for cand in ([Path(folder)/src] if folder is not None and not src.is_absolute() else []) + ([] if bare else [src]):
         if cand.is_dir(): return _best_in_folder(cand)
         if _pth(cand).exists() or json_path(_pth(cand)).exists(): return _pth(cand)
         tried.append(f'{cand}: no such checkpoint or folder')
