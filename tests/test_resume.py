@@ -40,9 +40,24 @@ def test_a_new_run_says_it_will_replace_an_earlier_best_and_does(tmp_path):
 
 
 def _child(*args):
-    out = subprocess.run([sys.executable, str(HERE / 'exact_resume_child.py'), *map(str, args)],
-                         capture_output=True, text=True, env=python_env(), timeout=300)
-    return out
+    child = subprocess.Popen([sys.executable, str(HERE / 'exact_resume_child.py'), *map(str, args)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=python_env())
+    child.stdout, child.stderr = child.communicate(timeout=300)
+    _wait_for_wandb_service(child.pid)
+    return child
+
+
+def _wait_for_wandb_service(pid, timeout=60):
+    "Wait until the W&B service of the (killed) process `pid` has gone: until then it holds the run's id"
+    import time
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        alive = False
+        for proc in Path('/proc').glob('[0-9]*'):
+            try: alive = alive or f'--pid\0{pid}\0' in (proc / 'cmdline').read_text()
+            except OSError: pass
+        if not alive: return
+        time.sleep(0.2)
 
 
 def test_a_run_killed_after_epoch_2_and_resumed_in_a_new_process_matches_the_uninterrupted_run(tmp_path):
