@@ -24,6 +24,7 @@ def offline_run(tmp_path):
 
 def python_env():
     "The environment for a child Python that imports this checkout's package"
-    env = dict(os.environ)
+    # Not this process's W&B service (`wandb.init` sets WANDB_SERVICE): a child killed mid-run would leave its run open there
+    env = {k: v for k, v in os.environ.items() if k != 'WANDB_SERVICE'}
     env['PYTHONPATH'] = os.pathsep.join([str(ROOT), env.get('PYTHONPATH', '')])
     return env

@@ -40,10 +40,8 @@ def test_a_new_run_says_it_will_replace_an_earlier_best_and_does(tmp_path):
 
 
 def _child(*args):
-    # Its own W&B service: one this test process started (`WANDB_SERVICE`) would outlive a killed child and hold its run id
-    env = {k: v for k, v in python_env().items() if k != 'WANDB_SERVICE'}
     child = subprocess.Popen([sys.executable, str(HERE / 'exact_resume_child.py'), *map(str, args)],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=python_env())
     child.stdout, child.stderr = child.communicate(timeout=300)
     _wait_for_wandb_service(child.pid)
     return child
