@@ -16,7 +16,7 @@ from .durable import (file_digest, fsync_dir, remove_file, write_tmp, replace_fi
 
 # %% auto #0
 __all__ = ['CheckpointError', 'CheckpointWriteError', 'CheckpointMismatchError', 'like_dict', 'plain_state', 'json_safe',
-           'json_path', 'save_checkpoint', 'read_checkpoint', 'verify_checkpoint', 'checkpoint_weights',
+           'json_path', 'save_checkpoint', 'pth_path', 'read_checkpoint', 'verify_checkpoint', 'checkpoint_weights',
            'load_checkpoint', 'list_checkpoints', 'link_checkpoint', 'delete_checkpoint']
 
 # %% ../nbs/01_checkpoint.ipynb #c010
@@ -137,7 +137,8 @@ def _read_json(p):
         raise CheckpointError(f'{p} is not valid JSON ({e}); it was not written by fastai_bestmodel.') from e
     except OSError as e: raise CheckpointError(f'{p} cannot be read: {os.strerror(e.errno) if e.errno else e}.') from e
 
-def _as_pth(path)->Path:
+def pth_path(path)->Path:
+    "The `.pth` of the checkpoint named by its `.pth`, its `.json`, or its name without a suffix (which may hold dots: `loss=0.12`)"
     path = Path(path)
     return path if path.suffix == '.pth' else path.with_name(path.name.removesuffix('.json') + '.pth')
 
@@ -145,7 +146,7 @@ _REQUIRED = {'digest': str, 'weights': str, 'metadata': dict}
 
 def read_checkpoint(path)->dict:
     "The description (`.json`) of the checkpoint at `path` (its `.pth`, its `.json`, or its name without suffix)"
-    jp = json_path(_as_pth(path))
+    jp = json_path(pth_path(path))
     if not jp.is_file(): raise CheckpointError(f'No checkpoint description at {jp}: was it saved by fastai_bestmodel.SaveModelCallback?')
     desc = _read_json(jp)
     fmt = desc.get('format') if isinstance(desc, dict) else None
@@ -174,7 +175,7 @@ def _mismatch(path, want, got)->CheckpointMismatchError:
 
 def verify_checkpoint(path)->tuple:
     "The weights file that `path`'s `.json` describes, its digest checked, and that description"
-    path = _as_pth(path)
+    path = pth_path(path)
     desc = read_checkpoint(path)
     want, got = desc['digest'], 'no file'
     for p in (path, _pending(path, want)):
@@ -213,7 +214,7 @@ def list_checkpoints(folder, recurse:bool=False)->list:
         if p.name.startswith('.'): continue
         try: found.append((p, read_checkpoint(p)))
         except CheckpointError as e:
-            if _as_pth(p).exists(): found.append((p, e))  # a checkpoint whose description is damaged; else another tool's .json
+            if pth_path(p).exists(): found.append((p, e))  # a checkpoint whose description is damaged; else another tool's .json
     return found
 
 # %% ../nbs/01_checkpoint.ipynb #k005
@@ -223,7 +224,7 @@ def link_checkpoint(src, # the checkpoint to give another name: its `.pth` or `.
                     desc:dict=None, # `src`'s description, if the caller has it
                    )->dict:
     "Make `dst` a checkpoint of `src`'s weights, hard-linked where possible, with its own `.json`, and return its description"
-    src, dst = _as_pth(src), _as_pth(dst)
+    src, dst = pth_path(src), pth_path(dst)
     desc = dict(desc or read_checkpoint(src), weights=dst.name)
     if reason is not None: desc['reason'] = reason
     weights = src if src.exists() else _pending(src, desc['digest'])  # a save interrupted after its commit
@@ -246,7 +247,7 @@ def delete_checkpoint(path, # the checkpoint's `.pth` or `.json`
                       background:bool=False, # free the weights' blocks in a thread, as `replace_file` does
                      ):
     "Delete the checkpoint at `path`: its `.json` first, durably, then its weights"
-    path = _as_pth(path)
+    path = pth_path(path)
     with FolderLock(path.parent):
         remove_file(json_path(path))
         fsync_dir(path.parent)

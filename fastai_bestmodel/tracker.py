@@ -7,6 +7,7 @@ Docs: https://github.com/fastai-bestmodel/fastai_bestmodel/tracker.html.md"""
 # %% ../nbs/03_tracker.ipynb #c003
 from __future__ import annotations
 import datetime, math, numbers, operator, os, re, signal, threading, time, warnings, functools
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 import numpy as np, torch
@@ -17,7 +18,7 @@ from fastai.callback.tracker import SaveModelCallback as _FastaiSaveModelCallbac
 import fastai.callback.schedule  # defines `Learner.fine_tune`
 from fastai.learner import Learner, join_path_file
 from fastai.torch_core import get_model, rank_distrib, num_distrib, distrib_barrier
-from .checkpoint import read_checkpoint, load_checkpoint, list_checkpoints, delete_checkpoint, json_path, CheckpointError
+from .checkpoint import read_checkpoint, load_checkpoint, list_checkpoints, delete_checkpoint, json_path, pth_path, CheckpointError
 from .writer import CheckpointWriter, AsyncCheckpointWriter
 
 # %% auto #0
@@ -420,8 +421,7 @@ def _set_random_states(learn, st:dict):
     if 'cuda' in st and torch.cuda.is_available(): torch.cuda.set_rng_state_all([t.cpu() for t in st['cuda']])
     for dl, s in zip([dl for dl in learn.dls.loaders if hasattr(dl, 'rng')], st['dls']): dl.rng.setstate((s[0], tuple(s[1]), s[2]))
 
-def _record_dict(r)->dict: return dict(path=str(r.path), reason=r.reason, epoch=r.epoch, iteration=r.iteration, metadata=r.metadata,
-                                       monitor=r.monitor, value=r.value, digest=r.digest)
+def _record_dict(r)->dict: return {**dataclasses.asdict(r), 'path': str(r.path)}  # `weights_only` loading takes no `Path`
 
 def _smooth_loss_state(learn):
     "The recorder's running average of the training loss (its `train_loss`), which runs on across epochs"
@@ -633,19 +633,14 @@ def _best_in_folder(folder:Path)->Path:
     "The best checkpoint in `folder`, by what its `.json`s say"
     found = [(jp, d) for jp, d in list_checkpoints(folder) if isinstance(d, dict)]
     best = found if len(found) == 1 else [(jp, d) for jp, d in found if d.get('reason', 'best' if d.get('monitor') else None) == 'best']
-    if len(best) == 1: return _pth(best[0][0])
+    if len(best) == 1: return pth_path(best[0][0])
     if not best:
         hint = f" fastai saves them in the learner's models folder: try {folder/'models'}." if (folder/'models').is_dir() and not found else ''
         raise CheckpointError(f"{folder} holds no best model: {len(found)} checkpoints, none saved as a tracker's best. "
-                              f"Name one of them: {', '.join(_pth(jp).name for jp,_ in found) or 'there are none'}.{hint}")
-    which = ', '.join(f"{_pth(jp).name} ({d.get('monitor')})" for jp, d in best)
+                              f"Name one of them: {', '.join(pth_path(jp).name for jp,_ in found) or 'there are none'}.{hint}")
+    which = ', '.join(f"{pth_path(jp).name} ({d.get('monitor')})" for jp, d in best)
     raise CheckpointError(f"{folder} holds the best models of {len(best)} trackers: {which}; "
-                          f"name the one to load, such as {_pth(best[0][0])}.")
-
-def _pth(p)->Path:
-    "The `.pth` of a checkpoint named by its `.pth`, its `.json`, or its name without a suffix (which may hold dots: `loss=0.12`)"
-    p = Path(p)
-    return p if p.suffix == '.pth' else p.with_name(p.name.removesuffix('.json') + '.pth')
+                          f"name the one to load, such as {pth_path(best[0][0])}.")
 
 def _wandb_ref(source)->bool:
     "Whether `source` has the form of a W&B artifact: `entity/project/name`, with or without `:alias`"
@@ -662,7 +657,7 @@ def find_checkpoint(source, # a `.pth`/`.json`, a name without suffix, a folder,
     bare = folder is not None and len(src.parts) == 1 and src.suffix not in ('.pth', '.json') and src.name not in ('.', '..')
     for cand in ([Path(folder)/src] if folder is not None and not src.is_absolute() else []) + ([] if bare else [src]):
         if cand.is_dir(): return _best_in_folder(cand)
-        if _pth(cand).exists() or json_path(_pth(cand)).exists(): return _pth(cand)
+        if pth_path(cand).exists() or json_path(pth_path(cand)).exists(): return pth_path(cand)
         tried.append(f'{cand}: no such checkpoint or folder')
     if _wandb_ref(str(source)):
         from .wandb import download_checkpoint  # imports wandb only when a W&B artifact is asked for
