@@ -9,6 +9,7 @@ from __future__ import annotations
 import json, struct, time
 from pathlib import Path
 from dataclasses import dataclass, field
+from fastcore.basics import patch
 
 # %% auto #0
 __all__ = ['wandb_records', 'OfflineRun', 'read_offline_run']
@@ -47,7 +48,7 @@ def _key(item): return '.'.join(item.nested_key) if item.nested_key else item.ke
 class OfflineRun:
     "What an offline W&B run recorded"
     path: Path
-    artifacts: list = field(default_factory=list) # dicts: name, type, aliases, metadata, files
+    artifacts: list = field(default_factory=list) # dicts: name, type, digest, aliases, metadata, files, as logged
     summary: dict = field(default_factory=dict) # the run's final summary
     history: list = field(default_factory=list) # one dict per `wandb.log` step
 
@@ -73,7 +74,7 @@ def read_offline_run(run_dir, # a `wandb/offline-run-*` folder, or the `run-*.wa
         kind = rec.WhichOneof('record_type')
         if kind == 'artifact':
             a = rec.artifact
-            res.artifacts.append(dict(name=a.name, type=a.type, aliases=list(a.aliases), metadata=json.loads(a.metadata or '{}'),
+            res.artifacts.append(dict(name=a.name, type=a.type, digest=a.digest, aliases=list(a.aliases), metadata=json.loads(a.metadata or '{}'),
                 files=[dict(path=c.path, digest=c.digest, size=c.size, local_path=c.local_path) for c in a.manifest.contents]))
         elif kind == 'summary':
             for u in rec.summary.update:
@@ -82,3 +83,16 @@ def read_offline_run(run_dir, # a `wandb/offline-run-*` folder, or the `run-*.wa
         elif kind == 'history':
             res.history.append({_key(i): json.loads(i.value_json) for i in rec.history.item})
     return res
+
+# %% ../nbs/04_offline.ipynb #c008v
+@patch
+def versions(self:OfflineRun, name:str)->list:
+    "The versions of the artifact `name` as W&B will hold them after `wandb sync`: dicts of version, digest, aliases, metadata, files"
+    res = {}
+    for a in (a for a in self.artifacts if a['name'] == name):
+        v = res.setdefault(a['digest'], dict(version=f'v{len(res)}', digest=a['digest'], aliases=[], metadata=a['metadata'], files=a['files']))
+        for alias in dict.fromkeys([*a['aliases'], 'latest']):
+            for o in res.values():
+                if alias in o['aliases']: o['aliases'].remove(alias)
+            v['aliases'].append(alias)
+    return list(res.values())

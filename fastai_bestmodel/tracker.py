@@ -496,6 +496,12 @@ def chosen_record(self:SaveModelCallback)->SaveRecord:
     "The record of the model this tracker chose, which `last_saved_path` names: the best, or what `every_epoch`/`at_end` saved"
     return next((r for r in reversed(self.records) if r.reason in _CHOSEN), None)
 
+@patch
+def written_records(self:SaveModelCallback)->list:
+    "The records of the checkpoints on disk: with `async_save`, those written by the last time the writer was idle"
+    if self._writer is not None and self._writer.idle: self._note_written()  # only then is each path's last save its last record
+    return [r for r in self.records if r.digest is not None]
+
 # %% ../nbs/03_tracker.ipynb #ch02
 @patch(as_prop=True)
 def epochs_done(self:SaveModelCallback)->int:
@@ -600,12 +606,12 @@ _fastai_do_fit = getattr(Learner._do_fit, '__wrapped__', Learner._do_fit)  # fas
 
 @patch
 def _do_fit(self:Learner):
-    # fastai has no event for an exception in a fit: tell the trackers, then let it go on
+    # fastai has no event for an exception in a fit: tell the callbacks that listen (trackers first, by `order`), then let it go on
     try: return _fastai_do_fit(self)
     except CancelFitException: raise
     except BaseException as e:
-        for cb in list(self.cbs):
-            if isinstance(cb, SaveModelCallback): cb._after_exception(e)
+        for cb in sorted(self.cbs, key=lambda c: c.order):
+            if callable(getattr(type(cb), '_after_exception', None)): cb._after_exception(e)
         raise
 Learner._do_fit.__wrapped__ = _fastai_do_fit
 

@@ -6,20 +6,23 @@ Docs: https://github.com/fastai-bestmodel/fastai_bestmodel/wandb.html.md"""
 
 # %% ../nbs/05_wandb.ipynb #c003
 from __future__ import annotations
-import math, re, warnings, weakref
+import fnmatch, json, math, re, warnings, weakref
 from pathlib import Path
 import wandb
-from fastcore.basics import ifnone, patch, init_args
+from fastcore.basics import ifnone, patch, init_args, store_attr
 from fastai.torch_core import rank_distrib
 import fastai.callback.wandb as _fastai_wandb
 from fastai.callback.wandb import WandbCallback as _FastaiWandbCallback
 from fastai.callback.tracker import SaveModelCallback as _FastaiSaveModelCallback
 from .tracker import SaveModelCallback, deciding_tracker
 from .checkpoint import CheckpointError
-from .checkpoint import verify_checkpoint, json_path, json_safe
+from .checkpoint import verify_checkpoint, list_checkpoints, json_path, json_safe
+from .durable import file_digest
 
 # %% auto #0
-__all__ = ['log_checkpoint', 'download_checkpoint', 'WandbCallback', 'best_alias']
+__all__ = ['PROTECTED', 'position_alias', 'role_aliases', 'best_alias', 'logged_versions', 'log_checkpoint',
+           'download_checkpoint', 'WandbCallback', 'PruneError', 'prune_versions', 'link_to_registry',
+           'log_checkpoints']
 
 # %% ../nbs/05_wandb.ipynb #c006
 def _format_config_value(v, depth=0):
@@ -40,31 +43,76 @@ def _format_config(config, depth=0):
 
 _fastai_wandb._format_config_value, _fastai_wandb._format_config = _format_config_value, _format_config
 
-# %% ../nbs/05_wandb.ipynb #c009
-_logged_digests = weakref.WeakKeyDictionary()  # W&B run -> (artifact name, digest) of each model logged in it, for the run's lifetime
+# %% ../nbs/05_wandb.ipynb #c009a
+def position_alias(epoch=None, iteration:int=None, reason:str=None)->list:
+    "`['epoch-<N>']` for a checkpoint of a whole epoch, `['step-<N>']` for one saved mid-epoch (periodic, interrupted)"
+    whole = isinstance(epoch, int) or (isinstance(epoch, float) and epoch.is_integer())
+    if whole and reason != 'interrupted': return [f'epoch-{int(epoch)}']
+    return [f'step-{iteration}'] if iteration is not None else []
 
+def role_aliases(reason:str, monitor:str=None, best:bool=True, decides:bool=True)->list:
+    "The aliases of a checkpoint's role: `best` and `best-<monitor>` for a best model, `last`, `interrupted`"
+    if reason == 'best': return ([best_alias(monitor)] if monitor else []) + (['best'] if decides else []) if best else []
+    return [reason] if reason in ('last', 'interrupted') else []
+
+def best_alias(monitor:str)->str:
+    "The W&B alias of a tracker's best model: `best-<monitor>`, with any character an alias cannot hold made `_`"
+    return 'best-' + re.sub(r'[^A-Za-z0-9_.-]', '_', monitor)
+
+# %% ../nbs/05_wandb.ipynb #c009b
+_STATE = '_fastai_bestmodel'  # the run summary's key for what this package logged in the run
+
+def logged_versions(run=None)->dict:
+    "What was logged in `run` (default: the current one): `{artifact name: {weights digest: {aliases, files, json}}}`"
+    s = (run or wandb.run).summary.get(_STATE)
+    return json.loads(s) if isinstance(s, str) else {}
+
+def _note_logged(run, state:dict): run.summary[_STATE] = json.dumps(state)  # a string: W&B keeps it as it is
+
+def _same_files(files:dict, digest:str, json_digest:str)->bool:
+    "Whether the checkpoint `files` (artifact name -> local path) still holds the weights `digest` and the same `.json`"
+    try:
+        jp = next(Path(p) for n,p in files.items() if n.endswith('.json'))
+        return file_digest(jp) == json_digest and verify_checkpoint(jp)[1]['digest'] == digest
+    except (CheckpointError, OSError, StopIteration): return False
+
+# %% ../nbs/05_wandb.ipynb #c009c
 def log_checkpoint(path, # a checkpoint's `.pth` or `.json`, written by `SaveModelCallback`
-                   name:str=None, # the artifact's name; default `run-<id>-<file name>`, this run's own
-                   aliases=('best',), # aliases besides `epoch-<N>` (and W&B's own `latest`)
+                   name:str=None, # the artifact's name; default `run-<id>-<tracker's fname>`, this run's own
+                   aliases:list=None, # the aliases of its role; default from its `.json`: `best` and `best-<monitor>`, `last`, `interrupted`
                    description:str='trained model', # the artifact's description
-                   epoch:int=None, # the epoch the `epoch-<N>` alias names, counted over the run; default: the checkpoint's own
+                   epoch=None, # the epoch of its `epoch-<N>` alias, counted over the run; default: the checkpoint's own
+                   digest:str=None, # the weights the caller means: if the checkpoint at `path` holds others now, log nothing
                   ):
     "Log the checkpoint at `path` to the current W&B run as a `model` artifact whose metadata are its epoch's metrics"
     run = wandb.run
     if run is None: raise ValueError('log_checkpoint needs a W&B run: call `wandb.init(project=...)` first.')
     weights, desc = verify_checkpoint(path)
-    stem = Path(desc['weights']).stem
-    name = ifnone(name, f'run-{run.id}-{stem}')
-    logged = _logged_digests.setdefault(run, set())
-    if (name, desc['digest']) in logged:
-        print(f'{weights} was already logged in this run as {name}, unchanged: not uploaded again.')
+    if digest is not None and desc['digest'] != digest:
+        print(f'{weights} now holds another model than the one to log ({desc["digest"]}, not {digest}): a later save replaced it; not logged.')
         return None
-    art = wandb.Artifact(name=name, type='model', metadata=desc['metadata'], description=description)
-    art.add_file(str(weights), name=f'{stem}.pth')
-    art.add_file(str(json_path(Path(weights).parent/desc['weights'])), name=f'{stem}.json')
-    epoch = ifnone(epoch, desc['metadata'].get('epoch'))
-    run.log_artifact(art, aliases=[*aliases, *([f'epoch-{epoch}'] if epoch is not None else [])])
-    logged.add((name, desc['digest']))
+    meta, stem = desc['metadata'], Path(desc['weights']).stem
+    name = ifnone(name, f"run-{run.id}-{desc.get('tracker') or stem}")  # a tracker's best, top k and last: versions of one artifact
+    aliases = list(ifnone(aliases, role_aliases(desc.get('reason') or 'best', desc.get('monitor'))))
+    aliases = list(dict.fromkeys(aliases + position_alias(ifnone(epoch, meta.get('epoch')), meta.get('iteration'), desc.get('reason'))))
+    state = logged_versions(run)
+    seen = state.setdefault(name, {}).get(desc['digest'])
+    if seen is not None:  # these weights are a version already: give it the new aliases, by logging the same files again
+        new = [a for a in aliases if a not in seen['aliases']]
+        if not new: return None
+        if not _same_files(seen['files'], desc['digest'], seen['json']):
+            print(f"{weights}: its weights were logged in this run as {name}, from files that have changed since; "
+                  f"aliases {new} not added (a new version would duplicate the weights).")
+            return None
+        files = seen['files']
+        meta = verify_checkpoint(next(p for n,p in files.items() if n.endswith('.json')))[1]['metadata']
+    else: files = {f'{stem}.pth': str(weights), f'{stem}.json': str(json_path(weights))}
+    art = wandb.Artifact(name=name, type='model', metadata=meta, description=description)
+    for n, p in files.items(): art.add_file(p, name=n)  # W&B copies each file now: a later save cannot change what is uploaded
+    run.log_artifact(art, aliases=aliases)
+    state[name][desc['digest']] = dict(aliases=sorted({*aliases, *(seen or {}).get('aliases', [])}), files=files,
+                                       json=seen['json'] if seen else file_digest(files[f'{stem}.json']))
+    _note_logged(run, state)
     return art
 
 # %% ../nbs/05_wandb.ipynb #dl01
@@ -93,11 +141,32 @@ def _detach(learn, cb):
     if cb in learn.cbs: learn.cbs.remove(cb)
     cb.learn = None
 
+_MODES = {False: None, None: None, True: 'end', 'end': 'end', 'all': 'all', 'best_and_last': 'best_and_last'}
+PROTECTED = ('best', 'best-*', 'latest', 'production')  # aliases whose versions retention keeps, as shell patterns
+
 class WandbCallback(_FastaiWandbCallback):
     "fastai's `WandbCallback`, logging the best model with its own epoch's metrics and `best_*` in the summary"
     order = SaveModelCallback.order + 1
-    _stateattrs = ('_run_epochs',)  # weak references do not pickle: `learn.export()` leaves them out
+    _stateattrs = ('_run_epochs', '_handled')  # weak references do not pickle: `learn.export()` leaves them out
+    def __init__(self,
+                 log_model=False, # what to upload: False, True or 'end', 'all', 'best_and_last' (see the table)
+                 keep_versions:int=None, # after the fit's uploads keep only the newest N versions, and those with a `protect`ed alias
+                 protect=PROTECTED, # aliases (shell patterns) whose versions are never deleted
+                 link_to:str=None, # a W&B registry collection (`wandb-registry-model/<name>`) to link the best model to
+                 **kwargs): # fastai's `WandbCallback` arguments: `log_preds`, `model_name`, ...
+        if not isinstance(log_model, (bool, str)) or log_model not in _MODES:
+            raise ValueError(f"WandbCallback(log_model={log_model!r}): give False, True (or 'end'), 'all' or 'best_and_last'.")
+        if keep_versions is not None and (isinstance(keep_versions, bool) or not isinstance(keep_versions, int) or keep_versions < 0):
+            raise ValueError(f"WandbCallback(keep_versions={keep_versions!r}): give a number of versions >= 0, or None to keep all.")
+        if isinstance(protect, str): protect = (protect,)
+        if (keep_versions is not None or link_to) and not _MODES[log_model]:
+            raise ValueError(f"WandbCallback(keep_versions=..., link_to=...) act on the uploaded model: set `log_model` too.")
+        super().__init__(log_model=log_model, **kwargs)
+        store_attr('keep_versions,protect,link_to')
     def after_create(self): pass  # fastai's adds its own tracker to the learner for good; ours adds one in `before_fit`, for that fit
+
+    @property
+    def mode(self)->str: return _MODES[self.log_model]  # None (no upload), 'end', 'all' or 'best_and_last'
 
     def _trackers(self, add:bool)->list:
         "The user's `SaveModelCallback`s, else (if `add`) one added for this fit, or kept for the rest of a `fine_tune`"
@@ -114,7 +183,7 @@ class WandbCallback(_FastaiWandbCallback):
                             f"Use `from fastai_bestmodel.tracker import SaveModelCallback` instead.")
         group = getattr(self.learn, '_fit_group', None)
         if added is None or group is None or added._group is not group:  # not the next fit of the same `fine_tune`
-            added = SaveModelCallback(fname=ifnone(self.model_name, 'model'))
+            added = SaveModelCallback(fname=ifnone(self.model_name, 'model'), save_last=self.mode == 'best_and_last')
         self._added = added
         self.learn.add_cb(added)
         added('before_fit')  # added after the tracker's turn in this event: start it by hand
@@ -124,20 +193,25 @@ class WandbCallback(_FastaiWandbCallback):
 @patch
 def before_fit(self:WandbCallback):
     "Check the W&B run, make sure a tracker saves the model, then do what fastai's callback does"
-    self._trained, self._cbs = False, []
+    self._trained, self._cbs, self._logged = False, [], {}  # `_logged`: artifact name -> this fit's logged versions
     if not hasattr(self, '_run_epochs'): self._run_epochs = weakref.WeakKeyDictionary()  # SaveRecord -> its epoch in the run
+    if not hasattr(self, '_handled'): self._handled = weakref.WeakSet()  # the records logged, or passed over, by this callback
     if rank_distrib():  # in distributed training only rank 0 talks to W&B; every rank tracks, so all load the same best
-        if self.log_model and not hasattr(self.learn, 'lr_finder'): self._trackers(add=True)
+        if self.mode and not hasattr(self.learn, 'lr_finder'): self._trackers(add=True)
         self.run = False
         return
     if wandb.run is None:
         raise ValueError('WandbCallback needs a W&B run: call `wandb.init(project=...)` before fitting '
                          '(with WANDB_MODE=offline it needs no account or network).')
     if not hasattr(self.learn, 'lr_finder') and not hasattr(self, 'gather_preds'):
-        self._cbs = self._trackers(add=self.log_model)
-        # Records from before this fit were saved where this callback cannot tell the run's epoch
+        self._cbs = self._trackers(add=bool(self.mode))
+        no_last = [cb.fname for cb in self._cbs if self.mode == 'best_and_last' and not cb.save_last]
+        if no_last: raise ValueError(f"WandbCallback(log_model='best_and_last') uploads the last epoch's checkpoint, which "
+                                     f"SaveModelCallback(fname={no_last[0]!r}) saves only with `save_last=True`: pass it, "
+                                     f"or use log_model='end' to upload the best alone.")
+        # Records from before this fit were saved where this callback cannot tell the run's epoch, and were logged then
         for cb in self._cbs:
-            for rec in cb.records: self._run_epochs.setdefault(rec, None)
+            for rec in cb.records: self._run_epochs.setdefault(rec, None); self._handled.add(rec)
     _FastaiWandbCallback.before_fit(self)
 
 @patch
@@ -151,7 +225,7 @@ def before_train(self:WandbCallback):
 # %% ../nbs/05_wandb.ipynb #c014c
 @patch
 def after_epoch(self:WandbCallback):
-    "Log the epoch's values, as fastai does, and note the run's epoch of a checkpoint saved in it"
+    "Log the epoch's values, as fastai does, note the run's epoch of a checkpoint saved in it; with `log_model='all'`, log it"
     _FastaiWandbCallback.after_epoch(self)
     if not self._trained: return
     for cb in self._cbs:
@@ -160,56 +234,208 @@ def after_epoch(self:WandbCallback):
         offset = 0 if self._start_epoch else round(self._wandb_epoch) - cb.epochs_done
         for rec in cb.records:  # a checkpoint moved aside this epoch keeps the epoch of its weights
             if rec not in self._run_epochs: self._run_epochs[rec] = rec.epoch + offset
+    if self.mode == 'all': self._log_written()
+
+@patch
+def after_train(self:WandbCallback):
+    "With `log_model='all'` and `async_save`, log the checkpoints the writer finished during this epoch's training"
+    if self.mode == 'all' and self._trained: self._log_written()
 
 def _not_worse(cb, value, logged)->bool:
     "Whether `value` of `cb`'s monitor is at least as good as the `logged` one"
     if not isinstance(logged, (int, float)) or not math.isfinite(logged): return True
     return value <= logged if cb.lower_is_better else value >= logged
 
-def best_alias(monitor:str)->str:
-    "The W&B alias of a tracker's best model: `best-<monitor>`, with any character an alias cannot hold made `_`"
-    return 'best-' + re.sub(r'[^A-Za-z0-9_.-]', '_', monitor)
-
 # %% ../nbs/05_wandb.ipynb #c016
 @patch
-def _log_saved(self:WandbCallback, cb, log_model:bool, decides:bool):
-    "Log the model `cb` chose (not its top-k or `_last` files): the summary if it is a best model, the model if `log_model`"
-    rec = cb.chosen_record
-    if rec is None:
-        if log_model: print(f'WandbCallback logged no model for {cb.monitor!r}: its SaveModelCallback saved none in this fit.')
-        return
+def _handle(self:WandbCallback, cb, rec, decides:bool, upload:bool=True):
+    "Write `rec` to the summary if it is a best model, and (if `upload`) log its checkpoint with the aliases of its role and epoch"
+    self._handled.add(rec)
     # A record made after the last epoch (`at_end`) is of that epoch
     epoch = self._run_epochs[rec] if rec in self._run_epochs else round(self._wandb_epoch) - 1
-    meta, chose_best, summary, key = rec.metadata, rec.reason == 'best', wandb.run.summary, best_alias(cb.monitor)
-    sub = summary.get(key)  # runs logged before several trackers were told apart have only the flat `best_<monitor>`
-    logged = sub.get(cb.monitor) if sub is not None else summary.get(f'best_{cb.monitor}')
-    best = chose_best and _not_worse(cb, rec.value, logged)
-    if best:
-        summary[key] = json_safe({**meta, 'epoch': ifnone(epoch, meta['epoch'])})
-        if decides:
-            summary.update(json_safe({f'best_{k}': v for k,v in meta.items() if k != 'epoch'}))
-            summary['best_epoch'] = ifnone(epoch, meta['epoch'])
-    elif chose_best:
-        print(f"WandbCallback: this fit's best {cb.monitor} ({rec.value}, epoch {epoch}) is worse than {logged}, already "
-              f"logged in this W&B run; the {key!r} summary and alias stay on that model.")
-    if not log_model: return
-    aliases = ((key, 'best') if decides else (key,)) if best else ()
-    try: log_checkpoint(rec.path, name=self.model_name, aliases=aliases, epoch=epoch)
+    best = False
+    if rec.reason == 'best':
+        meta, summary, key = rec.metadata, wandb.run.summary, best_alias(cb.monitor)
+        sub = summary.get(key)  # runs logged before several trackers were told apart have only the flat `best_<monitor>`
+        logged = sub.get(cb.monitor) if sub is not None else summary.get(f'best_{cb.monitor}')
+        best = _not_worse(cb, rec.value, logged)
+        if best:
+            summary[key] = json_safe({**meta, 'epoch': ifnone(epoch, meta['epoch'])})
+            if decides:
+                summary.update(json_safe({f'best_{k}': v for k,v in meta.items() if k != 'epoch'}))
+                summary['best_epoch'] = ifnone(epoch, meta['epoch'])
+        else: print(f"WandbCallback: this fit's best {cb.monitor} ({rec.value}, epoch {epoch}) is worse than {logged}, already "
+                    f"logged in this W&B run; the {key!r} summary and alias stay on that model.")
+    if not upload: return
+    name = ifnone(self.model_name, f'run-{wandb.run.id}-{cb.fname}')
+    try: art = log_checkpoint(rec.path, name=name, aliases=role_aliases(rec.reason, cb.monitor, best, decides), epoch=epoch, digest=rec.digest)
     except Exception as e:
         warnings.warn(f"WandbCallback could not log the model to W&B ({type(e).__name__}: {e}). The checkpoint is safe on disk: "
-                      f"{rec.path} and {json_path(rec.path)}. To upload it later: "
-                      f"`wandb.init(project={wandb.run.project!r}, id={wandb.run.id!r}, resume='allow')`, then "
-                      f"`fastai_bestmodel.wandb.log_checkpoint({str(rec.path)!r})`.")
+                      f"{rec.path} and {json_path(rec.path)}. To upload it later, run "
+                      f"`fastai-bestmodel log {rec.path} --project {wandb.run.project} --id {wandb.run.id}`.")
+        return
+    if art is not None: self._logged.setdefault(name, []).append(art)
+
+# %% ../nbs/05_wandb.ipynb #c016b
+@patch
+def _log_written(self:WandbCallback, final:bool=False):
+    "`log_model='all'`: log each checkpoint written and not yet logged; `last` and `interrupted` only when the fit ends"
+    decider = deciding_tracker(self.learn)
+    for cb in self._cbs:
+        recs = [r for r in cb.written_records() if r not in self._handled and (final or r in self._run_epochs)]
+        last = next((r for r in reversed(recs) if r.reason == 'last'), None)  # `_last` is rewritten each epoch: its newest only
+        for rec in recs:
+            if rec.reason in ('last', 'interrupted') and not final: continue
+            if rec.reason == 'last' and rec is not last: self._handled.add(rec); continue
+            self._handle(cb, rec, decides=cb is decider or len(self._cbs) == 1)
 
 @patch
+def _log_at_end(self:WandbCallback):
+    "Log what `log_model` asks for at the end of a fit (or at an exception, so far), and the summary of each tracker's best"
+    decider = deciding_tracker(self.learn)
+    if self.mode == 'all': self._log_written(final=True)
+    for cb in self._cbs:
+        decides = cb is decider or len(self._cbs) == 1
+        chosen = cb.chosen_record
+        if chosen is None:
+            if self.mode: print(f'WandbCallback logged no model for {cb.monitor!r}: its SaveModelCallback saved none in this fit.')
+        elif chosen not in self._handled: self._handle(cb, chosen, decides, upload=bool(self.mode))
+        if not self.mode: continue
+        last = next((r for r in reversed(cb.records) if r.reason == 'last'), None)
+        for rec in ([last] if self.mode == 'best_and_last' and last else []) + [r for r in cb.records if r.reason == 'interrupted']:
+            if rec not in self._handled: self._handle(cb, rec, decides)
+
+# %% ../nbs/05_wandb.ipynb #c016c
+@patch
 def after_fit(self:WandbCallback):
-    "Log each tracker's best model and its metrics, then remove a tracker added for this fit"
+    "Log each tracker's best model and its metrics (and what else `log_model` asks), prune, link, then remove a tracker added for this fit"
     log_model, self.log_model = self.log_model, False
     try: _FastaiWandbCallback.after_fit(self)
     finally: self.log_model = log_model
     try:
         if self._trained:
-            decider = deciding_tracker(self.learn)
-            for cb in self._cbs: self._log_saved(cb, log_model, decides=cb is decider or len(self._cbs) == 1)
+            self._log_at_end()
+            self._after_uploads()
     finally:
         if getattr(self, '_added', None) is not None: _detach(self.learn, self._added)  # kept in `_added` for a `fine_tune`'s next fit
+
+@patch
+def _after_exception(self:WandbCallback, e:BaseException):
+    "After an exception in fit, once the trackers saved `<fname>_interrupted`: log what the end of fit would have, so far"
+    if rank_distrib() or not getattr(self, '_trained', False) or wandb.run is None: return
+    try: self._log_at_end()
+    except Exception as err: warnings.warn(f'WandbCallback could not log the models after {type(e).__name__} ({type(err).__name__}: {err}); '
+                                           f'the checkpoints on disk are intact: `fastai-bestmodel log FOLDER` uploads them.')
+
+# %% ../nbs/05_wandb.ipynb #r003
+def _offline(run)->bool: return run.settings.mode in ('offline', 'dryrun')
+
+@patch
+def _after_uploads(self:WandbCallback):
+    "Prune old versions and link the best to the registry: on the server if the run is online; offline, say what to run after sync"
+    if not self._logged or (self.keep_versions is None and not self.link_to): return
+    run = wandb.run
+    refs = {name: f'{run.entity or "ENTITY"}/{run.project}/{name}' for name in self._logged}
+    if _offline(run):
+        todo = [f'fastai-bestmodel prune {ref} --keep {self.keep_versions}' for ref in refs.values() if self.keep_versions is not None]
+        todo += [f'fastai-bestmodel link {ref}:best {self.link_to}' for ref in refs.values() if self.link_to]
+        if not getattr(self, '_told_offline', False):
+            print(f"WandbCallback: W&B is offline, so no version can be deleted or linked now. After "
+                  f"`wandb sync {Path(run.dir).parent}`, run: {'; '.join(todo)}")
+        self._told_offline = True
+        return
+    try:
+        for arts in self._logged.values():
+            for art in arts: art.wait()  # versions exist on the server only once committed
+        for ref in refs.values():
+            if self.keep_versions is not None: prune_versions(ref, self.keep_versions, self.protect)
+            if self.link_to: link_to_registry(f'{ref}:best', self.link_to)
+    except Exception as e:
+        warnings.warn(f'WandbCallback could not prune or link the model versions ({type(e).__name__}: {e}); every checkpoint and '
+                      f'upload is intact. Run `fastai-bestmodel prune` / `fastai-bestmodel link` later.')
+
+# %% ../nbs/05_wandb.ipynb #r001
+class PruneError(Exception): "Pruning stopped partway: the message says which versions were deleted and which remain"
+
+def _vnum(a)->int: return int(str(a.version).lstrip('v'))
+def _protected(aliases, protect)->list: return [a for a in aliases if any(fnmatch.fnmatchcase(a, p) for p in protect)]
+
+def prune_versions(ref:str, # a model artifact: `entity/project/name`
+                   keep:int, # how many of the newest versions to keep
+                   protect=PROTECTED, # aliases (shell patterns) whose versions are kept whatever their age
+                   api=None, # a `wandb.Api`; default a new one
+                   dry_run:bool=False, # say what would be deleted, delete nothing
+                  )->dict:
+    "Delete the versions of `ref` older than the newest `keep`, except those holding a protected alias; return what was kept and deleted"
+    if isinstance(keep, bool) or not isinstance(keep, int) or keep < 0: raise ValueError(f'prune_versions(keep={keep!r}): give a number >= 0.')
+    if ':' in ref: raise ValueError(f'prune_versions({ref!r}): name the artifact without a version or alias: {ref.split(":")[0]!r}.')
+    protect = (protect,) if isinstance(protect, str) else tuple(protect)
+    api = api or wandb.Api()
+    versions = sorted(api.artifacts('model', ref), key=_vnum, reverse=True)
+    doomed = [a for a in versions[keep:] if not _protected(a.aliases, protect)]
+    res = dict(kept=[(a.version, list(a.aliases)) for a in versions if a not in doomed], deleted=[], skipped=[])
+    if dry_run: return {**res, 'deleted': [(a.version, list(a.aliases)) for a in doomed]}
+    for a in doomed:
+        try:
+            now = api.artifact(f'{ref}:{a.version}', type='model')  # its aliases now: another run may have moved `best` to it
+            if _protected(now.aliases, protect): res['skipped'].append((a.version, list(now.aliases))); continue
+            now.delete(delete_aliases=True)  # W&B refuses to delete a version with aliases otherwise; none of these is protected
+        except Exception as e:
+            left = [v for v,_ in res['kept']] + [b.version for b in doomed if b.version not in {v for v,_ in res['deleted']}]
+            raise PruneError(f"Pruning {ref} stopped at {a.version} ({type(e).__name__}: {e}). Deleted: "
+                             f"{', '.join(v for v,_ in res['deleted']) or 'none'}; every version with a protected alias is kept; "
+                             f"still there: {', '.join(sorted(left, key=lambda v: int(v[1:])))}. Run it again to go on.") from e
+        res['deleted'].append((a.version, list(now.aliases)))
+    return res
+
+# %% ../nbs/05_wandb.ipynb #r005
+def link_to_registry(ref:str, # a logged model version: `entity/project/name:alias`
+                     target:str, # the registry collection, as `wandb-registry-model/<collection>`
+                     aliases:list=None, # aliases in the registry besides W&B's own
+                     api=None, # a `wandb.Api`; default a new one
+                    ):
+    "Link the model version `ref` to the W&B registry collection `target` (needs the W&B server: an online run, or after `wandb sync`)"
+    return (api or wandb.Api()).artifact(ref, type='model').link(target, aliases=aliases)
+
+# %% ../nbs/05_wandb.ipynb #u001
+def _checkpoints_at(path:Path)->list:
+    "`(weights, description)` of each checkpoint at `path` (a file, or a folder of them), each digest checked"
+    if not path.is_dir(): return [verify_checkpoint(path)]
+    found = list_checkpoints(path)
+    if not found: raise CheckpointError(f'{path}: no checkpoints here (no .json written by fastai_bestmodel); give the folder '
+                                        f"that SaveModelCallback saved into (the learner's models folder), or a checkpoint's .pth.")
+    for jp, d in found:
+        if not isinstance(d, dict): raise d
+    return [verify_checkpoint(jp) for jp, _ in found]
+
+def log_checkpoints(path, # a checkpoint's `.pth` or `.json`, or a folder of them
+                    project:str=None, # the W&B project of a new run
+                    entity:str=None, # its W&B entity (team or user)
+                    run_id:str=None, # resume this run (or start one with this id); default a new run, or the current one
+                    name:str=None, # the artifact's name; default `run-<id>-<tracker's fname>`
+                    mode:str=None, # W&B's mode: 'online' or 'offline'; default W&B's own (`WANDB_MODE`)
+                    dir=None, # where W&B keeps the run's files; default W&B's own (`WANDB_DIR`, else the working folder)
+                   )->list:
+    "Log the checkpoints at `path` to a W&B run, each with its own metadata and the aliases of its role and epoch"
+    found = sorted(_checkpoints_at(Path(path)), key=lambda c: (c[1]['metadata'].get('epoch') or 0, c[1].get('reason') != 'best'))
+    bests = [d for _,d in found if d.get('reason', 'best') == 'best']
+    own = wandb.run is None or project or run_id
+    run = wandb.init(project=project, entity=entity, id=run_id, resume='allow' if run_id else None, mode=mode, dir=dir, job_type='upload') if own else wandb.run
+    res = []
+    try:
+        for weights, d in found:  # oldest first: W&B's `latest` ends on the newest
+            aliases = role_aliases(d.get('reason') or 'best', d.get('monitor'), decides=len(bests) == 1)
+            art = log_checkpoint(weights, name=name, aliases=aliases)
+            res.append((weights, art))
+            print(f"{weights}: {'logged as ' + art.name if art else 'already logged'}, aliases "
+                  f"{aliases + position_alias(d['metadata'].get('epoch'), d['metadata'].get('iteration'), d.get('reason'))}")
+        for d in bests:  # the summary of each tracker's best, as the callback writes it
+            if d.get('monitor'): run.summary[best_alias(d['monitor'])] = d['metadata']
+            if len(bests) == 1:
+                run.summary.update({f'best_{k}': v for k,v in d['metadata'].items() if k != 'epoch'})
+                run.summary['best_epoch'] = d['metadata'].get('epoch')
+        where = f'{run.entity}/{run.project}' if not _offline(run) else f'the offline run {Path(run.dir).parent}: upload it with `wandb sync {Path(run.dir).parent}`'
+        print(f'{len(found)} checkpoints logged to run {run.id} in {where}.')
+    finally:
+        if own: run.finish()
+    return res

@@ -43,6 +43,7 @@ class CheckpointWriter:
         "Save `state` to `path` now, as `save_checkpoint(path, state, metadata, **kwargs)`, with the steps a policy asks for"
         self.last_written = _write_job(_job(path, state, metadata, keep_previous_as, delete, kwargs), self.written)
     def wait(self): return self.last_written
+    idle = True  # `written` is complete: nothing is being written
     def raise_error(self): pass
 
 # %% ../nbs/02_writer.ipynb #c048
@@ -116,6 +117,11 @@ def _run(self:AsyncCheckpointWriter):
                 self._busy = None
                 self._spare.append(job['state'])
                 self._cond.notify_all()
+
+@patch(as_prop=True)
+def idle(self:AsyncCheckpointWriter)->bool:
+    "Whether every submitted save is written (or failed): `written` then describes the last save to each path"
+    with self._cond: return not self._pending and self._busy is None
 
 @patch
 def wait(self:AsyncCheckpointWriter):
