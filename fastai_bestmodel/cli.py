@@ -1,4 +1,4 @@
-"""`fastai-bestmodel demo`: a real training run on a bundled dataset, logged to W&B offline; `fastai-bestmodel show`: what a checkpoint is.
+"""`fastai-bestmodel demo`: a real training run on a bundled dataset, logged to W&B offline; `show`: what a checkpoint is; `log`, `prune`, `link`: W&B uploads after the fact.
 
 Docs: https://github.com/fastai-bestmodel/fastai_bestmodel/cli.html.md"""
 
@@ -67,6 +67,22 @@ def _parser()->argparse.ArgumentParser:
     d.add_argument('--seed', type=int, default=42)
     s = sub.add_parser('show', help="print a checkpoint's description and check its digest; for a folder, one line for each checkpoint in it")
     s.add_argument('path', help="a checkpoint's .pth, its .json, its name without suffix, or a folder of checkpoints")
+    l = sub.add_parser('log', help="log checkpoints to a W&B run, each with its own metadata and aliases: a run's models, uploaded later")
+    l.add_argument('path', help="a checkpoint's .pth or .json, or a folder of them")
+    l.add_argument('--project', help='W&B project of a new run')
+    l.add_argument('--entity', help='W&B entity (team or user)')
+    l.add_argument('--id', dest='run_id', help='resume this W&B run (or start one with this id)')
+    l.add_argument('--name', help="the artifact's name; default run-<id>-<tracker's fname>")
+    l.add_argument('--mode', choices=['online', 'offline'], help="W&B's mode; default W&B's own (WANDB_MODE)")
+    l.add_argument('--dir', help="where W&B keeps the run's files; default W&B's own")
+    r = sub.add_parser('prune', help='delete old versions of a model artifact on W&B: keep the newest N and every one with a protected alias')
+    r.add_argument('ref', help='the artifact: ENTITY/PROJECT/NAME')
+    r.add_argument('--keep', type=int, required=True, help='how many of the newest versions to keep')
+    r.add_argument('--protect', nargs='+', help="aliases (shell patterns) whose versions are kept; default: best best-* latest production")
+    r.add_argument('--dry-run', action='store_true', help='say what would be deleted, delete nothing')
+    k = sub.add_parser('link', help='link a model version to a collection of the W&B registry (online)')
+    k.add_argument('ref', help='the version: ENTITY/PROJECT/NAME:ALIAS')
+    k.add_argument('target', help='the collection: wandb-registry-model/<name>')
     return p
 
 # %% ../nbs/06_cli.ipynb #c015a
@@ -80,9 +96,31 @@ def main(argv=None)->int:
     args = _parser().parse_args(argv)
     try:
         if args.command == 'demo': demo(args.epochs, args.lr, args.path, args.project, args.mode, args.seed)
-        else: show(args.path)
+        elif args.command == 'show': show(args.path)
+        else: return _wandb_command(args)
     except CheckpointError as e: return _fail(e)  # its message names the path
     except OSError as e: return _fail(f'{e.filename or args.path}: {e.strerror or e}.')
+    return 0
+
+# %% ../nbs/06_cli.ipynb #c015w
+def _wandb_command(args)->int:
+    "`log`, `prune` and `link`: what needs W&B (and, for `log`, torch to read the weights), imported only for them"
+    import warnings
+    with warnings.catch_warnings():  # torch's deprecation notes, raised as fastai is imported, are not the user's to act on
+        warnings.simplefilter('ignore', FutureWarning)
+        from fastai_bestmodel import wandb as w
+    if args.command == 'log':
+        w.log_checkpoints(args.path, args.project, args.entity, args.run_id, args.name, args.mode, args.dir)
+        return 0
+    try:
+        if args.command == 'prune':
+            res = w.prune_versions(args.ref, args.keep, args.protect or w.PROTECTED, dry_run=args.dry_run)
+            for v, aliases in res['deleted']: print(f"{'would delete' if args.dry_run else 'deleted'} {args.ref}:{v} {' '.join(aliases)}")
+            for v, aliases in res['kept']: print(f"kept {args.ref}:{v} {' '.join(aliases)}")
+        else:
+            w.link_to_registry(args.ref, args.target)
+            print(f'linked {args.ref} to {args.target}')
+    except Exception as e: return _fail(f'{args.ref}: {type(e).__name__}: {e}')  # W&B's own errors: no key, no such artifact
     return 0
 
 # %% ../nbs/06_cli.ipynb #c014

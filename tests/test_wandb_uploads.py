@@ -1,0 +1,98 @@
+"""What each `log_model` mode leaves in W&B, read back from real offline runs with W&B's alias rules applied
+(`OfflineRun.versions`); `fastai-bestmodel log` on a folder written without W&B."""
+import json, subprocess, sys
+from pathlib import Path
+import pytest, torch, wandb
+from fastai.test_utils import synth_learner
+from fastai_bestmodel.tracker import SaveModelCallback
+from fastai_bestmodel.test_utils import ScriptedMetric, KeepWeights
+from fastai_bestmodel.wandb import WandbCallback
+from fastai_bestmodel.offline import read_offline_run
+from fastai_bestmodel.checkpoint import list_checkpoints
+from conftest import assert_same_weights, python_env
+
+IMPROVES = [0, 3, 7, 12, 16]  # a 20-epoch fit that improves 5 times; the last epoch is not the best
+SCORES = [0.2 + 0.1*IMPROVES.index(i) if i in IMPROVES else 0.05 for i in range(20)]
+
+
+def _run(tmp_path, scores, log_model, later=(), **tracker_kw):
+    "Fit in a new offline run, then a second fit for each list of scores in `later`"
+    run = wandb.init(project='fastai-bestmodel-tests', mode='offline', dir=tmp_path)
+    learn = synth_learner(n_trn=2, path=tmp_path, metrics=ScriptedMetric(scores, 'accuracy'))
+    keeps = []
+    for values in [scores, *later]:
+        learn.metrics[0].values = list(values)
+        keep = KeepWeights()
+        learn.fit(len(scores), lr=1e-2, cbs=[SaveModelCallback(monitor='accuracy', **tracker_kw), keep,
+                                             WandbCallback(log_model=log_model, log_preds=False)])
+        keeps.append(keep)
+    run.finish()
+    logged = read_offline_run(Path(run.dir).parent)
+    return learn, keeps, logged, logged.versions(f'run-{run.id}-model')
+
+
+def _check_each_version_is_its_epochs(versions, weights, rows):
+    "Each version's metadata is its epoch's recorded row and its weights file holds that epoch's weights"
+    for v in versions:
+        e = v['metadata']['epoch']
+        assert v['metadata'] == {'epoch': e, **dict(zip(['train_loss', 'valid_loss', 'accuracy'], map(float, rows[e])))}
+        staged = next(Path(f['local_path']) for f in v['files'] if f['path'].endswith('.pth'))
+        assert_same_weights(torch.load(staged, weights_only=True), weights[e])
+
+
+@pytest.mark.parametrize('log_model,save_last,epochs', [
+    (False, True, []), (True, True, [16]), ('end', False, [16]),
+    ('all', False, IMPROVES), ('all', True, IMPROVES + [19]), ('best_and_last', True, [16, 19])])
+def test_versions_of_a_20_epoch_fit_that_improves_5_times(tmp_path, log_model, save_last, epochs):
+    assert max(range(20), key=lambda i: SCORES[i]) == 16 and sum(SCORES[i] > max(SCORES[:i], default=0) for i in range(20)) == 5
+    learn, (keep,), logged, versions = _run(tmp_path, SCORES, log_model, save_last=save_last)
+    assert [v['metadata']['epoch'] for v in versions] == epochs
+    _check_each_version_is_its_epochs(versions, keep.weights, learn.recorder.values)
+    if epochs:
+        held = {a: v['metadata']['epoch'] for v in versions for a in v['aliases']}
+        assert (held['best'], held['best-accuracy'], held[f'epoch-{epochs[0]}'], held['latest']) == (16, 16, epochs[0], epochs[-1])
+        if save_last and log_model in ('all', 'best_and_last'): assert held['last'] == 19
+    assert logged.summary['best_epoch'] == 16 and logged.summary['best_accuracy'] == SCORES[16]
+
+
+def test_all_with_async_saves_uploads_only_written_checkpoints_each_its_own(tmp_path):
+    "With `async_save`, a best replaced before the writer finished it is not uploaded; every version uploaded is its epoch's"
+    learn, (keep,), logged, versions = _run(tmp_path, SCORES, 'all', async_save=True, save_last=True)
+    got = [v['metadata']['epoch'] for v in versions]
+    assert set(got) <= set(IMPROVES + [19]) and got[-2:] == [16, 19], got
+    _check_each_version_is_its_epochs(versions, keep.weights, learn.recorder.values)
+
+
+def test_two_fits_in_one_run_number_epochs_over_the_run_and_keep_best_on_the_better(tmp_path):
+    "A second fit (a notebook cell run again) whose bests are worse than the first's: `best` stays on the first fit's model"
+    scores = [0.5, 0.9, 0.7]
+    learn, keeps, logged, versions = _run(tmp_path, scores, 'all', later=[[0.3, 0.6, 0.4]])
+    held = {a: v['metadata']['epoch'] for v in versions for a in v['aliases']}
+    assert sorted(a for a in held if a.startswith('epoch-')) == ['epoch-0', 'epoch-1', 'epoch-3', 'epoch-4']
+    # the second fit's bests (run epochs 3 and 4) are worse than run epoch 1's: `best` stays there
+    best = next(v for v in versions if 'best' in v['aliases'])
+    assert 'epoch-1' in best['aliases'] and logged.summary['best_epoch'] == 1
+    assert len({v['digest'] for v in versions}) == len(versions) == 4
+
+
+def test_log_command_publishes_a_folder_written_without_wandb(tmp_path):
+    "A fit without W&B (top 2, last epoch the best, so `model.pth` and `model_last.pth` hold the same weights), logged later"
+    learn = synth_learner(n_trn=2, path=tmp_path, metrics=ScriptedMetric([0.5, 0.9, 0.7, 0.95], 'accuracy'))
+    learn.fit(4, lr=1e-2, cbs=SaveModelCallback(monitor='accuracy', save_top_k=2, save_last=True))
+    r = subprocess.run([sys.executable, '-m', 'fastai_bestmodel.cli', 'log', 'models', '--project', 'later', '--mode', 'offline',
+                        '--dir', str(tmp_path)], cwd=tmp_path, env=python_env(), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert '3 checkpoints logged to run' in r.stdout and 'wandb sync' in r.stdout
+    logged = read_offline_run(max(tmp_path.glob('wandb/offline-run-*')))
+    versions = logged.versions(f'run-{logged.path.stem[4:]}-model')
+    assert [(v['metadata']['epoch'], sorted(v['aliases'])) for v in versions] == [
+        (1, ['epoch-1']), (3, ['best', 'best-accuracy', 'epoch-3', 'last', 'latest'])]
+    on_disk = {d['metadata']['epoch']: d['metadata'] for _, d in list_checkpoints(tmp_path/'models')}
+    for v in versions: assert v['metadata'] == on_disk[v['metadata']['epoch']]
+    assert logged.summary['best_epoch'] == 3 and logged.summary['best-accuracy']['accuracy'] == 0.95
+
+
+def test_prune_command_refuses_bad_input_in_one_line(tmp_path):
+    r = subprocess.run([sys.executable, '-m', 'fastai_bestmodel.cli', 'prune', 'me/proj/model', '--keep', '-1'],
+                       cwd=tmp_path, env=python_env(), capture_output=True, text=True, timeout=120)
+    assert (r.returncode, r.stdout) == (1, '') and r.stderr.startswith('error: me/proj/model: ValueError: prune_versions(keep=-1)'), r.stderr
