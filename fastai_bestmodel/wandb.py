@@ -147,7 +147,7 @@ PROTECTED = ('best', 'best-*', 'latest', 'production')  # aliases whose versions
 class WandbCallback(_FastaiWandbCallback):
     "fastai's `WandbCallback`, logging the best model with its own epoch's metrics and `best_*` in the summary"
     order = SaveModelCallback.order + 1
-    _stateattrs = ('_run_epochs', '_handled')  # weak references do not pickle: `learn.export()` leaves them out
+    _stateattrs = ('_run_epochs', '_handled', '_logged')  # weak references and W&B artifacts: `learn.export()` leaves them out
     def __init__(self,
                  log_model=False, # what to upload: False, True or 'end', 'all', 'best_and_last' (see the table)
                  keep_versions:int=None, # after the fit's uploads keep only the newest N versions, and those with a `protect`ed alias
