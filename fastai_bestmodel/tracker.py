@@ -17,7 +17,7 @@ from fastai.callback.core import Callback, CancelFitException
 from fastai.callback.tracker import SaveModelCallback as _FastaiSaveModelCallback
 import fastai.callback.schedule  # defines `Learner.fine_tune`
 from fastai.learner import Learner, join_path_file
-from fastai.torch_core import get_model, rank_distrib, num_distrib, distrib_barrier
+from fastai.torch_core import get_model, rank_distrib, num_distrib, distrib_barrier, to_cpu
 from .checkpoint import read_checkpoint, load_checkpoint, list_checkpoints, delete_checkpoint, json_path, pth_path, CheckpointError
 from .writer import CheckpointWriter, AsyncCheckpointWriter
 
@@ -432,7 +432,9 @@ class _ResumeState(Callback):
     "Put back the random states and the running training loss a checkpoint saved, at the first epoch a resumed fit trains"
     order = 55  # after the recorder (50), before the trackers (60 and more)
     def __init__(self, resume:dict):
-        self.resume, self.rows = resume, {}
+        # Loaded onto the learner's device with the optimizer state; the generators, and the running loss (which fastai
+        # keeps detached on the CPU), want the CPU
+        self.resume, self.rows = to_cpu(resume), {}
         for r in resume.get('records', []):  # each epoch's recorded values, from the records of the run it continues
             if isinstance(r['epoch'], int) and r['reason'] != 'periodic': self.rows[r['epoch']] = r['metadata']
     def before_epoch(self): self.trained = False
