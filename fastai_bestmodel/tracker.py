@@ -198,12 +198,18 @@ def before_train(self:SaveModelCallback):
 # %% ../nbs/03_tracker.ipynb #c012c
 _fastai_fine_tune = getattr(Learner.fine_tune, '__wrapped__', Learner.fine_tune)  # fastai's, also if this module is run again
 
+class _FitGroup:
+    "The fits of one `fine_tune` call (fastai's makes two: frozen, then unfrozen), which the trackers and loggers treat as one training"
+    def __init__(self, fits:int=2): self.fits, self.started = fits, 0
+    @property
+    def last(self)->bool: return self.started >= self.fits  # whether the fit now running is the group's last
+
 @patch
 @functools.wraps(_fastai_fine_tune)
 def fine_tune(self:Learner, *args, **kwargs):
     # The fits of one call are one training for a `SaveModelCallback`: it keeps the best of both
     if getattr(self, '_fit_group', None) is not None: return _fastai_fine_tune(self, *args, **kwargs)
-    self._fit_group = object()
+    self._fit_group = _FitGroup()
     try: return _fastai_fine_tune(self, *args, **kwargs)
     finally: self._fit_group = None
 
@@ -609,6 +615,7 @@ _fastai_do_fit = getattr(Learner._do_fit, '__wrapped__', Learner._do_fit)  # fas
 @patch
 def _do_fit(self:Learner):
     # fastai has no event for an exception in a fit: tell the callbacks that listen (trackers first, by `order`), then let it go on
+    if (group := getattr(self, '_fit_group', None)) is not None: group.started += 1
     try: return _fastai_do_fit(self)
     except CancelFitException: raise
     except BaseException as e:

@@ -6,7 +6,7 @@ Docs: https://github.com/fastai-bestmodel/fastai_bestmodel/wandb.html.md"""
 
 # %% ../nbs/05_wandb.ipynb #c003
 from __future__ import annotations
-import fnmatch, json, math, re, warnings, weakref
+import fnmatch, json, math, re, sys, warnings, weakref
 from pathlib import Path
 import wandb
 from fastcore.basics import ifnone, patch, init_args, store_attr
@@ -16,12 +16,12 @@ from fastai.callback.wandb import WandbCallback as _FastaiWandbCallback
 from fastai.callback.tracker import SaveModelCallback as _FastaiSaveModelCallback
 from .tracker import SaveModelCallback, deciding_tracker
 from .checkpoint import CheckpointError
-from .checkpoint import verify_checkpoint, list_checkpoints, json_path, json_safe
+from .checkpoint import verify_checkpoint, list_checkpoints, json_path, pth_path, json_safe
 from .durable import file_digest
 
 # %% auto #0
-__all__ = ['PROTECTED', 'position_alias', 'role_aliases', 'best_alias', 'logged_versions', 'log_checkpoint',
-           'download_checkpoint', 'WandbCallback', 'PruneError', 'prune_versions', 'link_to_registry',
+__all__ = ['PROTECTED', 'position_alias', 'role_aliases', 'best_alias', 'logged_versions', 'CheckpointReplacedError',
+           'log_checkpoint', 'download_checkpoint', 'WandbCallback', 'PruneError', 'prune_versions', 'link_to_registry',
            'log_checkpoints']
 
 # %% ../nbs/05_wandb.ipynb #c006
@@ -77,20 +77,24 @@ def _same_files(files:dict, digest:str, json_digest:str)->bool:
     except (CheckpointError, OSError, StopIteration): return False
 
 # %% ../nbs/05_wandb.ipynb #c009c
+class CheckpointReplacedError(CheckpointError): "The checkpoint at a path is no longer the one a caller meant to log"
+
 def log_checkpoint(path, # a checkpoint's `.pth` or `.json`, written by `SaveModelCallback`
                    name:str=None, # the artifact's name; default `run-<id>-<tracker's fname>`, this run's own
                    aliases:list=None, # the aliases of its role; default from its `.json`: `best` and `best-<monitor>`, `last`, `interrupted`
                    description:str='trained model', # the artifact's description
                    epoch=None, # the epoch of its `epoch-<N>` alias, counted over the run; default: the checkpoint's own
-                   digest:str=None, # the weights the caller means: if the checkpoint at `path` holds others now, log nothing
+                   digest:str=None, # the weights the caller means: if the checkpoint at `path` holds others now (or is gone), raise `CheckpointReplacedError`
                   ):
     "Log the checkpoint at `path` to the current W&B run as a `model` artifact whose metadata are its epoch's metrics"
     run = wandb.run
     if run is None: raise ValueError('log_checkpoint needs a W&B run: call `wandb.init(project=...)` first.')
-    weights, desc = verify_checkpoint(path)
+    try: weights, desc = verify_checkpoint(path)
+    except CheckpointError as e:  # gone: deleted by a policy (top k), or never written
+        if digest is not None and not json_path(pth_path(path)).exists(): raise CheckpointReplacedError(f'{path} was deleted') from e
+        raise
     if digest is not None and desc['digest'] != digest:
-        print(f'{weights} now holds another model than the one to log ({desc["digest"]}, not {digest}): a later save replaced it; not logged.')
-        return None
+        raise CheckpointReplacedError(f'{weights} now holds another model ({desc["digest"]}) than the one to log ({digest})')
     meta, stem = desc['metadata'], Path(desc['weights']).stem
     name = ifnone(name, f"run-{run.id}-{desc.get('tracker') or stem}")  # a tracker's best, top k and last: versions of one artifact
     aliases = list(ifnone(aliases, role_aliases(desc.get('reason') or 'best', desc.get('monitor'))))
@@ -107,6 +111,8 @@ def log_checkpoint(path, # a checkpoint's `.pth` or `.json`, written by `SaveMod
         files = seen['files']
         meta = verify_checkpoint(next(p for n,p in files.items() if n.endswith('.json')))[1]['metadata']
     else: files = {f'{stem}.pth': str(weights), f'{stem}.json': str(json_path(weights))}
+    run_epoch = ifnone(epoch, meta.get('epoch'))  # a second fit in the run counts its epochs from 0; W&B's charts and aliases do not
+    if run_epoch != meta.get('epoch') and 'run_epoch' not in meta: meta = {**meta, 'run_epoch': run_epoch}
     art = wandb.Artifact(name=name, type='model', metadata=meta, description=description)
     for n, p in files.items(): art.add_file(p, name=n)  # W&B copies each file now: a later save cannot change what is uploaded
     run.log_artifact(art, aliases=aliases)
@@ -141,13 +147,13 @@ def _detach(learn, cb):
     if cb in learn.cbs: learn.cbs.remove(cb)
     cb.learn = None
 
-_MODES = {False: None, None: None, True: 'end', 'end': 'end', 'all': 'all', 'best_and_last': 'best_and_last'}
+_MODES = {False: None, True: 'end', 'end': 'end', 'all': 'all', 'best_and_last': 'best_and_last'}
 PROTECTED = ('best', 'best-*', 'latest', 'production')  # aliases whose versions retention keeps, as shell patterns
 
 class WandbCallback(_FastaiWandbCallback):
     "fastai's `WandbCallback`, logging the best model with its own epoch's metrics and `best_*` in the summary"
     order = SaveModelCallback.order + 1
-    _stateattrs = ('_run_epochs', '_handled', '_logged')  # weak references and W&B artifacts: `learn.export()` leaves them out
+    _stateattrs = ('_run_epochs', '_handled', '_logged', '_group')  # weak references and W&B artifacts: `learn.export()` leaves them out
     def __init__(self,
                  log_model=False, # what to upload: False, True or 'end', 'all', 'best_and_last' (see the table)
                  keep_versions:int=None, # after the fit's uploads keep only the newest N versions, and those with a `protect`ed alias
@@ -159,6 +165,12 @@ class WandbCallback(_FastaiWandbCallback):
         if keep_versions is not None and (isinstance(keep_versions, bool) or not isinstance(keep_versions, int) or keep_versions < 0):
             raise ValueError(f"WandbCallback(keep_versions={keep_versions!r}): give a number of versions >= 0, or None to keep all.")
         if isinstance(protect, str): protect = (protect,)
+        if not isinstance(protect, (list, tuple)) or not all(isinstance(p, str) for p in protect):
+            raise ValueError(f"WandbCallback(protect={protect!r}): give the aliases whose versions are kept, as a tuple of strings "
+                             f"(shell patterns), such as {PROTECTED!r}.")
+        if link_to is not None and (not isinstance(link_to, str) or not 1 <= link_to.count('/') <= 2 or ':' in link_to):
+            raise ValueError(f"WandbCallback(link_to={link_to!r}): give a registry collection as `wandb-registry-<registry>/<collection>`, "
+                             f"such as 'wandb-registry-model/digits'.")
         if (keep_versions is not None or link_to) and not _MODES[log_model]:
             raise ValueError(f"WandbCallback(keep_versions=..., link_to=...) act on the uploaded model: set `log_model` too.")
         super().__init__(log_model=log_model, **kwargs)
@@ -209,9 +221,14 @@ def before_fit(self:WandbCallback):
         if no_last: raise ValueError(f"WandbCallback(log_model='best_and_last') uploads the last epoch's checkpoint, which "
                                      f"SaveModelCallback(fname={no_last[0]!r}) saves only with `save_last=True`: pass it, "
                                      f"or use log_model='end' to upload the best alone.")
-        # Records from before this fit were saved where this callback cannot tell the run's epoch, and were logged then
+        # Records from before this fit were saved where this callback cannot tell the run's epoch, and were logged then;
+        # except in the second fit of a `fine_tune`, whose first fit left its end-of-fit uploads to it
+        group = getattr(self.learn, '_fit_group', None)
+        continues, self._group = group is not None and group is getattr(self, '_group', None), group
         for cb in self._cbs:
-            for rec in cb.records: self._run_epochs.setdefault(rec, None); self._handled.add(rec)
+            for rec in cb.records:
+                self._run_epochs.setdefault(rec, None)
+                if not continues: self._handled.add(rec)
     _FastaiWandbCallback.before_fit(self)
 
 @patch
@@ -248,38 +265,40 @@ def _not_worse(cb, value, logged)->bool:
 
 # %% ../nbs/05_wandb.ipynb #c016
 @patch
-def _handle(self:WandbCallback, cb, rec, decides:bool, upload:bool=True):
-    "Write `rec` to the summary if it is a best model, and (if `upload`) log its checkpoint with the aliases of its role and epoch"
+def _handle(self:WandbCallback, cb, rec, decides:bool, upload:bool=True, quiet:bool=False):
+    "Log `rec`'s checkpoint (if `upload`) with the aliases of its role and epoch, and write it to the summary if it is a best model"
     self._handled.add(rec)
     # A record made after the last epoch (`at_end`) is of that epoch
     epoch = self._run_epochs[rec] if rec in self._run_epochs else round(self._wandb_epoch) - 1
-    best = False
-    if rec.reason == 'best':
-        meta, summary, key = rec.metadata, wandb.run.summary, best_alias(cb.monitor)
-        sub = summary.get(key)  # runs logged before several trackers were told apart have only the flat `best_<monitor>`
-        logged = sub.get(cb.monitor) if sub is not None else summary.get(f'best_{cb.monitor}')
-        best = _not_worse(cb, rec.value, logged)
-        if best:
-            summary[key] = json_safe({**meta, 'epoch': ifnone(epoch, meta['epoch'])})
-            if decides:
-                summary.update(json_safe({f'best_{k}': v for k,v in meta.items() if k != 'epoch'}))
-                summary['best_epoch'] = ifnone(epoch, meta['epoch'])
-        else: print(f"WandbCallback: this fit's best {cb.monitor} ({rec.value}, epoch {epoch}) is worse than {logged}, already "
-                    f"logged in this W&B run; the {key!r} summary and alias stay on that model.")
-    if not upload: return
-    name = ifnone(self.model_name, f'run-{wandb.run.id}-{cb.fname}')
-    try: art = log_checkpoint(rec.path, name=name, aliases=role_aliases(rec.reason, cb.monitor, best, decides), epoch=epoch, digest=rec.digest)
-    except Exception as e:
-        warnings.warn(f"WandbCallback could not log the model to W&B ({type(e).__name__}: {e}). The checkpoint is safe on disk: "
-                      f"{rec.path} and {json_path(rec.path)}. To upload it later, run "
-                      f"`fastai-bestmodel log {rec.path} --project {wandb.run.project} --id {wandb.run.id}`.")
-        return
-    if art is not None: self._logged.setdefault(name, []).append(art)
+    meta, summary, key = rec.metadata, wandb.run.summary, best_alias(cb.monitor)
+    sub = summary.get(key)
+    logged = sub.get(cb.monitor) if sub is not None else None
+    best = rec.reason == 'best' and _not_worse(cb, rec.value, logged)
+    if upload:
+        name = ifnone(self.model_name, f'run-{wandb.run.id}-{cb.fname}')
+        try: art = log_checkpoint(rec.path, name=name, aliases=role_aliases(rec.reason, cb.monitor, best, decides), epoch=epoch, digest=rec.digest)
+        except CheckpointReplacedError as e:  # a later save of this fit, or another process, replaced or deleted it before its upload
+            if not quiet: print(f'WandbCallback: {e}; not logged.')
+            return
+        except Exception as e:
+            warnings.warn(f"WandbCallback could not log the model to W&B ({type(e).__name__}: {e}). The checkpoint is safe on disk: "
+                          f"{rec.path} and {json_path(rec.path)}. To upload it later, run "
+                          f"`fastai-bestmodel log {rec.path} --project {wandb.run.project} --id {wandb.run.id}`.")
+            art = None
+        if art is not None: self._logged.setdefault(name, []).append(art)
+    if best:
+        summary[key] = json_safe({**meta, 'epoch': ifnone(epoch, meta['epoch'])})
+        if decides:
+            summary.update(json_safe({f'best_{k}': v for k,v in meta.items() if k != 'epoch'}))
+            summary['best_epoch'] = ifnone(epoch, meta['epoch'])
+    elif rec.reason == 'best' and not quiet:
+        print(f"WandbCallback: this fit's best {cb.monitor} ({rec.value}, epoch {epoch}) is worse than {logged}, already "
+              f"logged in this W&B run; the {key!r} summary and alias stay on that model.")
 
 # %% ../nbs/05_wandb.ipynb #c016b
 @patch
 def _log_written(self:WandbCallback, final:bool=False):
-    "`log_model='all'`: log each checkpoint written and not yet logged; `last` and `interrupted` only when the fit ends"
+    "`log_model='all'`: log each checkpoint written and not yet logged; `last` and `interrupted` only when the training ends"
     decider = deciding_tracker(self.learn)
     for cb in self._cbs:
         recs = [r for r in cb.written_records() if r not in self._handled and (final or r in self._run_epochs)]
@@ -287,23 +306,25 @@ def _log_written(self:WandbCallback, final:bool=False):
         for rec in recs:
             if rec.reason in ('last', 'interrupted') and not final: continue
             if rec.reason == 'last' and rec is not last: self._handled.add(rec); continue
-            self._handle(cb, rec, decides=cb is decider or len(self._cbs) == 1)
+            # a checkpoint a later save replaced before it was uploaded (top k, `async_save`) is passed over quietly
+            self._handle(cb, rec, decides=cb is decider or len(self._cbs) == 1, quiet=rec is not cb.chosen_record)
 
 @patch
 def _log_at_end(self:WandbCallback):
-    "Log what `log_model` asks for at the end of a fit (or at an exception, so far), and the summary of each tracker's best"
+    "Log what `log_model` asks for at the end of a training (or at an exception, so far), and the summary of each tracker's best"
     decider = deciding_tracker(self.learn)
     if self.mode == 'all': self._log_written(final=True)
     for cb in self._cbs:
         decides = cb is decider or len(self._cbs) == 1
         chosen = cb.chosen_record
-        if chosen is None:
-            if self.mode: print(f'WandbCallback logged no model for {cb.monitor!r}: its SaveModelCallback saved none in this fit.')
-        elif chosen not in self._handled: self._handle(cb, chosen, decides, upload=bool(self.mode))
+        if chosen is not None and chosen not in self._handled: self._handle(cb, chosen, decides, upload=bool(self.mode))
         if not self.mode: continue
         last = next((r for r in reversed(cb.records) if r.reason == 'last'), None)
-        for rec in ([last] if self.mode == 'best_and_last' and last else []) + [r for r in cb.records if r.reason == 'interrupted']:
+        more = ([last] if self.mode == 'best_and_last' and last else []) + [r for r in cb.records if r.reason == 'interrupted']
+        for rec in more:
             if rec not in self._handled: self._handle(cb, rec, decides)
+        if chosen is None and not more:
+            print(f'WandbCallback logged no model for {cb.monitor!r}: its SaveModelCallback saved none in this fit.')
 
 # %% ../nbs/05_wandb.ipynb #c016c
 @patch
@@ -313,9 +334,13 @@ def after_fit(self:WandbCallback):
     try: _FastaiWandbCallback.after_fit(self)
     finally: self.log_model = log_model
     try:
-        if self._trained:
-            self._log_at_end()
-            self._after_uploads()
+        if not self._trained: return
+        group = getattr(self.learn, '_fit_group', None)
+        if group is not None and not group.last:  # the frozen fit of a `fine_tune`: its end is not the training's
+            if self.mode == 'all': self._log_written()
+            return
+        self._log_at_end()
+        self._after_uploads()
     finally:
         if getattr(self, '_added', None) is not None: _detach(self.learn, self._added)  # kept in `_added` for a `fine_tune`'s next fit
 
@@ -400,8 +425,13 @@ def link_to_registry(ref:str, # a logged model version: `entity/project/name:ali
 # %% ../nbs/05_wandb.ipynb #u001
 def _checkpoints_at(path:Path)->list:
     "`(weights, description)` of each checkpoint at `path` (a file, or a folder of them), each digest checked"
+    if not any(p.exists() for p in (path, json_path(pth_path(path)))):
+        raise CheckpointError(f"{path}: no such file or folder; give a checkpoint's .pth, its .json, or the folder that holds them.")
     if not path.is_dir(): return [verify_checkpoint(path)]
     found = list_checkpoints(path)
+    for p in sorted(path.glob('*.pth')):  # `learn.save`'s files, or ours without their description: not checkpoints of ours
+        if not p.name.startswith('.') and not json_path(p).exists():
+            print(f'{p}: no .json beside it (not saved by fastai_bestmodel, or its description was removed): not logged.', file=sys.stderr)
     if not found: raise CheckpointError(f'{path}: no checkpoints here (no .json written by fastai_bestmodel); give the folder '
                                         f"that SaveModelCallback saved into (the learner's models folder), or a checkpoint's .pth.")
     for jp, d in found:
@@ -435,7 +465,7 @@ def log_checkpoints(path, # a checkpoint's `.pth` or `.json`, or a folder of the
                 run.summary.update({f'best_{k}': v for k,v in d['metadata'].items() if k != 'epoch'})
                 run.summary['best_epoch'] = d['metadata'].get('epoch')
         where = f'{run.entity}/{run.project}' if not _offline(run) else f'the offline run {Path(run.dir).parent}: upload it with `wandb sync {Path(run.dir).parent}`'
-        print(f'{len(found)} checkpoints logged to run {run.id} in {where}.')
+        print(f"{len(found)} checkpoints ({len({d['digest'] for _,d in found})} distinct weights) logged to run {run.id} in {where}.")
     finally:
         if own: run.finish()
     return res

@@ -1,6 +1,6 @@
 """What each `log_model` mode leaves in W&B, read back from real offline runs with W&B's alias rules applied
 (`OfflineRun.versions`); `fastai-bestmodel log` on a folder written without W&B."""
-import json, subprocess, sys
+import json, subprocess, sys, warnings
 from pathlib import Path
 import pytest, torch, wandb
 from fastai.test_utils import synth_learner
@@ -72,6 +72,8 @@ def test_two_fits_in_one_run_number_epochs_over_the_run_and_keep_best_on_the_bet
     # the second fit's bests (run epochs 3 and 4) are worse than run epoch 1's: `best` stays there
     best = next(v for v in versions if 'best' in v['aliases'])
     assert 'epoch-1' in best['aliases'] and logged.summary['best_epoch'] == 1
+    # each version's metadata keep its checkpoint's own epoch; the second fit's also say where they are in the run
+    assert [(v['metadata']['epoch'], v['metadata'].get('run_epoch')) for v in versions] == [(0, None), (1, None), (0, 3), (1, 4)]
     assert len({v['digest'] for v in versions}) == len(versions) == 4
 
 
@@ -82,7 +84,7 @@ def test_log_command_publishes_a_folder_written_without_wandb(tmp_path):
     r = subprocess.run([sys.executable, '-m', 'fastai_bestmodel.cli', 'log', 'models', '--project', 'later', '--mode', 'offline',
                         '--dir', str(tmp_path)], cwd=tmp_path, env=python_env(), capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
-    assert '3 checkpoints logged to run' in r.stdout and 'wandb sync' in r.stdout
+    assert '3 checkpoints (2 distinct weights) logged to run' in r.stdout and 'wandb sync' in r.stdout
     logged = read_offline_run(max(tmp_path.glob('wandb/offline-run-*')))
     versions = logged.versions(f'run-{logged.path.stem[4:]}-model')
     assert [(v['metadata']['epoch'], sorted(v['aliases'])) for v in versions] == [
@@ -96,3 +98,50 @@ def test_prune_command_refuses_bad_input_in_one_line(tmp_path):
     r = subprocess.run([sys.executable, '-m', 'fastai_bestmodel.cli', 'prune', 'me/proj/model', '--keep', '-1'],
                        cwd=tmp_path, env=python_env(), capture_output=True, text=True, timeout=120)
     assert (r.returncode, r.stdout) == (1, '') and r.stderr.startswith('error: me/proj/model: ValueError: prune_versions(keep=-1)'), r.stderr
+
+
+@pytest.mark.parametrize('log_model,want', [('end', [(2, ['best', 'best-accuracy', 'epoch-2', 'latest'])]),
+                                            ('all', [(0, ['epoch-0']), (2, ['best', 'best-accuracy', 'epoch-2', 'latest'])])])
+def test_fine_tune_is_one_training_for_the_uploads(tmp_path, log_model, want):
+    "`fine_tune`'s frozen fit does not end the training: 'end' uploads one version, after the unfrozen fit"
+    run = wandb.init(project='fastai-bestmodel-tests', mode='offline', dir=tmp_path)
+    learn = synth_learner(n_trn=2, path=tmp_path, metrics=ScriptedMetric([0.5, 0.9], 'accuracy'))  # by epoch of each fit
+    learn.fine_tune(2, freeze_epochs=1, cbs=[SaveModelCallback(monitor='accuracy'), WandbCallback(log_model=log_model, log_preds=False)])
+    run.finish()
+    versions = read_offline_run(Path(run.dir).parent).versions(f'run-{run.id}-model')
+    assert [(v['metadata']['epoch'], sorted(v['aliases'])) for v in versions] == want
+
+
+def test_all_with_async_top_k_passes_over_evicted_checkpoints_quietly(tmp_path):
+    "A top-k checkpoint evicted (or a best replaced) before its upload is passed over without a warning"
+    with warnings.catch_warnings(record=True) as ws:
+        warnings.simplefilter('always')
+        learn, (keep,), logged, versions = _run(tmp_path, [0.1, 0.5, 0.3, 0.6, 0.2, 0.7, 0.4, 0.65], 'all', save_top_k=3, async_save=True)
+    assert not [w for w in ws if 'could not log' in str(w.message)], [str(w.message) for w in ws]
+    _check_each_version_is_its_epochs(versions, keep.weights, learn.recorder.values)
+    assert next(v for v in versions if 'best' in v['aliases'])['metadata']['epoch'] == 5
+
+
+def test_a_trackers_best_alias_is_its_own_not_another_monitors_summary(tmp_path):
+    "A run whose first fit was tracked by valid_loss: a later accuracy tracker's best still gets `best-accuracy`"
+    run = wandb.init(project='fastai-bestmodel-tests', mode='offline', dir=tmp_path)
+    learn = synth_learner(n_trn=2, path=tmp_path, metrics=ScriptedMetric([0.7, 0.2], 'accuracy'))
+    learn.fit(2, lr=1e-2, cbs=WandbCallback(log_model=True, log_preds=False))  # adds a tracker of valid_loss
+    learn.metrics[0].values = [0.3, 0.5]
+    learn.fit(2, lr=1e-2, cbs=[SaveModelCallback(monitor='accuracy', fname='acc'), WandbCallback(log_model=True, log_preds=False)])
+    run.finish()
+    versions = read_offline_run(Path(run.dir).parent).versions(f'run-{run.id}-acc')
+    assert [(v['metadata']['accuracy'], 'best-accuracy' in v['aliases']) for v in versions] == [(0.5, True)]
+
+
+def test_log_command_names_a_missing_path_and_skips_weights_without_json(tmp_path):
+    r = subprocess.run([sys.executable, '-m', 'fastai_bestmodel.cli', 'log', 'nope', '--mode', 'offline'],
+                       cwd=tmp_path, env=python_env(), capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and r.stderr.splitlines()[-1] == ("error: nope: no such file or folder; give a checkpoint's .pth, "
+                                                              "its .json, or the folder that holds them."), r.stderr
+    learn = synth_learner(n_trn=2, path=tmp_path, metrics=ScriptedMetric([0.5, 0.9], 'accuracy'))
+    learn.fit(2, lr=1e-2, cbs=SaveModelCallback(monitor='accuracy', save_last=True))
+    learn.save('plain')  # fastai's own save: no .json
+    r = subprocess.run([sys.executable, '-m', 'fastai_bestmodel.cli', 'log', 'models', '--mode', 'offline', '--project', 'p', '--dir', str(tmp_path)],
+                       cwd=tmp_path, env=python_env(), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and 'plain.pth: no .json beside it' in r.stderr, r.stderr
