@@ -268,8 +268,9 @@ def _not_worse(cb, value, logged)->bool:
 def _handle(self:WandbCallback, cb, rec, decides:bool, upload:bool=True, quiet:bool=False):
     "Log `rec`'s checkpoint (if `upload`) with the aliases of its role and epoch, and write it to the summary if it is a best model"
     self._handled.add(rec)
-    # A record made after the last epoch (`at_end`) is of that epoch
-    epoch = self._run_epochs[rec] if rec in self._run_epochs else round(self._wandb_epoch) - 1
+    # The run's epoch of the record, noted at its epoch's end; one made after the last epoch (`at_end`) is of that epoch;
+    # one made mid-epoch by an exception keeps its own (a fraction, and its alias is `step-<N>`)
+    epoch = self._run_epochs[rec] if rec in self._run_epochs else round(self._wandb_epoch) - 1 if rec.reason == 'end' else None
     meta, summary, key = rec.metadata, wandb.run.summary, best_alias(cb.monitor)
     sub = summary.get(key)
     logged = sub.get(cb.monitor) if sub is not None else None
@@ -465,7 +466,8 @@ def log_checkpoints(path, # a checkpoint's `.pth` or `.json`, or a folder of the
                 run.summary.update({f'best_{k}': v for k,v in d['metadata'].items() if k != 'epoch'})
                 run.summary['best_epoch'] = d['metadata'].get('epoch')
         where = f'{run.entity}/{run.project}' if not _offline(run) else f'the offline run {Path(run.dir).parent}: upload it with `wandb sync {Path(run.dir).parent}`'
-        print(f"{len(found)} checkpoints ({len({d['digest'] for _,d in found})} distinct weights) logged to run {run.id} in {where}.")
+        n, w = len(found), len({d['digest'] for _,d in found})
+        print(f"{n} checkpoint{'s'[:n!=1]} ({w} distinct weights) logged to run {run.id} in {where}.")
     finally:
         if own: run.finish()
     return res
