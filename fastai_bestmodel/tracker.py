@@ -350,6 +350,12 @@ def _from_rank0(row:dict)->dict:
 @patch
 def before_epoch(self:SaveModelCallback): self._logged = [False, False]
 
+@patch(as_prop=True)
+def _speaks(self:SaveModelCallback)->bool:
+    "Whether to say what it saves: not under `learn.no_logging()` or `learn.no_bar()`, nor on a rank other than 0"
+    from fastai.learner import noop  # what `no_logging` puts in place of the logger (fastai.imports' own `noop`)
+    return self.learn.logger is not noop and hasattr(self.learn, 'progress') and not rank_distrib()
+
 @patch
 def after_train(self:SaveModelCallback): self._logged[0] = not self.recorder.cancel_train
 
@@ -392,7 +398,7 @@ def _save_if_best(self:SaveModelCallback, epoch, meta):
     if self.new_best:
         self.best, self.best_epoch = val, epoch
         in_fit = f' (epoch {self.epoch} of this fit)' if self._epochs_before else ''
-        if self.save_top_k: print(f'Better model found at epoch {epoch}{in_fit} with {self.monitor} value: {val}.')
+        if self.save_top_k and self._speaks: print(f'Better model found at epoch {epoch}{in_fit} with {self.monitor} value: {val}; saving it to {self._path(self.fname)}.')
     if math.isfinite(val) and self.save_top_k: self._keep_top_k(meta, val)
 
 # %% ../nbs/03_tracker.ipynb #c015b

@@ -283,7 +283,7 @@ class Crash(Callback):
         if self.epoch == 1: raise RuntimeError('the script fails')
 learn = synth_learner(n_trn=1, n_val=1, path=sys.argv[1], metrics=ScriptedMetric([0.5, 0.9, 0.7], 'accuracy'))
 learn.model.ballast = nn.Parameter(torch.zeros(25_000_000), requires_grad=False)  # 100 MB: the write outlasts the crash
-with learn.no_bar(), learn.no_logging(): learn.fit(3, lr=1e-3, cbs=[SaveModelCallback(monitor='accuracy', async_save=True), Crash()])
+learn.fit(3, lr=1e-3, cbs=[SaveModelCallback(monitor='accuracy', async_save=True), Crash()])  # with its messages
 """
 
 
@@ -328,3 +328,15 @@ def test_no_validation_set_is_said_to_be_that(tmp_path):
     assert any("'valid_loss' was not recorded at epochs [0, 1]: the learner has no validation set" in str(w.message) for w in ws)
     learn.fit(1, 1e-2, cbs=SaveModelCallback(monitor='train_loss', fname='t'))
     assert 'valid_loss' not in read_checkpoint(tmp_path / 'models' / 't.pth')['metadata']  # not computed: left out, not NaN
+
+
+def test_improvements_are_said_once_each_with_the_file_and_not_under_no_logging_or_no_bar(tmp_path, capsys):
+    learn = synth_learner(n_trn=2, path=tmp_path, metrics=ScriptedMetric([0.5, 0.9, 0.7, 0.95], 'accuracy'))
+    learn.fit(4, lr=1e-2, cbs=SaveModelCallback(monitor='accuracy'))
+    said = [l for l in capsys.readouterr().out.splitlines() if 'Better model found' in l]
+    path = tmp_path / 'models' / 'model.pth'
+    assert [l.split('Better model found at ')[1] for l in said] == [
+        f'epoch {e} with accuracy value: {v}; saving it to {path}.' for e, v in [(0, 0.5), (1, 0.9), (3, 0.95)]]
+    for quiet in (learn.no_logging, learn.no_bar):
+        with quiet(): learn.fit(4, lr=1e-2, cbs=SaveModelCallback(monitor='accuracy'))
+        assert 'Better model found' not in capsys.readouterr().out
