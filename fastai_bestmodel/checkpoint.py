@@ -15,9 +15,10 @@ from .durable import (file_digest, fsync_dir, remove_file, write_tmp, replace_fi
                                      FolderLock, torch_save_without_crcs)
 
 # %% auto #0
-__all__ = ['CheckpointError', 'CheckpointWriteError', 'CheckpointMismatchError', 'like_dict', 'plain_state', 'json_safe',
-           'json_path', 'save_checkpoint', 'pth_path', 'read_checkpoint', 'verify_checkpoint', 'checkpoint_weights',
-           'load_checkpoint', 'list_checkpoints', 'link_checkpoint', 'delete_checkpoint']
+__all__ = ['CheckpointError', 'CheckpointWriteError', 'NotACheckpointError', 'CheckpointMismatchError', 'like_dict',
+           'plain_state', 'json_safe', 'json_path', 'save_checkpoint', 'pth_path', 'read_checkpoint',
+           'verify_checkpoint', 'checkpoint_weights', 'load_checkpoint', 'list_checkpoints', 'link_checkpoint',
+           'delete_checkpoint']
 
 # %% ../nbs/01_checkpoint.ipynb #c010
 class CheckpointError(Exception):
@@ -25,6 +26,9 @@ class CheckpointError(Exception):
 
 class CheckpointWriteError(CheckpointError, OSError):
     "A checkpoint that could not be written; the previous one is left intact"
+
+class NotACheckpointError(CheckpointError):
+    "A path where there is no checkpoint of ours: no `.json` beside it, or another tool's"
 
 class CheckpointMismatchError(CheckpointError):
     "Weights that are not the ones their `.json` describes; `replaced` if another save most likely wrote them"
@@ -147,10 +151,10 @@ _REQUIRED = {'digest': str, 'weights': str, 'metadata': dict}
 def read_checkpoint(path)->dict:
     "The description (`.json`) of the checkpoint at `path` (its `.pth`, its `.json`, or its name without suffix)"
     jp = json_path(pth_path(path))
-    if not jp.is_file(): raise CheckpointError(f'No checkpoint description at {jp}: was it saved by fastai_bestmodel.SaveModelCallback?')
+    if not jp.is_file(): raise NotACheckpointError(f'No checkpoint description at {jp}: was it saved by fastai_bestmodel.SaveModelCallback?')
     desc = _read_json(jp)
     fmt = desc.get('format') if isinstance(desc, dict) else None
-    if fmt != _FORMAT: raise CheckpointError(f'{jp} is not a fastai_bestmodel checkpoint description '
+    if fmt != _FORMAT: raise NotACheckpointError(f'{jp} is not a fastai_bestmodel checkpoint description '
                                              f'({f"format {fmt!r}" if isinstance(desc, dict) else f"it holds a {type(desc).__name__}, not an object"}; expected format {_FORMAT!r}).')
     bad = [k for k,t in _REQUIRED.items() if not isinstance(desc.get(k), t)]
     if bad: raise CheckpointError(f'{jp} is damaged: it has no valid {", ".join(map(repr, bad))}, which every checkpoint description records.')

@@ -8,10 +8,11 @@ Docs: https://github.com/fastai-bestmodel/fastai_bestmodel/cli.html.md"""
 from __future__ import annotations
 import argparse, json, os, re, sys
 from pathlib import Path
-from .checkpoint import read_checkpoint, verify_checkpoint, list_checkpoints, json_path, CheckpointError, CheckpointMismatchError
+from .checkpoint import read_checkpoint, verify_checkpoint, list_checkpoints, json_path, CheckpointError, CheckpointMismatchError, NotACheckpointError
+from .report import checkpoint_rows, digest_status
 
 # %% auto #0
-__all__ = ['demo', 'main', 'show', 'show_folder']
+__all__ = ['demo', 'main', 'show', 'show_folder', 'ls']
 
 # %% ../nbs/07_cli.ipynb #c011
 def _fmt(d): return ', '.join(f'{k} {v:.4f}' if isinstance(v, float) else f'{k} {v}' for k,v in d.items())
@@ -67,6 +68,10 @@ def _parser()->argparse.ArgumentParser:
     d.add_argument('--seed', type=int, default=42)
     s = sub.add_parser('show', help="print a checkpoint's description and check its digest; for a folder, one line for each checkpoint in it")
     s.add_argument('path', help="a checkpoint's .pth, its .json, its name without suffix, or a folder of checkpoints")
+    t = sub.add_parser('ls', help='a table of the checkpoints in a folder, best first, each digest checked')
+    t.add_argument('folder', help="a folder of checkpoints: the learner's models folder")
+    t.add_argument('--json', action='store_true', help='print the rows as JSON, for scripts')
+    t.add_argument('-r', '--recurse', action='store_true', help='also the folders below it')
     l = sub.add_parser('log', help="log checkpoints to a W&B run, each with its own metadata and aliases: a run's models, uploaded later")
     l.add_argument('path', help="a checkpoint's .pth or .json, or a folder of them")
     l.add_argument('--project', help='W&B project of a new run')
@@ -86,18 +91,20 @@ def _parser()->argparse.ArgumentParser:
     return p
 
 # %% ../nbs/07_cli.ipynb #c015a
-def _fail(message)->int:
-    "Print `message` as one `error:` line on stderr; the exit code"
+def _fail(message, code:int=1)->int:
+    "Print `message` as one `error:` line on stderr; return `code`: 1 a checkpoint failed its check, 2 bad usage (as argparse's)"
     print('error:', str(message).replace('\n', ' '), file=sys.stderr)
-    return 1
+    return code
 
 def main(argv=None)->int:
-    "The `fastai-bestmodel` command: 0, or 1 after one `error:` line"
+    "The `fastai-bestmodel` command: 0; 1 after one `error:` line if a checkpoint failed its check; 2 for bad usage"
     args = _parser().parse_args(argv)
     try:
         if args.command == 'demo': demo(args.epochs, args.lr, args.path, args.project, args.mode, args.seed)
         elif args.command == 'show': show(args.path)
+        elif args.command == 'ls': return ls(args.folder, args.json, args.recurse)
         else: return _wandb_command(args)
+    except NotACheckpointError as e: return _fail(e, 2)  # a path with no checkpoint of ours: the command was misused
     except CheckpointError as e: return _fail(e)  # its message names the path
     except OSError as e: return _fail(f'{e.filename or args.path}: {e.strerror or e}.')
     return 0
@@ -130,24 +137,14 @@ def _missing(path:Path)->bool:
 
 def show(path)->dict|list:
     "Print the checkpoint at `path` and check its weights' digest; for a folder, every checkpoint in it"
-    if path == '': raise CheckpointError("'': an empty path; give a checkpoint's .pth, its .json, or the folder that holds them.")
+    if path == '': raise NotACheckpointError("'': an empty path; give a checkpoint's .pth, its .json, or the folder that holds them.")
     path = Path(path)
     if path.is_dir(): return show_folder(path)
-    if _missing(path): raise CheckpointError(f"{path}: no such file or folder; give a checkpoint's .pth, its .json, or the folder that holds them.")
+    if _missing(path): raise NotACheckpointError(f"{path}: no such file or folder; give a checkpoint's .pth, its .json, or the folder that holds them.")
     weights, desc = verify_checkpoint(path)
     print(json.dumps(desc, indent=1))
     print(f'{weights}: digest matches ({desc["digest"]})')
     return desc
-
-# %% ../nbs/07_cli.ipynb #c016e
-def _digest_check(json_file:Path)->str:
-    "'ok', or in a few words why the weights that `json_file` describes fail their digest check"
-    try: verify_checkpoint(json_file)
-    except CheckpointMismatchError as e:
-        if e.replaced: return 'MISMATCH (replaced by another save, such as learn.save)'
-        return 'MISMATCH (weights changed since saved)' if json_file.with_suffix('.pth').exists() else 'MISMATCH (no weights file)'
-    except OSError as e: return f'UNREADABLE ({e.strerror})'
-    return 'ok'
 
 # %% ../nbs/07_cli.ipynb #c016h
 def _monitored(desc:dict)->str:
@@ -168,14 +165,17 @@ def show_folder(folder)->list:
     folder = Path(folder)
     try: found = list_checkpoints(folder)
     except OSError as e: raise CheckpointError(f'{folder}: cannot list its files ({e.strerror}); check its permissions.') from e
-    if not found: raise CheckpointError(_no_checkpoints(folder))
-    rows = [(jp.with_suffix('.pth').name, f"epoch {d['metadata'].get('epoch', '?')}", _monitored(d), f'digest {_digest_check(jp)}')
+    if not found: raise NotACheckpointError(_no_checkpoints(folder))
+    rows = [(jp.with_suffix('.pth').name, f"epoch {d['metadata'].get('epoch', '?')}", _monitored(d), f'digest {digest_status(jp)}')
             if isinstance(d, dict) else (jp.with_suffix('.pth').name, '', '', 'digest UNCHECKED (its .json is damaged)') for jp,d in found]
     print('\n'.join(_aligned(rows)))
     failed = [name for name,*_,check in rows if check != 'digest ok']
-    if failed: raise CheckpointError(f"{folder}: {len(failed)} of {len(rows)} checkpoints failed their check ({', '.join(failed)}); "
-                                     f"`fastai-bestmodel show {folder/failed[0]}` says why.")
+    if failed: raise _failed(folder, failed, len(rows))
     return [d for _,d in found if isinstance(d, dict)]
+
+def _failed(folder:Path, failed:list, n:int)->CheckpointError:
+    return CheckpointError(f"{folder}: {len(failed)} of {n} checkpoints failed their check ({', '.join(failed)}); "
+                           f"`fastai-bestmodel show {folder/failed[0]}` says why.")
 
 # %% ../nbs/07_cli.ipynb #c016k
 def _no_checkpoints(folder:Path)->str:
@@ -184,6 +184,39 @@ def _no_checkpoints(folder:Path)->str:
     todo = (f'fastai saves them in the learner\'s models folder: try `fastai-bestmodel show {models}`.' if models.is_dir()
             else "give the folder that SaveModelCallback saved into (the learner's models folder), or a checkpoint's .pth.")
     return f'{folder}: no checkpoints here (no .json written by fastai_bestmodel); {todo}'
+
+# %% ../nbs/07_cli.ipynb #ls02
+_FIXED = ('file', 'reason', 'epoch', 'monitor', 'value', 'bytes', 'digest')
+
+def _size(n)->str:
+    "`n` bytes for a reader: '1.9 kB', '201.4 MB'"
+    if n is None: return '-'
+    for unit in ('B', 'kB', 'MB', 'GB', 'TB'):
+        if n < 1000 or unit == 'TB': return f'{n} B' if unit == 'B' else f'{n:.1f} {unit}'
+        n /= 1000
+
+def _cell(v)->str: return '-' if v is None else f'{v:.4g}' if isinstance(v, float) else str(v)
+
+def ls(folder, # a folder of checkpoints: the learner's models folder
+       as_json:bool=False, # print the rows as JSON instead of a table
+       recurse:bool=False, # also the folders below it
+      )->int:
+    "Print the checkpoints in `folder` as a table, best first, each digest checked; raise if any fails its check"
+    folder = Path(folder)
+    if not folder.is_dir(): raise NotACheckpointError(f"{folder}: no such folder; give the folder that SaveModelCallback saved into (the learner's models folder).")
+    try: rows = checkpoint_rows(folder, recurse)
+    except OSError as e: raise CheckpointError(f'{folder}: cannot list its files ({e.strerror}); check its permissions.') from e
+    if not rows: raise NotACheckpointError(_no_checkpoints(folder))
+    if as_json: print(json.dumps(rows, indent=1))
+    else:
+        values = list(dict.fromkeys(k for r in rows for k in r if k not in _FIXED))
+        table = [['file', 'reason', 'epoch', 'monitored', *values, 'size', 'digest']]
+        table += [[r['file'], _cell(r['reason']), _cell(r['epoch']), f"{r['monitor']} {_cell(r['value'])}" if r['monitor'] else '-',
+                   *[_cell(r.get(k)) for k in values], _size(r['bytes']), r['digest']] for r in rows]
+        print('\n'.join(_aligned(table)))
+    failed = [r['file'] for r in rows if r['digest'] != 'ok']
+    if failed: raise _failed(folder, failed, len(rows))
+    return 0
 
 # %% ../nbs/07_cli.ipynb #c015b
 if __name__ == '__main__': sys.exit(main())

@@ -15,7 +15,7 @@ import fastai.callback.wandb as _fastai_wandb
 from fastai.callback.wandb import WandbCallback as _FastaiWandbCallback
 from fastai.callback.tracker import SaveModelCallback as _FastaiSaveModelCallback
 from .tracker import SaveModelCallback, deciding_tracker
-from .checkpoint import CheckpointError
+from .checkpoint import CheckpointError, NotACheckpointError
 from .checkpoint import verify_checkpoint, list_checkpoints, json_path, pth_path, json_safe
 from .durable import file_digest
 
@@ -427,13 +427,13 @@ def link_to_registry(ref:str, # a logged model version: `entity/project/name:ali
 def _checkpoints_at(path:Path)->list:
     "`(weights, description)` of each checkpoint at `path` (a file, or a folder of them), each digest checked"
     if not any(p.exists() for p in (path, json_path(pth_path(path)))):
-        raise CheckpointError(f"{path}: no such file or folder; give a checkpoint's .pth, its .json, or the folder that holds them.")
+        raise NotACheckpointError(f"{path}: no such file or folder; give a checkpoint's .pth, its .json, or the folder that holds them.")
     if not path.is_dir(): return [verify_checkpoint(path)]
     found = list_checkpoints(path)
     for p in sorted(path.glob('*.pth')):  # `learn.save`'s files, or ours without their description: not checkpoints of ours
         if not p.name.startswith('.') and not json_path(p).exists():
             print(f'{p}: no .json beside it (not saved by fastai_bestmodel, or its description was removed): not logged.', file=sys.stderr)
-    if not found: raise CheckpointError(f'{path}: no checkpoints here (no .json written by fastai_bestmodel); give the folder '
+    if not found: raise NotACheckpointError(f'{path}: no checkpoints here (no .json written by fastai_bestmodel); give the folder '
                                         f"that SaveModelCallback saved into (the learner's models folder), or a checkpoint's .pth.")
     for jp, d in found:
         if not isinstance(d, dict): raise d

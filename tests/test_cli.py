@@ -1,5 +1,5 @@
 "`fastai-bestmodel show` in its own process, as a user runs it: what it loads, what it prints, how it exits"
-import os, sys, subprocess, shutil
+import json, os, sys, subprocess, shutil
 from pathlib import Path
 import pytest
 from torch import nn
@@ -48,10 +48,10 @@ def test_show_folder_lists_each_checkpoint_by_name(checkpoints):
                                      'model.pth  epoch 4  accuracy 0.93  digest ok']
 
 
-@pytest.mark.parametrize('target', ['nothere', '.', 'list.json', 'no_digest.json', 'learn_save.pth'])
-def test_bad_input_is_one_error_line_and_exit_1(checkpoints, target):
+@pytest.mark.parametrize('target,code', [('nothere', 2), ('.', 2), ('list.json', 2), ('no_digest.json', 1), ('learn_save.pth', 2)])
+def test_bad_input_is_one_error_line_and_exit_2_for_bad_usage_1_for_a_failed_check(checkpoints, target, code):
     r = run_python('-m', 'fastai_bestmodel.cli', 'show', target, cwd=checkpoints)
-    assert (r.returncode, r.stdout) == (1, '')
+    assert (r.returncode, r.stdout) == (code, '')
     assert len(r.stderr.splitlines()) == 1 and r.stderr.startswith('error: '), r.stderr
 
 
@@ -73,3 +73,23 @@ def test_unreadable_folder_is_one_error_line(checkpoints):
     finally: folder.chmod(0o755)
     assert (r.returncode, r.stdout) == (1, '')
     assert r.stderr == 'error: models: cannot list its files (Permission denied); check its permissions.\n'
+
+
+def test_ls_loads_neither_torch_nor_fastai_and_its_json_parses(checkpoints):
+    r = run_python('-c', DRIVER, 'ls', 'models', '--json', cwd=checkpoints)
+    assert r.returncode == 0 and r.stderr == '', r.stderr
+    *rows, loaded = r.stdout.splitlines()
+    assert loaded == '[]'
+    rows = json.loads('\n'.join(rows))
+    assert [(x['file'], x['epoch'], x['accuracy'], x['digest']) for x in rows] == [('model.pth', 4, 0.93, 'ok'), ('last.pth', 7, 0.91, 'ok')]
+
+
+def test_ls_fails_a_changed_checkpoint_with_1_and_a_missing_folder_with_2(checkpoints):
+    (checkpoints/'models/last.pth').write_bytes(b'not the weights')
+    r = run_python('-m', 'fastai_bestmodel.cli', 'ls', 'models', cwd=checkpoints)
+    assert r.returncode == 1 and r.stdout.splitlines()[2].endswith('MISMATCH (weights changed since saved)'), r.stdout
+    assert r.stderr.startswith('error: models: 1 of 2 checkpoints failed their check (last.pth)')
+    r = run_python('-m', 'fastai_bestmodel.cli', 'ls', 'nothere', cwd=checkpoints)
+    assert (r.returncode, r.stdout, r.stderr.count('\n')) == (2, '', 1) and r.stderr.startswith('error: nothere: no such folder')
+    r = run_python('-m', 'fastai_bestmodel.cli', 'ls', cwd=checkpoints)  # no folder: argparse's usage error
+    assert r.returncode == 2 and 'usage: fastai-bestmodel ls' in r.stderr

@@ -137,7 +137,7 @@ def test_a_trackers_best_alias_is_its_own_not_another_monitors_summary(tmp_path)
 def test_log_command_names_a_missing_path_and_skips_weights_without_json(tmp_path):
     r = subprocess.run([sys.executable, '-m', 'fastai_bestmodel.cli', 'log', 'nope', '--mode', 'offline'],
                        cwd=tmp_path, env=python_env(), capture_output=True, text=True, timeout=120)
-    assert r.returncode == 1 and r.stderr.splitlines()[-1] == ("error: nope: no such file or folder; give a checkpoint's .pth, "
+    assert r.returncode == 2 and r.stderr.splitlines()[-1] == ("error: nope: no such file or folder; give a checkpoint's .pth, "
                                                               "its .json, or the folder that holds them."), r.stderr
     learn = synth_learner(n_trn=2, path=tmp_path, metrics=ScriptedMetric([0.5, 0.9], 'accuracy'))
     learn.fit(2, lr=1e-2, cbs=SaveModelCallback(monitor='accuracy', save_last=True))
