@@ -15,7 +15,7 @@ from nbconvert import HTMLExporter
 ROOT = Path(__file__).resolve().parent.parent
 NBS = ROOT/'nbs'
 # The reading order of the site: the README's page, the tutorial, the modules in their order, the benchmarks
-PAGES = [('index.ipynb', 'fastai_bestmodel'), ('tutorial.ipynb', 'Tutorial')]
+PAGES = [('index.ipynb', 'fastai_bestmodel'), ('tutorial.ipynb', 'Tutorial'), ('guide.ipynb', 'Guide')]
 
 def _directives(src:str)->set: return {l[3:].strip().split()[0] for l in src.splitlines() if l.startswith('#|') and l[3:].strip()}
 
@@ -74,6 +74,7 @@ def build(out:Path):
     menu = ''.join(f'<li><a href="{Path(n).stem if n != "index.ipynb" else "index"}.html">{html.escape(t)}</a></li>' for n, t, _ in done)
     nav = f'<nav style="position:fixed;top:0;left:0;width:14em;height:100%;overflow:auto;padding:1em;border-right:1px solid #ddd"><ul style="list-style:none;padding:0">{menu}</ul></nav>'
     for name, title, body in done:
+        body = re.sub(r'href="nbs/([\w-]+)\.ipynb"', r'href="\1.html"', body)  # the README's links to pages, on the site
         page = body.replace('<body', '<body style="margin-left:16em"', 1).replace('<main>', f'<main>{nav}', 1) if '<main>' in body else body.replace('</body>', f'{nav}</body>', 1)
         (out/f'{Path(name).stem}.html').write_text(page)
     print(f'{len(done)} pages in {out}')
