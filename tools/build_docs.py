@@ -5,7 +5,7 @@ cell, if a notebook raises, or if a public name of a module has no `show_doc` in
 Quarto, which `nbdev-docs` uses, cannot be installed here (its PyPI package downloads a binary at install time).
 
 Run: `python tools/build_docs.py` (writes `_docs/`; `--out DIR` elsewhere)."""
-import argparse, html, importlib, json, os, re, sys, time
+import argparse, html, importlib, json, os, re, shutil, sys, time
 from pathlib import Path
 import nbformat
 from fastcore.nbio import read_nb
@@ -77,6 +77,7 @@ def build(out:Path):
         body = re.sub(r'href="nbs/([\w-]+)\.ipynb"', r'href="\1.html"', body)  # the README's links to pages, on the site
         page = body.replace('<body', '<body style="margin-left:16em"', 1).replace('<main>', f'<main>{nav}', 1) if '<main>' in body else body.replace('</body>', f'{nav}</body>', 1)
         (out/f'{Path(name).stem}.html').write_text(page)
+    if (NBS/'images').is_dir(): shutil.copytree(NBS/'images', out/'images', dirs_exist_ok=True)
     print(f'{len(done)} pages in {out}')
 
 if __name__ == '__main__':
