@@ -179,7 +179,8 @@ def bench_memory(layers, width):
     print(f'   saves only (load_best=False): sync peak {sp:.0f} MiB ({sp-sb:+.0f} MiB over the {sb:.0f} MiB before the fit); '
           f'async peak {ap:.0f} MiB ({ap-ab:+.0f} MiB over {ab:.0f} MiB); ratio of peaks async / sync: {ap/sp:.2f}')
     print(f'   async peak - sync peak = {(ap-sp)/size:.1f} times the state: snapshot buffers allocated once and reused, one copy of '
-          f'the state ({size:.0f} MiB), a second while a save waits for one still being written')
+          f'the state ({size:.0f} MiB): at most one (AsyncCheckpointWriter(buffers=1), the default); a save that comes while '
+          f'one is being written waits for it')
     print(f'   loading the best at the end (load_best=True, sync): peak {lp:.0f} MiB ({lp-lb:+.0f} MiB): the checkpoint, '
           f'memory-mapped while load_state_dict copies it, counts as resident')
     return peak

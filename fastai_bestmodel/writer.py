@@ -66,7 +66,10 @@ def _snapshot(o, into=None):
 # %% ../nbs/02_writer.ipynb #c049
 class AsyncCheckpointWriter:
     "Save checkpoints from a background thread; the caller only pays for a copy into reused buffers"
-    def __init__(self):
+    def __init__(self, buffers:int=1): # how many copies of the state it may hold: 2 lets a save wait beside one being written
+        if isinstance(buffers, bool) or not isinstance(buffers, int) or buffers < 1:
+            raise ValueError(f'AsyncCheckpointWriter(buffers={buffers!r}): give the number of copies of the state it may hold, >= 1.')
+        self.buffers, self.sets = buffers, 0  # `sets`: copies of the state allocated so far
         self._cond, self._error, self._running, self._busy = threading.Condition(), None, False, None
         self._pending = {}  # path -> the newest save for it not yet started, in the order submitted
         self._spare, self.last_written, self.written = [], None, {}  # `written`: path -> description of its last save
@@ -82,6 +85,9 @@ class AsyncCheckpointWriter:
             # save with a policy's steps (a checkpoint it keeps or deletes): only a plain save supersedes a plain one.
             while self._pending and not (plain and path in self._pending and self._pending[path]['plain']): self._cond.wait()
             old = self._pending.pop(path, None)
+            # No more than `buffers` copies of the state: with none spare, wait for the thread to finish writing from one
+            while old is None and not self._spare and self.sets >= self.buffers and (self._busy is not None or self._pending): self._cond.wait()
+            if old is None and not self._spare: self.sets += 1
             reuse = old['state'] if old else (self._spare.pop() if self._spare else None)
             # The copy is all the loop waits for; a write running beside it would take half the CPU and memory bandwidth
             self._gate.clear()
