@@ -14,5 +14,6 @@ from .writer import *
 from .tracker import *
 from .offline import *
 from .wandb import *
-from . import durable as _d, checkpoint as _c, writer as _wr, tracker as _t, offline as _o, wandb as _w
-__all__ = [*_d.__all__, *_c.__all__, *_wr.__all__, *_t.__all__, *_o.__all__, *_w.__all__]
+from .report import *
+from . import durable as _d, checkpoint as _c, writer as _wr, tracker as _t, offline as _o, wandb as _w, report as _r
+__all__ = [*_d.__all__, *_c.__all__, *_wr.__all__, *_t.__all__, *_o.__all__, *_w.__all__, *_r.__all__]

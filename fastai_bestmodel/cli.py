@@ -57,22 +57,24 @@ def demo(epochs:int=8, # epochs of `fit_one_cycle`
 
 # %% ../nbs/07_cli.ipynb #c015
 def _parser()->argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog='fastai-bestmodel', description='Best-model checkpoints for fastai, logged to W&B with their own metrics.')
+    p = argparse.ArgumentParser(prog='fastai-bestmodel', description='Best-model checkpoints for fastai, logged to W&B with their own metrics.',
+                                epilog='Exit codes: 0 ok; 1 a checkpoint failed its check (or W&B failed); 2 bad usage: no such path, no checkpoint there.')
     sub = p.add_subparsers(dest='command', required=True)
-    d = sub.add_parser('demo', help='train a CNN on the bundled digits, save and log its best model (W&B offline by default)')
-    d.add_argument('--epochs', type=int, default=8)
-    d.add_argument('--lr', type=float, default=3e-2)
+    def cmd(name, help): return sub.add_parser(name, help=help, description=help[0].upper() + help[1:] + '.', epilog=p.epilog)
+    d = cmd('demo', 'train a CNN on the bundled digits, save and log its best model (W&B offline by default)')
+    d.add_argument('--epochs', type=int, default=8, help='epochs of fit_one_cycle (default 8)')
+    d.add_argument('--lr', type=float, default=3e-2, help='its maximum learning rate (default 0.03)')
     d.add_argument('--path', default='bestmodel_demo', help='folder for the checkpoint and the W&B run')
-    d.add_argument('--project', default='fastai-bestmodel-demo')
-    d.add_argument('--mode', choices=['offline', 'online'], default='offline')
-    d.add_argument('--seed', type=int, default=42)
-    s = sub.add_parser('show', help="print a checkpoint's description and check its digest; for a folder, one line for each checkpoint in it")
+    d.add_argument('--project', default='fastai-bestmodel-demo', help='W&B project')
+    d.add_argument('--mode', choices=['offline', 'online'], default='offline', help='W&B mode (offline needs no account)')
+    d.add_argument('--seed', type=int, default=42, help='random seed')
+    s = cmd('show', help="print a checkpoint's description and check its digest; for a folder, one line for each checkpoint in it")
     s.add_argument('path', help="a checkpoint's .pth, its .json, its name without suffix, or a folder of checkpoints")
-    t = sub.add_parser('ls', help='a table of the checkpoints in a folder, best first, each digest checked')
+    t = cmd('ls', 'a table of the checkpoints in a folder, best first, each digest checked')
     t.add_argument('folder', help="a folder of checkpoints: the learner's models folder")
     t.add_argument('--json', action='store_true', help='print the rows as JSON, for scripts')
     t.add_argument('-r', '--recurse', action='store_true', help='also the folders below it')
-    l = sub.add_parser('log', help="log checkpoints to a W&B run, each with its own metadata and aliases: a run's models, uploaded later")
+    l = cmd('log', "log checkpoints to a W&B run, each with its own metadata and aliases: a run's models, uploaded later")
     l.add_argument('path', help="a checkpoint's .pth or .json, or a folder of them")
     l.add_argument('--project', help='W&B project of a new run')
     l.add_argument('--entity', help='W&B entity (team or user)')
@@ -80,12 +82,12 @@ def _parser()->argparse.ArgumentParser:
     l.add_argument('--name', help="the artifact's name; default run-<id>-<tracker's fname>")
     l.add_argument('--mode', choices=['online', 'offline'], help="W&B's mode; default W&B's own (WANDB_MODE)")
     l.add_argument('--dir', help="where W&B keeps the run's files; default W&B's own")
-    r = sub.add_parser('prune', help='delete old versions of a model artifact on W&B: keep the newest N and every one with a protected alias')
+    r = cmd('prune', 'delete old versions of a model artifact on W&B: keep the newest N and every one with a protected alias')
     r.add_argument('ref', help='the artifact: ENTITY/PROJECT/NAME')
     r.add_argument('--keep', type=int, required=True, help='how many of the newest versions to keep')
     r.add_argument('--protect', nargs='+', help="aliases (shell patterns) whose versions are kept; default: best best-* latest production")
     r.add_argument('--dry-run', action='store_true', help='say what would be deleted, delete nothing')
-    k = sub.add_parser('link', help='link a model version to a collection of the W&B registry (online)')
+    k = cmd('link', 'link a model version to a collection of the W&B registry (online)')
     k.add_argument('ref', help='the version: ENTITY/PROJECT/NAME:ALIAS')
     k.add_argument('target', help='the collection: wandb-registry-model/<name>')
     return p
@@ -106,7 +108,10 @@ def main(argv=None)->int:
         else: return _wandb_command(args)
     except NotACheckpointError as e: return _fail(e, 2)  # a path with no checkpoint of ours: the command was misused
     except CheckpointError as e: return _fail(e)  # its message names the path
-    except OSError as e: return _fail(f'{e.filename or args.path}: {e.strerror or e}.')
+    except BrokenPipeError:  # `| head` stopped reading: end quietly, as a program killed by SIGPIPE does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+    except OSError as e: return _fail(f"{e.filename or getattr(args, 'path', None) or getattr(args, 'folder', '')}: {e.strerror or e}.")
     return 0
 
 # %% ../nbs/07_cli.ipynb #c015w

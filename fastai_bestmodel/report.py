@@ -8,7 +8,7 @@ Docs: https://github.com/fastai-bestmodel/fastai_bestmodel/report.html.md"""
 from __future__ import annotations
 import math
 from pathlib import Path
-from .checkpoint import list_checkpoints, verify_checkpoint, pth_path, CheckpointError, CheckpointMismatchError
+from .checkpoint import list_checkpoints, verify_checkpoint, pth_path, CheckpointError, CheckpointMismatchError, NotACheckpointError
 
 # %% auto #0
 __all__ = ['digest_status', 'checkpoint_rows', 'checkpoint_table', 'best_vs_last', 'plot_checkpoints']
@@ -42,6 +42,8 @@ def checkpoint_rows(folder, # a folder of checkpoints: a learner's models folder
                    )->list:
     "One dict per checkpoint in `folder`, best first: file, reason, epoch, monitor, value, every recorded value, bytes, digest"
     folder, rows = Path(folder), []
+    if not folder.is_dir(): raise NotACheckpointError(f"{folder}: no such folder of checkpoints; give the folder SaveModelCallback "
+                                                      f"saved into (the learner's models folder), or train with a SaveModelCallback.")
     found = list_checkpoints(folder, recurse=recurse)
     for jp, d in sorted(found, key=lambda c: _rank(c[1]) if isinstance(c[1], dict) else (7,)):
         weights = pth_path(jp)
@@ -67,14 +69,22 @@ def checkpoint_table(source, # a folder of checkpoints, or a `Learner` (its mode
 def _tracker(learn, tracker):
     from fastai_bestmodel.tracker import deciding_tracker
     cb = tracker if tracker is not None else deciding_tracker(learn)
-    if cb is None: raise ValueError("No SaveModelCallback on the learner: pass the one you gave to `fit` as `tracker=` "
-                                    "(callbacks passed to `fit` leave the learner when it ends).")
+    if cb is None: raise ValueError("No SaveModelCallback on the learner: pass the one you trained with as `tracker=` "
+                                    "(callbacks passed to `fit` leave the learner when it ends), or train with one.")
     return cb
 
 def _recorded(learn)->tuple:
     "The names of the recorder's values (losses and metrics) and its rows, one per epoch of the last fit"
-    names = [n for n in learn.recorder.metric_names[1:] if n != 'time']
-    return names, [[float(v) for v in row] for row in learn.recorder.values]
+    rec = getattr(learn, 'recorder', None)
+    rows = rec.__dict__.get('values') if rec is not None else None  # not `rec.values`: fastai would look it up on the model
+    if not rows: raise ValueError("The learner has recorded no epochs: use the learner you trained (one from `load_learner` keeps no "
+                                  "recorder values); `checkpoint_table(folder)` reads what was saved from the files.")
+    names = [n for n in rec.metric_names[1:] if n != 'time']
+    return names, [[float(v) for v in row] for row in rows]
+
+def _best_record(cb):
+    "The record of the tracker's best model: its latest `best` save (a tracker with `every_epoch` or `at_end` keeps none)"
+    return next((r for r in reversed(cb.records) if r.reason == 'best'), None)
 
 def best_vs_last(learn, # the `Learner` after its fit
                  tracker=None, # the `SaveModelCallback` whose best to show; default the one that decides what `learn` holds
@@ -83,8 +93,10 @@ def best_vs_last(learn, # the `Learner` after its fit
     import pandas as pd
     cb = _tracker(learn, tracker)
     names, rows = _recorded(learn)
-    rec = cb.chosen_record
-    best = {k: v for k, v in (rec.metadata if rec else {}).items() if k in ('epoch', *names)}
+    rec = _best_record(cb)
+    if rec is None: raise ValueError(f'SaveModelCallback(fname={cb.fname!r}) kept no best model (it saves by schedule: `every_epoch` '
+                                     f'or `at_end`): `checkpoint_table` lists what it saved.')
+    best = {k: v for k, v in rec.metadata.items() if k in ('epoch', *names)}
     last = {'epoch': cb.epochs_done - 1, **dict(zip(names, rows[-1]))}
     return pd.DataFrame({'best': best, 'last': last}).reindex(['epoch', *names])
 
@@ -92,6 +104,7 @@ def best_vs_last(learn, # the `Learner` after its fit
 _STYLE = {'top_k': dict(marker='o', ms=9, mfc='none', color='C2', label='top k'),
           'last': dict(marker='s', ms=8, mfc='none', color='C3', label='last epoch saved'),
           'every_epoch': dict(marker='D', ms=6, color='C4', label='every epoch'), 'end': dict(marker='D', ms=6, color='C4', label='at end')}
+_STAR = dict(ls='none', marker='*', color='gold', mec='black', mew=0.6)
 
 def plot_checkpoints(learn, # the `Learner` after its fit
                      tracker=None, # the `SaveModelCallback` to show; default the one that decides what `learn` holds
@@ -108,24 +121,27 @@ def plot_checkpoints(learn, # the `Learner` after its fit
     xs = list(range(first, first + len(rows)))
     fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(6.4, 4))
     for n in [cb.monitor, *(values or [])]: ax.plot(xs, [r[names.index(n)] for r in rows], label=n, zorder=1)
-    chosen, kept = cb.chosen_record, {Path(p) for p in cb.best_k_models}
+    best, kept = _best_record(cb), {Path(p) for p in cb.best_k_models}
     latest = {Path(r.path): r for r in cb.records}  # what each file holds now: a later save to a path replaced the earlier
-    now = [r for r in cb.records if latest[Path(r.path)] is r and (r.reason != 'top_k' or Path(r.path) in kept)]
+    drawn = [r for r in cb.records if isinstance(r.epoch, int) and r.epoch >= first]  # epochs the recorder has values of
+    now = [r for r in drawn if latest[Path(r.path)] is r and (r.reason != 'top_k' or Path(r.path) in kept)]
     for reason, style in _STYLE.items():
-        pts = [(r.epoch, r.metadata[cb.monitor]) for r in now if r.reason == reason and r is not chosen and cb.monitor in r.metadata]
+        pts = [(r.epoch, r.metadata[cb.monitor]) for r in now if r.reason == reason and r is not best and cb.monitor in r.metadata]
         if pts: ax.plot(*zip(*pts), ls='none', zorder=2, **style)
-    earlier = [(r.epoch, r.value) for r in cb.records if r.reason == 'best' and r is not chosen]
-    if earlier: ax.plot(*zip(*earlier), ls='none', marker='*', ms=9, color='C1', alpha=.5, label='earlier best', zorder=2)
+    earlier = [(r.epoch, r.value) for r in drawn if r.reason == 'best' and r is not best]
+    if earlier: ax.plot(*zip(*earlier), ms=9, alpha=.5, label='earlier best', zorder=2, **_STAR)
     seen = set()
-    for r in (r for r in cb.records if r.reason in ('periodic', 'interrupted')):  # mid-epoch: no value of their own to mark
-        ax.axvline(r.epoch, ls=':', color='C5' if r.reason == 'periodic' else 'C3', lw=1, zorder=0, label=None if r.reason in seen else r.reason)
+    for r in (r for r in cb.records if r.reason in ('periodic', 'interrupted') and r.epoch - 1 >= first - 1):
+        # saved mid-epoch, at `r.epoch` epochs done: the end of epoch N, where its values are drawn, is N + 1 epochs done
+        ax.axvline(r.epoch - 1, ls=':', color='C5' if r.reason == 'periodic' else 'C3', lw=1, zorder=0, label=None if r.reason in seen else r.reason)
         seen.add(r.reason)
-    if chosen is not None and cb.monitor in chosen.metadata:
-        bx, by = chosen.epoch, chosen.metadata[cb.monitor]
-        ax.plot([bx], [by], ls='none', marker='*', ms=16, color='C1', label='best', zorder=3)
-        ax.annotate(f'best: {by:.4g} (epoch {bx})', (bx, by), textcoords='offset points', xytext=(6, 8))
+    right = lambda x: x >= xs[-1] - 0.5 * max(1, len(xs) - 1) / 4  # a label near the right edge goes to the left of its point
+    if best is not None and best.epoch >= first and cb.monitor in best.metadata:
+        bx, by = best.epoch, best.metadata[cb.monitor]
+        ax.plot([bx], [by], ms=16, label='best', zorder=3, **_STAR)
+        ax.annotate(f'best: {by:.4g} (epoch {bx})', (bx, by), textcoords='offset points', xytext=(-8 if right(bx) else 8, 8), ha='right' if right(bx) else 'left')
     lx, ly = xs[-1], rows[-1][names.index(cb.monitor)]
-    if chosen is None or lx != chosen.epoch:
+    if best is None or lx != best.epoch:
         ax.annotate(f'last: {ly:.4g} (epoch {lx})', (lx, ly), textcoords='offset points', xytext=(-6, -16), ha='right')
     ax.margins(x=0.06, y=0.15)
     ax.set_xlabel('epoch'); ax.set_ylabel(cb.monitor); ax.legend(fontsize='small')

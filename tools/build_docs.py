@@ -24,6 +24,11 @@ def _title(nb)->str:
         if c.cell_type == 'markdown' and (m := re.match(r'#\s+(.+)', c.source)): return m.group(1).strip()
     return 'untitled'
 
+def _no_progress(text:str)->str:
+    "A cell's printed text without fastprogress's console bars: each line as it was last redrawn, bars and bar glyphs dropped"
+    lines = [l.split('\r')[-1].replace('█', '') for l in text.split('\n')]
+    return '\n'.join(l for l in lines if not re.match(r'\s*(Epoch \d+/\d+ :|\|[-█ ]*\|)', l))
+
 def missing_show_docs(path:Path, nb)->list:
     "The public callables of the module `path` exports with no `show_doc` in it"
     src = '\n'.join(c.source for c in nb.cells)
@@ -52,12 +57,15 @@ def render(path:Path, shell_path:Path)->tuple:
             outs = json.loads(json.dumps(c.get('outputs', []), default=str))
             for o in outs:  # multiline strings as lists of lines, as on disk: the exporter wants strings
                 if isinstance(o.get('text'), list): o['text'] = ''.join(o['text'])
+                if 'text' in o: o['text'] = _no_progress(o['text'])
                 for k, v in o.get('data', {}).items():
                     if isinstance(v, list): o['data'][k] = ''.join(v)
+                    if k == 'text/markdown': o['data'][k] = re.sub(r'\{target="_blank"[^}]*\}', '', o['data'][k])  # Quarto's link attributes
             cell.update(execution_count=None, outputs=[o for o in outs if not (o.get('output_type') == 'stream' and o.get('name') == 'stderr')])
         cells.append(cell)
     out = nbformat.from_dict(dict(nbformat=4, nbformat_minor=5, metadata={}, cells=cells))
-    body, _ = HTMLExporter(template_name='lab', exclude_input_prompt=True, exclude_output_prompt=True).from_notebook_node(out)
+    body, _ = HTMLExporter(template_name='lab', exclude_input_prompt=True, exclude_output_prompt=True).from_notebook_node(
+        out, resources=dict(metadata=dict(name=f'{_title(nb)} - fastai_bestmodel')))
     return _title(nb), body
 
 def build(out:Path):
