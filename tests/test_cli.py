@@ -93,3 +93,15 @@ def test_ls_fails_a_changed_checkpoint_with_1_and_a_missing_folder_with_2(checkp
     assert (r.returncode, r.stdout, r.stderr.count('\n')) == (2, '', 1) and r.stderr.startswith('error: nothere: no such folder')
     r = run_python('-m', 'fastai_bestmodel.cli', 'ls', cwd=checkpoints)  # no folder: argparse's usage error
     assert r.returncode == 2 and 'usage: fastai-bestmodel ls' in r.stderr
+
+
+def test_ls_into_a_closed_pipe_ends_quietly(checkpoints):
+    "`fastai-bestmodel ls models | head -1`: the reader stops early; no traceback, the exit code of a SIGPIPE"
+    for i in range(400): shutil.copy(checkpoints/'models/model.json', checkpoints/f'models/copy{i}.json')  # 400 rows, > a pipe's buffer
+    env = {k: v for k, v in os.environ.items() if k != 'PYTHONWARNINGS'}
+    env['PYTHONPATH'] = os.pathsep.join([str(ROOT), *filter(None, [os.environ.get('PYTHONPATH')])])
+    p = subprocess.Popen([sys.executable, '-m', 'fastai_bestmodel.cli', 'ls', 'models', '--json'], cwd=checkpoints, env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p.stdout.read(100); p.stdout.close()
+    err = p.stderr.read().decode(); p.wait(timeout=120)
+    assert (p.returncode, err) == (141, ''), err
