@@ -71,14 +71,15 @@ def _calibrate(width, layers, bs, seconds):
     return max(2, round(seconds / per_batch)), per_batch
 
 
-def bench_whole_fit(reps=3, epochs=6, width=4096, layers=3, bs=256, seconds=1.5):
+def bench_whole_fit(reps=3, epochs=6, width=4096, layers=3, bs=256, seconds=1.5, kinds=KINDS):
     "7. Whole fits that train for real: extra time per epoch and per fit of each way of saving, as a ratio to a plain torch.save"
     batches, per_batch = _calibrate(width, layers, bs, seconds)
     n = layers * (width*width + width)
     folder = tempfile.mkdtemp()
-    runs = {k: [] for k in KINDS}
+    kinds = tuple(kinds)
+    runs = {k: [] for k in kinds}
     for r in range(reps):
-        for kind in (KINDS if r % 2 == 0 else KINDS[::-1]):
+        for kind in (kinds if r % 2 == 0 else kinds[::-1]):
             out = subprocess.run([sys.executable, __file__, '--child', kind, '--batches', str(batches), '--epochs', str(epochs),
                                   '--width', str(width), '--layers', str(layers), '--bs', str(bs), '--folder', folder],
                                  capture_output=True, text=True)
@@ -91,15 +92,15 @@ def bench_whole_fit(reps=3, epochs=6, width=4096, layers=3, bs=256, seconds=1.5)
     print(f'7. whole fits on {dev}: a {n/1e6:.1f} M-parameter MLP ({n*4/1e6:.0f} MB of weights) training for real, {batches} batches '
           f'of {bs} an epoch ({per_batch*1000:.1f} ms each, epochs of about {batches*per_batch:.1f} s), {epochs} epochs each improving, '
           f'{reps} fits of each kind, each in its own process, interleaved')
-    for k in KINDS:
+    for k in kinds:
         peak = runs[k]
         gpu = f", GPU peak {statistics.median(r['gpu_mib'] for r in peak):.0f} MiB" if peak[0]['gpu_mib'] is not None else ''
         print(f'   {k:6s}: epoch {epoch[k]*1000:7.1f} ms (+{(epoch[k]-epoch["none"])*1000:6.1f}), fit {whole[k]:6.2f} s '
               f'(+{whole[k]-whole["none"]:5.2f}; fits {spread[k][0]:.2f}-{spread[k][1]:.2f} s), peak RSS {statistics.median(r["rss_mib"] for r in peak):.0f} MiB{gpu}')
-    extra_e = {k: epoch[k] - epoch['none'] for k in KINDS}
-    extra_w = {k: whole[k] - whole['none'] for k in KINDS}
+    extra_e = {k: epoch[k] - epoch['none'] for k in kinds}
+    extra_w = {k: whole[k] - whole['none'] for k in kinds}
     print('   extra time over no saving, as a ratio to the plain torch.save\'s extra (per epoch; whole fit):')
-    for k in ('fastai', 'sync', 'async'):
+    for k in (k for k in ('fastai', 'sync', 'async') if k in kinds):
         print(f'     {k:6s} / plain: {extra_e[k]/extra_e["plain"]:.2f}; {extra_w[k]/extra_w["plain"]:.2f}')
     print(f'   plain torch.save adds {extra_e["plain"]*1000:.1f} ms an epoch; the spread of whole no-save fits is '
           f'{(spread["none"][1]-spread["none"][0])*1000:.0f} ms. Target on a GPU: async / plain <= 0.10.')
@@ -112,7 +113,8 @@ if __name__ == '__main__':
     p.add_argument('--epochs', type=int, default=6); p.add_argument('--reps', type=int, default=3)
     p.add_argument('--width', type=int, default=4096); p.add_argument('--layers', type=int, default=3)
     p.add_argument('--bs', type=int, default=256); p.add_argument('--seconds', type=float, default=1.5)
+    p.add_argument('--kinds', default=','.join(KINDS), help=f'which fits, of {",".join(KINDS)} (none and plain are needed)')
     a = p.parse_args()
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     if a.child: _child(a.child, a.batches, a.epochs, a.width, a.layers, a.bs, a.folder)
-    else: bench_whole_fit(a.reps, a.epochs, a.width, a.layers, a.bs, a.seconds)
+    else: bench_whole_fit(a.reps, a.epochs, a.width, a.layers, a.bs, a.seconds, a.kinds.split(','))

@@ -64,6 +64,10 @@ def _snapshot(o, into=None):
     return o
 
 # %% ../nbs/02_writer.ipynb #c049
+def _on_device(state)->bool:
+    import torch
+    return any(isinstance(t, torch.Tensor) and t.is_cuda for t in _tensors(state))
+
 class AsyncCheckpointWriter:
     "Save checkpoints from a background thread; the caller only pays for a copy into reused buffers"
     def __init__(self, buffers:int=1): # how many copies of the state it may hold: 2 lets a save wait beside one being written
@@ -91,12 +95,9 @@ class AsyncCheckpointWriter:
             reuse = old['state'] if old else (self._spare.pop() if self._spare else None)
             # The copy is all the loop waits for; a write running beside it would take half the CPU and memory bandwidth
             self._gate.clear()
-            try:
-                snap = _snapshot(state, reuse)
-                if any(t.is_pinned() for t in _tensors(snap)):
-                    import torch; torch.cuda.synchronize()
+            try: snap, done = self._copy(state, reuse)
             finally: self._gate.set()
-            self._pending[path] = dict(_job(path, snap, metadata, keep_previous_as, delete, kwargs), plain=plain)
+            self._pending[path] = dict(_job(path, snap, metadata, keep_previous_as, delete, kwargs), plain=plain, done=done)
             self._cond.notify_all()
             # `_running` changes only under the lock, so a thread about to exit never leaves a job behind
             if not self._running:
@@ -107,6 +108,22 @@ class AsyncCheckpointWriter:
 
 # %% ../nbs/02_writer.ipynb #c049b
 @patch
+def _copy(self:AsyncCheckpointWriter, state, reuse)->tuple:
+    "The snapshot of `state` in the buffers `reuse`, and, for a state on the GPU, the event that marks its copy done"
+    if not _on_device(state): return _snapshot(state, reuse), None
+    import torch
+    # From the GPU: copies into pinned buffers on a side stream, queued after what training has queued, and the training
+    # stream waits for them before anything it queues next (the next step's change to the weights, or a callback's). The
+    # loop goes on at once; the copy is exactly the weights at this call; only the writer thread waits for it.
+    if getattr(self, '_stream', None) is None: self._stream = torch.cuda.Stream()
+    self._stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(self._stream): snap = _snapshot(state, reuse)
+    done = torch.cuda.Event()
+    done.record(self._stream)
+    torch.cuda.current_stream().wait_event(done)
+    return snap, done
+
+@patch
 def _run(self:AsyncCheckpointWriter):
     while True:
         with self._cond:
@@ -116,6 +133,7 @@ def _run(self:AsyncCheckpointWriter):
             job = self._busy = self._pending.pop(next(iter(self._pending)))
             self._cond.notify_all()  # a `submit` waiting for room can go on
         try:
+            if job['done'] is not None: job['done'].synchronize()  # the copy from the GPU has landed in the buffers
             self.last_written = _write_job(job, self.written, gate=self._gate, background_unlink=False)
         except BaseException as e: self._error = e
         finally:
