@@ -11,6 +11,8 @@ from fastai.callback.tracker import SaveModelCallback as FastaiSaveModelCallback
 from fastai.test_utils import synth_learner
 from fastai_bestmodel.tracker import SaveModelCallback
 from fastai_bestmodel.test_utils import ScriptedMetric
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from whole_fit import bench_whole_fit  # figure 7
 
 os.environ.setdefault('WANDB_MODE', 'offline')
 os.environ.setdefault('WANDB_SILENT', 'true')
@@ -254,13 +256,14 @@ if __name__ == '__main__':
     p.add_argument('--layers', type=int, default=3, help='layers of width x width: 3 x 4096 is 50 M parameters')
     p.add_argument('--width', type=int, default=4096)
     p.add_argument('--quick', action='store_true', help='a small model and few repetitions, to check the script runs')
-    p.add_argument('--only', type=int, default=None, help='run only this figure (1 to 6)')
+    p.add_argument('--only', type=int, default=None, help='run only this figure (1 to 7)')
     a = p.parse_args()
     if a.quick: a.reps, a.layers, a.width = 1, 1, 256
     import fastai_bestmodel.wandb  # noqa: F401  (fixes fastai's WandbCallback crash with fastcore 2.2)
     print(f'torch {torch.__version__}, {os.cpu_count()} CPUs, device: cpu')
     figures = {4: lambda: bench_memory(a.layers, a.width),  # first: its processes' peaks were higher after the disk-heavy figures ran
                1: lambda: bench_blocking(a.reps, 6, a.layers, a.width), 2: lambda: bench_tracking(max(a.reps, 7), 10),
-               3: lambda: bench_digits(a.reps, 8), 5: lambda: bench_files(20), 6: lambda: bench_policies(a.reps, 8, a.layers, a.width)}
+               3: lambda: bench_digits(a.reps, 8), 5: lambda: bench_files(20), 6: lambda: bench_policies(a.reps, 8, a.layers, a.width),
+               7: lambda: bench_whole_fit(a.reps, 6, a.width, a.layers)}  # whole fits that train for real, each in its own process
     for n, figure in figures.items():
         if a.only in (None, n): figure()
