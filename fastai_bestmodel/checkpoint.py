@@ -16,7 +16,7 @@ from .durable import (file_digest, fsync_dir, remove_file, write_tmp, replace_fi
 
 # %% auto #0
 __all__ = ['CheckpointError', 'CheckpointWriteError', 'NotACheckpointError', 'CheckpointMismatchError', 'like_dict',
-           'plain_state', 'json_safe', 'json_path', 'save_checkpoint', 'pth_path', 'read_checkpoint',
+           'plain_state', 'json_safe', 'json_path', 'save_checkpoint', 'pth_path', 'require_path', 'read_checkpoint',
            'verify_checkpoint', 'checkpoint_weights', 'load_checkpoint', 'list_checkpoints', 'link_checkpoint',
            'delete_checkpoint']
 
@@ -145,6 +145,13 @@ def pth_path(path)->Path:
     "The `.pth` of the checkpoint named by its `.pth`, its `.json`, or its name without a suffix (which may hold dots: `loss=0.12`)"
     path = Path(path)
     return path if path.suffix == '.pth' else path.with_name(path.name.removesuffix('.json') + '.pth')
+
+def require_path(path)->Path:
+    "`path` as a `Path`; `NotACheckpointError` if nothing is there: no file, no folder, no `.json` that describes it"
+    path = Path(path)
+    if not (path.exists() or json_path(pth_path(path)).exists()):
+        raise NotACheckpointError(f"{path}: no such file or folder; give a checkpoint's .pth, its .json, or the folder that holds them.")
+    return path
 
 _REQUIRED = {'digest': str, 'weights': str, 'metadata': dict}
 

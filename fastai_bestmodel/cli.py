@@ -8,7 +8,7 @@ Docs: https://github.com/fastai-bestmodel/fastai_bestmodel/cli.html.md"""
 from __future__ import annotations
 import argparse, json, os, re, sys
 from pathlib import Path
-from .checkpoint import read_checkpoint, verify_checkpoint, list_checkpoints, json_path, CheckpointError, CheckpointMismatchError, NotACheckpointError
+from .checkpoint import read_checkpoint, verify_checkpoint, list_checkpoints, json_path, CheckpointError, CheckpointMismatchError, NotACheckpointError, require_path
 from .report import checkpoint_rows, digest_status
 
 # %% auto #0
@@ -136,16 +136,11 @@ def _wandb_command(args)->int:
     return 0
 
 # %% ../nbs/07_cli.ipynb #c014
-def _missing(path:Path)->bool:
-    "Whether there is nothing at `path`: no file, no folder, no `.json` that describes it"
-    return not any(p.exists() for p in (path, json_path(path), path.with_name(path.name + '.json')))
-
 def show(path)->dict|list:
     "Print the checkpoint at `path` and check its weights' digest; for a folder, every checkpoint in it"
     if path == '': raise NotACheckpointError("'': an empty path; give a checkpoint's .pth, its .json, or the folder that holds them.")
-    path = Path(path)
+    path = require_path(path)
     if path.is_dir(): return show_folder(path)
-    if _missing(path): raise NotACheckpointError(f"{path}: no such file or folder; give a checkpoint's .pth, its .json, or the folder that holds them.")
     weights, desc = verify_checkpoint(path)
     print(json.dumps(desc, indent=1))
     print(f'{weights}: digest matches ({desc["digest"]})')
@@ -168,8 +163,7 @@ def _aligned(rows)->list:
 def show_folder(folder)->list:
     "Print one line for each checkpoint in `folder`: name, epoch, monitored value, digest check; raise if any fails"
     folder = Path(folder)
-    try: found = list_checkpoints(folder)
-    except OSError as e: raise CheckpointError(f'{folder}: cannot list its files ({e.strerror}); check its permissions.') from e
+    found = _listed(folder, list_checkpoints)
     if not found: raise NotACheckpointError(_no_checkpoints(folder))
     rows = [(jp.with_suffix('.pth').name, f"epoch {d['metadata'].get('epoch', '?')}", _monitored(d), f'digest {digest_status(jp)}')
             if isinstance(d, dict) else (jp.with_suffix('.pth').name, '', '', 'digest UNCHECKED (its .json is damaged)') for jp,d in found]
@@ -177,6 +171,11 @@ def show_folder(folder)->list:
     failed = [name for name,*_,check in rows if check != 'digest ok']
     if failed: raise _failed(folder, failed, len(rows))
     return [d for _,d in found if isinstance(d, dict)]
+
+def _listed(folder:Path, lister):
+    "`lister(folder)`, with a folder that cannot be read said in one line"
+    try: return lister(folder)
+    except OSError as e: raise CheckpointError(f'{folder}: cannot list its files ({e.strerror}); check its permissions.') from e
 
 def _failed(folder:Path, failed:list, n:int)->CheckpointError:
     return CheckpointError(f"{folder}: {len(failed)} of {n} checkpoints failed their check ({', '.join(failed)}); "
@@ -208,9 +207,7 @@ def ls(folder, # a folder of checkpoints: the learner's models folder
       )->int:
     "Print the checkpoints in `folder` as a table, best first, each digest checked; raise if any fails its check"
     folder = Path(folder)
-    if not folder.is_dir(): raise NotACheckpointError(f"{folder}: no such folder; give the folder that SaveModelCallback saved into (the learner's models folder).")
-    try: rows = checkpoint_rows(folder, recurse)
-    except OSError as e: raise CheckpointError(f'{folder}: cannot list its files ({e.strerror}); check its permissions.') from e
+    rows = _listed(folder, lambda f: checkpoint_rows(f, recurse))
     if not rows: raise NotACheckpointError(_no_checkpoints(folder))
     if as_json: print(json.dumps(rows, indent=1))
     else:

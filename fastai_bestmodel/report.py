@@ -42,8 +42,8 @@ def checkpoint_rows(folder, # a folder of checkpoints: a learner's models folder
                    )->list:
     "One dict per checkpoint in `folder`, best first: file, reason, epoch, monitor, value, every recorded value, bytes, digest"
     folder, rows = Path(folder), []
-    if not folder.is_dir(): raise NotACheckpointError(f"{folder}: no such folder of checkpoints; give the folder SaveModelCallback "
-                                                      f"saved into (the learner's models folder), or train with a SaveModelCallback.")
+    if not folder.is_dir(): raise NotACheckpointError(f"{folder}: no such folder; give the folder that SaveModelCallback saved into "
+                                                      f"(the learner's models folder).")
     found = list_checkpoints(folder, recurse=recurse)
     for jp, d in sorted(found, key=lambda c: _rank(c[1]) if isinstance(c[1], dict) else (7,)):
         weights = pth_path(jp)

@@ -429,8 +429,8 @@ def _set_random_states(learn, st:dict):
     random.setstate((py[0], tuple(py[1]), py[2]))
     kind, keys, pos, has_gauss, gauss = st['numpy']
     np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
-    torch.set_rng_state(st['torch'].cpu())  # loaded onto the learner's device; generator states live on the CPU
-    if 'cuda' in st and torch.cuda.is_available(): torch.cuda.set_rng_state_all([t.cpu() for t in st['cuda']])
+    torch.set_rng_state(st['torch'])
+    if 'cuda' in st and torch.cuda.is_available(): torch.cuda.set_rng_state_all(st['cuda'])
     for dl, s in zip([dl for dl in learn.dls.loaders if hasattr(dl, 'rng')], st['dls']): dl.rng.setstate((s[0], tuple(s[1]), s[2]))
 
 def _record_dict(r)->dict: return {**dataclasses.asdict(r), 'path': str(r.path)}  # `weights_only` loading takes no `Path`

@@ -16,7 +16,7 @@ from fastai.callback.wandb import WandbCallback as _FastaiWandbCallback
 from fastai.callback.tracker import SaveModelCallback as _FastaiSaveModelCallback
 from .tracker import SaveModelCallback, deciding_tracker
 from .checkpoint import CheckpointError, NotACheckpointError
-from .checkpoint import verify_checkpoint, list_checkpoints, json_path, pth_path, json_safe
+from .checkpoint import verify_checkpoint, list_checkpoints, json_path, pth_path, json_safe, require_path
 from .durable import file_digest
 
 # %% auto #0
@@ -69,12 +69,14 @@ def logged_versions(run=None)->dict:
 
 def _note_logged(run, state:dict): run.summary[_STATE] = json.dumps(state)  # a string: W&B keeps it as it is
 
-def _same_files(files:dict, digest:str, json_digest:str)->bool:
-    "Whether the checkpoint `files` (artifact name -> local path) still holds the weights `digest` and the same `.json`"
+def _same_files(files:dict, digest:str, json_digest:str)->dict|None:
+    "The description in the checkpoint `files` (artifact name -> local path), if they still hold the weights `digest` and the same `.json`"
     try:
         jp = next(Path(p) for n,p in files.items() if n.endswith('.json'))
-        return file_digest(jp) == json_digest and verify_checkpoint(jp)[1]['digest'] == digest
-    except (CheckpointError, OSError, StopIteration): return False
+        if file_digest(jp) != json_digest: return None
+        desc = verify_checkpoint(jp)[1]
+        return desc if desc['digest'] == digest else None
+    except (CheckpointError, OSError, StopIteration): return None
 
 # %% ../nbs/05_wandb.ipynb #c009c
 class CheckpointReplacedError(CheckpointError): "The checkpoint at a path is no longer the one a caller meant to log"
@@ -104,12 +106,12 @@ def log_checkpoint(path, # a checkpoint's `.pth` or `.json`, written by `SaveMod
     if seen is not None:  # these weights are a version already: give it the new aliases, by logging the same files again
         new = [a for a in aliases if a not in seen['aliases']]
         if not new: return None
-        if not _same_files(seen['files'], desc['digest'], seen['json']):
+        logged = _same_files(seen['files'], desc['digest'], seen['json'])
+        if logged is None:
             print(f"{weights}: its weights were logged in this run as {name}, from files that have changed since; "
                   f"aliases {new} not added (a new version would duplicate the weights).")
             return None
-        files = seen['files']
-        meta = verify_checkpoint(next(p for n,p in files.items() if n.endswith('.json')))[1]['metadata']
+        files, meta = seen['files'], logged['metadata']
     else: files = {f'{stem}.pth': str(weights), f'{stem}.json': str(json_path(weights))}
     run_epoch = ifnone(epoch, meta.get('epoch'))  # a second fit in the run counts its epochs from 0; W&B's charts and aliases do not
     if run_epoch != meta.get('epoch') and 'run_epoch' not in meta: meta = {**meta, 'run_epoch': run_epoch}
@@ -426,9 +428,7 @@ def link_to_registry(ref:str, # a logged model version: `entity/project/name:ali
 # %% ../nbs/05_wandb.ipynb #u001
 def _checkpoints_at(path:Path)->list:
     "`(weights, description)` of each checkpoint at `path` (a file, or a folder of them), each digest checked"
-    if not any(p.exists() for p in (path, json_path(pth_path(path)))):
-        raise NotACheckpointError(f"{path}: no such file or folder; give a checkpoint's .pth, its .json, or the folder that holds them.")
-    if not path.is_dir(): return [verify_checkpoint(path)]
+    if not require_path(path).is_dir(): return [verify_checkpoint(path)]
     found = list_checkpoints(path)
     for p in sorted(path.glob('*.pth')):  # `learn.save`'s files, or ours without their description: not checkpoints of ours
         if not p.name.startswith('.') and not json_path(p).exists():
