@@ -16,9 +16,9 @@ from .durable import (file_digest, fsync_dir, remove_file, write_tmp, replace_fi
 
 # %% auto #0
 __all__ = ['CheckpointError', 'CheckpointWriteError', 'NotACheckpointError', 'CheckpointMismatchError', 'like_dict',
-           'plain_state', 'json_safe', 'json_path', 'save_checkpoint', 'pth_path', 'require_path', 'read_checkpoint',
-           'verify_checkpoint', 'checkpoint_weights', 'load_checkpoint', 'list_checkpoints', 'link_checkpoint',
-           'delete_checkpoint']
+           'plain_state', 'json_safe', 'json_path', 'wait_for_saves', 'save_checkpoint', 'pth_path', 'require_path',
+           'read_checkpoint', 'verify_checkpoint', 'checkpoint_weights', 'load_checkpoint', 'list_checkpoints',
+           'link_checkpoint', 'delete_checkpoint']
 
 # %% ../nbs/01_checkpoint.ipynb #c010
 class CheckpointError(Exception):
@@ -94,6 +94,15 @@ def _finish_interrupted(path, abandoned:bool=True):
         if p.suffix in ('.pending', '.tmp', '.old'): remove_file(p)
     for p in path.parent.glob(f'.{json_path(path).name}.*.tmp'): remove_file(p)
 
+# %% ../nbs/01_checkpoint.ipynb #reg1
+_finishing = set()  # this process's background writers still writing after their fit returned
+_WRITER_THREAD = 'fastai_bestmodel-writer'
+
+def wait_for_saves():
+    "Wait until the checkpoints this process is still writing in the background (after an `async_save` fit returned) are on disk"
+    if not _finishing or threading.current_thread().name == _WRITER_THREAD: return
+    for w in list(_finishing): w.wait()
+
 # %% ../nbs/01_checkpoint.ipynb #c024
 def save_checkpoint(path, # where the weights go: a `.pth` file; the `.json` goes beside it
                     state, # what to save: a state dict, or `{'model':..., 'opt':...}`
@@ -108,6 +117,7 @@ def save_checkpoint(path, # where the weights go: a `.pth` file; the `.json` goe
                    )->dict:
     "Write `state` to `path` and its description to `path.with_suffix('.json')`, atomically, and return that description"
     import torch
+    wait_for_saves()
     path = Path(path)
     holds = list(ifnone(holds, ['model', 'opt'] if isinstance(state, dict) and set(state)=={'model','opt'} else ['model']))
     try: path.parent.mkdir(parents=True, exist_ok=True)
@@ -157,6 +167,7 @@ _REQUIRED = {'digest': str, 'weights': str, 'metadata': dict}
 
 def read_checkpoint(path)->dict:
     "The description (`.json`) of the checkpoint at `path` (its `.pth`, its `.json`, or its name without suffix)"
+    wait_for_saves()
     jp = json_path(pth_path(path))
     if not jp.is_file(): raise NotACheckpointError(f'No checkpoint description at {jp}: was it saved by fastai_bestmodel.SaveModelCallback?')
     desc = _read_json(jp)
@@ -235,6 +246,7 @@ def link_checkpoint(src, # the checkpoint to give another name: its `.pth` or `.
                     desc:dict=None, # `src`'s description, if the caller has it
                    )->dict:
     "Make `dst` a checkpoint of `src`'s weights, hard-linked where possible, with its own `.json`, and return its description"
+    wait_for_saves()
     src, dst = pth_path(src), pth_path(dst)
     desc = dict(desc or read_checkpoint(src), weights=dst.name)
     if reason is not None: desc['reason'] = reason
@@ -258,6 +270,7 @@ def delete_checkpoint(path, # the checkpoint's `.pth` or `.json`
                       background:bool=False, # free the weights' blocks in a thread, as `replace_file` does
                      ):
     "Delete the checkpoint at `path`: its `.json` first, durably, then its weights"
+    wait_for_saves()
     path = pth_path(path)
     with FolderLock(path.parent):
         remove_file(json_path(path))

@@ -18,7 +18,7 @@ from fastai.callback.tracker import SaveModelCallback as _FastaiSaveModelCallbac
 import fastai.callback.schedule  # defines `Learner.fine_tune`
 from fastai.learner import Learner, join_path_file
 from fastai.torch_core import get_model, rank_distrib, num_distrib, distrib_barrier, to_cpu
-from .checkpoint import read_checkpoint, load_checkpoint, list_checkpoints, delete_checkpoint, json_path, pth_path, CheckpointError
+from .checkpoint import wait_for_saves, read_checkpoint, load_checkpoint, list_checkpoints, delete_checkpoint, json_path, pth_path, CheckpointError
 from .writer import CheckpointWriter, AsyncCheckpointWriter
 
 # %% auto #0
@@ -175,7 +175,7 @@ class SaveModelCallback(_FastaiSaveModelCallback):
 
     def _init_state(self):  # also called when unpickled, as in `load_learner`
         super()._init_state()
-        self._writer, self._group = None, None
+        self._writer, self._group, self._steps = None, None, 0  # `_steps`: optimizer steps that may have run, for `_holds_chosen`
 
 # %% ../nbs/03_tracker.ipynb #c012
 _RESERVED = ('epoch', 'iteration', 'values_of_epoch', 'exception')  # keys of the metadata that are not recorded values
@@ -246,6 +246,7 @@ def _check_other_trackers(self:SaveModelCallback):
 @patch
 def _start_tracking(self:SaveModelCallback):
     "Check the names and the other trackers, and reset what this fit tracks unless it continues the last"
+    if self._writer is not None: self.wait(); self._writer = None  # the last fit's last write (`async_save`), before reading the folder
     self._check_names(_recorded_names(self.recorder))
     self._check_other_trackers()
     group = getattr(self.learn, '_fit_group', None)
@@ -482,6 +483,7 @@ def _save(self:SaveModelCallback, path, meta, reason, record=None, moved=None, d
     if reason in _CHOSEN: self.last_saved_metadata, self.last_saved_path = meta, path
     if rank_distrib(): return rec  # only rank 0 writes
     model = get_model(self.model).state_dict()
+    if reason in _CHOSEN: self._chosen_marks = (self._steps, _state_marks(model))
     with_opt = self.with_opt and self.opt is not None
     # What resuming needs rides in the optimizer's state, which fastai's `Optimizer.load_state_dict` reads around
     resume = dict(epoch=meta['epoch'] if reason in ('best', 'top_k', 'last', 'every_epoch', 'end') else None, iteration=self._iters_done,
@@ -649,6 +651,22 @@ def _after_exception(self:SaveModelCallback, e:BaseException):
         print(f"{type(e).__name__} during training, at epoch {rec.metadata['epoch']} (iteration {rec.iteration}): "
               f"saved {rec.path} and its .json before stopping.")
 
+# %% ../nbs/03_tracker.ipynb #sv01
+_fastai_save = getattr(Learner.save, '__wrapped__', Learner.save)  # fastai's, also if this module is run again
+_fastai_load = getattr(Learner.load, '__wrapped__', Learner.load)
+
+@patch
+def save(self:Learner, file, **kwargs):
+    wait_for_saves()  # a write of an `async_save` fit still going lands first: this save comes after it
+    return _fastai_save(self, file, **kwargs)
+
+@patch
+def load(self:Learner, file, device=None, **kwargs):
+    wait_for_saves()  # the file may be one still being written
+    return _fastai_load(self, file, device=device, **kwargs)
+
+for _f, _orig in ((Learner.save, _fastai_save), (Learner.load, _fastai_load)): _f.__wrapped__, _f.__doc__ = _orig, _orig.__doc__
+
 # %% ../nbs/03_tracker.ipynb #l045a
 def _best_in_folder(folder:Path)->Path:
     "The best checkpoint in `folder`, by what its `.json`s say"
@@ -754,16 +772,22 @@ def resume_training(learn, # the `Learner` to resume, built as the run's was
 # %% ../nbs/03_tracker.ipynb #c018
 @patch
 def wait(self:SaveModelCallback):
-    "Wait until the checkpoints this callback saved are on disk"
+    "Wait until the checkpoints this callback saved are on disk (with `async_save`, a fit returns before its last write ends)"
     if self._writer is None: return
     self._writer.wait()
     self._note_written()
 
 @patch
-def _finish_saving(self:SaveModelCallback, at_end:bool=True):
+def _finish_saving(self:SaveModelCallback, at_end:bool=True, block:bool=True):
+    "Save at the end if `at_end`; wait for the writes, or, with `async_save` and not `block`, let the last finish after the fit"
     if at_end and self.at_end: self._save(self._path(self.fname), ifnone(self._last_meta, {'epoch': self._epochs_done - 1}), 'end')
-    try: self.wait()
-    finally: self._writer = None  # the writer and its buffers do not outlive the fit
+    w = self._writer
+    if block or not isinstance(w, AsyncCheckpointWriter):
+        try: self.wait()
+        finally: self._writer = None  # the writer and its buffers do not outlive the fit
+        return
+    self._waited = (w.waited, w.waits, w.saves)
+    w.close()  # kept for `wait` and `written_records`; its buffers go once written
 
 @patch
 def _is_own_checkpoint(self:SaveModelCallback)->bool:
@@ -804,7 +828,8 @@ def after_fit(self:SaveModelCallback, **kwargs):
     if not self._tracking: return
     decides = deciding_tracker(self.learn) is self
     self._tracking = False
-    self._finish_saving()
+    self._finish_saving(block=False)
+    self._say_waited()
     if self.at_end or self.every_epoch or not self.save_top_k: return
     if self.last_saved_path is None:
         why = (f"{self.monitor!r} had no finite value (NaN or infinite at epochs {self._nonfinite}). Check the learning rate and the data"
@@ -813,8 +838,43 @@ def after_fit(self:SaveModelCallback, **kwargs):
                f"validation was skipped" if self._unrecorded else "no epoch finished")
         warnings.warn(f"SaveModelCallback saved no model in this fit: {why}; nothing was loaded.")
         return
-    # Only rank 0 wrote, and only it reads: the others may be other machines, without its folder
-    load = _from_rank0(self.load_best and decides and self._is_own_checkpoint())
+    # Only rank 0 wrote, and only it reads: the others may be other machines, without its folder. Nothing to load where
+    # the learner holds the chosen weights still (the last epoch was the best): their write may go on after the fit
+    load = not rank_distrib() and self.load_best and decides and not self._holds_chosen()
+    if load: self.wait()
+    load = _from_rank0(load and self._is_own_checkpoint())
     if not load: return
     if not rank_distrib(): load_best_model(self.learn, Path(self.last_saved_path).absolute(), with_opt=self.with_opt)
     _share_from_rank0(self.learn, self.with_opt and self.opt is not None)
+
+# %% ../nbs/03_tracker.ipynb #hc1
+def _state_marks(state:dict)->tuple:
+    "Each tensor of `state` by its storage and in-place version: equal marks, unchanged tensors (but for writes through `.data`)"
+    return tuple((k, t.data_ptr(), t._version) for k,t in state.items() if isinstance(t, torch.Tensor))
+
+_VETTED = ('fastai.', 'fastai_bestmodel.', 'wandb.')  # modules whose callbacks change weights only in ways PyTorch counts
+
+def _may_change_weights(cb)->bool:
+    "Whether `cb`, from outside `_VETTED`, has a handler that runs between the last save and the end of a fit"
+    if isinstance(cb, SaveModelCallback) or type(cb).__module__.startswith(_VETTED): return False
+    return any(callable(getattr(type(cb), e, None)) for e in ('after_epoch', 'after_fit', 'after_cancel_fit', 'after_cancel_epoch'))
+
+@patch
+def _holds_chosen(self:SaveModelCallback)->bool:
+    "Whether the learner's model holds the weights of the chosen checkpoint still, so that loading it is needless"
+    marks = getattr(self, '_chosen_marks', None)
+    if marks is None or any(_may_change_weights(cb) for cb in self.learn.cbs): return False
+    return marks == (self._steps, _state_marks(get_model(self.model).state_dict()))
+
+@patch
+def before_step(self:SaveModelCallback): self._steps += 1  # counted before it runs: a step cancelled after still counts
+
+@patch
+def _say_waited(self:SaveModelCallback):
+    "With `async_save`, say when the loop waited for the writer: saves came faster than it could write them"
+    waited, waits, saves = getattr(self, '_waited', (0, 0, 0))
+    self._waited = (0, 0, 0)
+    if waited < 0.5 or not self._speaks(): return
+    print(f"SaveModelCallback(async_save=True): {waits} of {saves} saves waited {waited:.1f} s in all for the write before "
+          f"them: saves came faster than they could be written (training left the writer no idle core, or the disk is slow), "
+          f"so writing in the background gained little here.")

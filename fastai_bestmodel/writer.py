@@ -6,11 +6,11 @@ Docs: https://github.com/fastai-bestmodel/fastai_bestmodel/writer.html.md"""
 
 # %% ../nbs/02_writer.ipynb #w902
 from __future__ import annotations
-import threading, warnings
+import os, time, threading, warnings
 from pathlib import Path
 from fastcore.basics import patch, ifnone
 from fastcore.foundation import L
-from .checkpoint import save_checkpoint, read_checkpoint, link_checkpoint, delete_checkpoint, json_path, like_dict
+from .checkpoint import _finishing, _WRITER_THREAD, save_checkpoint, read_checkpoint, link_checkpoint, delete_checkpoint, json_path, like_dict
 
 # %% auto #0
 __all__ = ['CheckpointWriter', 'AsyncCheckpointWriter']
@@ -79,6 +79,7 @@ class AsyncCheckpointWriter:
         self._spare, self.last_written, self.written = [], None, {}  # `written`: path -> description of its last save
         self._gate = threading.Event()  # cleared while the caller copies a snapshot: the writer pauses meanwhile
         self._gate.set()
+        self._closed, self.waited, self.waits, self.saves = False, 0., 0, 0  # seconds and saves `submit` waited for room; saves
 
     def submit(self, path, state, metadata, keep_previous_as=None, delete=(), **kwargs):
         "Snapshot `state` and queue it as `CheckpointWriter.submit` would save it, replacing a plain save to `path` not yet started"
@@ -87,10 +88,13 @@ class AsyncCheckpointWriter:
         with self._cond:
             # Another path's save is never dropped: with one already waiting, wait for the thread to take it. Nor is a
             # save with a policy's steps (a checkpoint it keeps or deletes): only a plain save supersedes a plain one.
+            t0 = time.perf_counter()
             while self._pending and not (plain and path in self._pending and self._pending[path]['plain']): self._cond.wait()
             old = self._pending.pop(path, None)
             # No more than `buffers` copies of the state: with none spare, wait for the thread to finish writing from one
             while old is None and not self._spare and self.sets >= self.buffers and (self._busy is not None or self._pending): self._cond.wait()
+            waited = time.perf_counter() - t0
+            self.saves, self.waited, self.waits = self.saves + 1, self.waited + waited, self.waits + (waited > 1e-3)
             if old is None and not self._spare: self.sets += 1
             reuse = old['state'] if old else (self._spare.pop() if self._spare else None)
             # The copy is all the loop waits for; a write running beside it would take half the CPU and memory bandwidth
@@ -104,7 +108,7 @@ class AsyncCheckpointWriter:
                 self._running = True
                 # Not a daemon: if the training script dies of an exception, Python waits for the saves it announced
                 # ("Better model found") before exiting; a daemon thread would be killed mid-write.
-                threading.Thread(target=self._run, name='fastai_bestmodel-writer').start()
+                threading.Thread(target=self._run, name=_WRITER_THREAD).start()
 
 # %% ../nbs/02_writer.ipynb #c049b
 @patch
@@ -123,24 +127,42 @@ def _copy(self:AsyncCheckpointWriter, state, reuse)->tuple:
     torch.cuda.current_stream().wait_event(done)
     return snap, done
 
+def _lower_priority():
+    "Give the calling thread the lowest CPU priority (Linux: a thread's own nice value), so it runs on cores training leaves idle"
+    try: os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+    except (AttributeError, OSError): pass  # elsewhere `who` is a process: the thread keeps its priority
+
 @patch
 def _run(self:AsyncCheckpointWriter):
+    _lower_priority()
     while True:
         with self._cond:
             if not self._pending:
                 self._running = False
+                _finishing.discard(self)
                 return
             job = self._busy = self._pending.pop(next(iter(self._pending)))
             self._cond.notify_all()  # a `submit` waiting for room can go on
         try:
             if job['done'] is not None: job['done'].synchronize()  # the copy from the GPU has landed in the buffers
             self.last_written = _write_job(job, self.written, gate=self._gate, background_unlink=False)
-        except BaseException as e: self._error = e
+        except BaseException as e:
+            with self._cond:
+                if not self._closed: self._error = e  # raised at the next `submit`, `wait` or `close`
+            if self._closed: warnings.warn(f"{e} The fit had returned; the checkpoints written before are intact.")
         finally:
             with self._cond:
                 self._busy = None
-                self._spare.append(job['state'])
+                if not self._closed: self._spare.append(job['state'])  # a closed writer frees each copy once written
                 self._cond.notify_all()
+
+@patch
+def close(self:AsyncCheckpointWriter):
+    "Let the saves submitted finish in the background, freeing their buffers; raise the error of one that failed already"
+    with self._cond:
+        self._closed, self._spare, self.sets = True, [], 0
+        if self._pending or self._busy is not None: _finishing.add(self)  # `wait_for_saves` waits for it; an error is warned of
+    self.raise_error()
 
 @patch(as_prop=True)
 def idle(self:AsyncCheckpointWriter)->bool:
