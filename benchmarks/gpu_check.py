@@ -10,8 +10,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch
 from fastai.callback.core import Callback
 from fastai_bestmodel.tracker import SaveModelCallback, load_best_model, resume_training
-from fastai_bestmodel.checkpoint import read_checkpoint
-from fastai_bestmodel.test_utils import digits_learner, KeepWeights
+from fastai_bestmodel.checkpoint import read_checkpoint, wait_for_saves
+from fastai_bestmodel.test_utils import digits_learner, KeepWeights, ScriptedMetric
 
 failed = []
 def check(name, ok, detail=''):
@@ -51,6 +51,35 @@ for precision in ('fp32', 'fp16'):
         other.model.to(dev); load_best_model(other, 'model')
         check(f'{name}: load_best_model into a model on {dev}', next(other.model.parameters()).device.type == dev and same(other.model.state_dict(), keep.weights[best]))
         print(f'     ({took:.1f} s for 5 epochs)', flush=True)
+
+# A callback that changes the weights between epochs, after the save (through `.data`, a kernel queued on the training
+# stream): with the copy to pinned buffers on a side stream, the change must wait for the copy; each checkpoint holds
+# the weights of the epoch its .json names
+class Perturb(Callback):
+    order = KeepWeights.order + 1
+    def after_epoch(self):
+        for p in self.model.parameters(): p.data.add_(0.5)
+for kind in ('sync', True, 'background'):
+    d = root/f'perturb-{kind}'
+    learn, keep = digits_learner(path=d), KeepWeights()
+    with learn.no_bar(), contextlib.redirect_stdout(io.StringIO()):
+        learn.fit_one_cycle(4, 3e-2, cbs=[SaveModelCallback(monitor='accuracy', every_epoch=True, async_save=kind != 'sync' and kind), keep, Perturb()])
+    wait_for_saves()
+    got = [read_checkpoint(d/'models'/f'model_{e}.pth')['metadata']['epoch'] == e and
+           same(torch.load(d/'models'/f'model_{e}.pth', weights_only=True), keep.weights[e]) for e in range(4)]
+    check(f'weights changed between epochs, async_save={kind!r}: each of 4 checkpoints holds its epoch\'s weights', all(got), got)
+
+# The learner holds the best without loading it back when the last epoch was the best; with 'background' the fit returns
+# before that write ends, and the file, read once `wait_for_saves` returns, holds those weights
+for kind in (True, 'background'):
+    d = root/f'holds-{kind}'
+    learn, keep = digits_learner(path=d), KeepWeights()
+    learn.metrics = [ScriptedMetric([0.1, 0.2, 0.3], 'score')]
+    with learn.no_bar(), contextlib.redirect_stdout(io.StringIO()):
+        learn.fit_one_cycle(3, 3e-2, cbs=[SaveModelCallback(monitor='score', async_save=kind), keep])
+    wait_for_saves()
+    check(f'async_save={kind!r}, best last: the learner holds it, as does model.pth',
+          same(learn.model.state_dict(), keep.weights[2]) and same(torch.load(d/'models'/'model.pth', weights_only=True), keep.weights[2]))
 
 # Exact resume on the device: 4 epochs uninterrupted vs 2, then a new learner resumed from model_last for the rest
 class StopAt(Callback):

@@ -3,11 +3,15 @@
 Each fit runs in its own process (so each has its own peak memory), the kinds interleaved (ABBA) over repetitions.
 The figure is the extra time a way of saving adds to a fit that saves nothing, as a ratio to what a plain
 `torch.save` each epoch adds: per epoch (medians of per-epoch times, the first epoch left out) and whole fits
-(including the final wait for pending saves, and the reload of the best that fastai's callback and ours do)."""
+(including the final wait for pending saves, and the reload of the best that fastai's callback does and ours does where
+the learner does not hold the best already). `background` is `async_save='background'`, whose fit returns before its
+last write ends: its time until that checkpoint is on disk is printed beside. Each repetition runs every kind, so the
+ratios are also computed per repetition (paired) and their range printed: on a shared machine the spread between runs
+is as large as the effects."""
 import argparse, contextlib, io, json, os, resource, statistics, subprocess, sys, tempfile, time
 from pathlib import Path
 
-KINDS = ('none', 'plain', 'fastai', 'sync', 'async')
+KINDS = ('none', 'plain', 'fastai', 'sync', 'async', 'background')
 
 
 def _child(kind, batches, epochs, width, layers, bs, folder):
@@ -20,6 +24,7 @@ def _child(kind, batches, epochs, width, layers, bs, folder):
     from fastai.callback.core import Callback
     from fastai.callback.tracker import SaveModelCallback as FastaiSaveModelCallback
     from fastai_bestmodel.tracker import SaveModelCallback
+    from fastai_bestmodel.checkpoint import wait_for_saves
     from fastai_bestmodel.test_utils import ScriptedMetric
     dev = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
     torch.manual_seed(0)
@@ -45,7 +50,8 @@ def _child(kind, batches, epochs, width, layers, bs, folder):
             now = time.perf_counter(); self.times.append(now - self.t); self.t = now
     cbs = {'none': [], 'plain': [PlainSave()], 'fastai': [FastaiSaveModelCallback(monitor='score', comp=lambda a, b: a > b, fname='fastai')],
            'sync': [SaveModelCallback(monitor='score', fname='sync')],
-           'async': [SaveModelCallback(monitor='score', fname='async', async_save=True)]}[kind]
+           'async': [SaveModelCallback(monitor='score', fname='async', async_save=True)],
+           'background': [SaveModelCallback(monitor='score', fname='background', async_save='background')]}[kind]
     timer = EpochTimes()
     with learn.no_bar(), learn.no_logging(), contextlib.redirect_stdout(io.StringIO()):
         learn.fit(1, cbs=[])  # warm up: kernels, allocator, the first batch's costs
@@ -54,7 +60,9 @@ def _child(kind, batches, epochs, width, layers, bs, folder):
         learn.fit(epochs, cbs=[*cbs, timer])
         if dev.type == 'cuda': torch.cuda.synchronize()
         whole = time.perf_counter() - t0
-    print(json.dumps(dict(kind=kind, epochs=timer.times, whole=whole, rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss/1024,
+        wait_for_saves()  # `background`: its last checkpoint lands after the fit returned
+        durable = time.perf_counter() - t0
+    print(json.dumps(dict(kind=kind, epochs=timer.times, whole=whole, durable=durable, rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss/1024,
                           gpu_mib=torch.cuda.max_memory_allocated()/2**20 if dev.type == 'cuda' else None,
                           device=torch.cuda.get_device_name() if dev.type == 'cuda' else f'cpu ({os.cpu_count()} cores)')))
 
@@ -95,16 +103,26 @@ def bench_whole_fit(reps=3, epochs=6, width=4096, layers=3, bs=256, seconds=1.5,
     for k in kinds:
         peak = runs[k]
         gpu = f", GPU peak {statistics.median(r['gpu_mib'] for r in peak):.0f} MiB" if peak[0]['gpu_mib'] is not None else ''
-        print(f'   {k:6s}: epoch {epoch[k]*1000:7.1f} ms (+{(epoch[k]-epoch["none"])*1000:6.1f}), fit {whole[k]:6.2f} s '
+        print(f'   {k:10s}: epoch {epoch[k]*1000:7.1f} ms (+{(epoch[k]-epoch["none"])*1000:6.1f}), fit {whole[k]:6.2f} s '
               f'(+{whole[k]-whole["none"]:5.2f}; fits {spread[k][0]:.2f}-{spread[k][1]:.2f} s), peak RSS {statistics.median(r["rss_mib"] for r in peak):.0f} MiB{gpu}')
     extra_e = {k: epoch[k] - epoch['none'] for k in kinds}
     extra_w = {k: whole[k] - whole['none'] for k in kinds}
     print('   extra time over no saving, as a ratio to the plain torch.save\'s extra (per epoch; whole fit):')
-    for k in (k for k in ('fastai', 'sync', 'async') if k in kinds):
-        print(f'     {k:6s} / plain: {extra_e[k]/extra_e["plain"]:.2f}; {extra_w[k]/extra_w["plain"]:.2f}')
+    durable = {k: statistics.median(run['durable'] for run in v) for k, v in runs.items()}
+    def paired(k, key):  # the ratio in each repetition, against that repetition's own none and plain fits
+        out = []
+        for r in range(reps):
+            got = {j: runs[j][r] for j in ('none', 'plain', k)}
+            e = {j: statistics.median(got[j]['epochs'][1:]) if key == 'epochs' else got[j][key] for j in got}
+            out.append((e[k] - e['none']) / (e['plain'] - e['none']))
+        return f'{min(out):.2f} to {max(out):.2f}'
+    for k in (k for k in ('fastai', 'sync', 'async', 'background') if k in kinds):
+        until = f'; until on disk {(durable[k]-whole["none"])/extra_w["plain"]:.2f}' if k == 'background' else ''
+        print(f'     {k:10s} / plain: {extra_e[k]/extra_e["plain"]:.2f}; {extra_w[k]/extra_w["plain"]:.2f}{until}   '
+              f'(per repetition: {paired(k, "epochs")}; {paired(k, "whole")})')
     print(f'   plain torch.save adds {extra_e["plain"]*1000:.1f} ms an epoch; the spread of whole no-save fits is '
           f'{(spread["none"][1]-spread["none"][0])*1000:.0f} ms. Target on a GPU: async / plain <= 0.10.')
-    return dict(epoch=epoch, whole=whole, runs=runs)
+    return dict(epoch=epoch, whole=whole, durable=durable, runs=runs)
 
 
 if __name__ == '__main__':

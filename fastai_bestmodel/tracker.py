@@ -72,7 +72,10 @@ def _check_args(monitor, min_delta, fname, every_epoch, at_end, load_best, async
         raise ValueError(f"SaveModelCallback(every_epoch={every_epoch!r}): `every_epoch` must be True, False, or a number of epochs >= 1.")
     if every_epoch and at_end:
         raise ValueError("SaveModelCallback(every_epoch=..., at_end=True): `every_epoch` and `at_end` cannot both be set; pick one way of choosing what to save.")
-    for n,v in (('at_end', at_end), ('load_best', load_best), ('async_save', async_save), ('save_last', save_last), ('resume', resume)):
+    if not isinstance(async_save, bool) and async_save != 'background':
+        raise ValueError(f"SaveModelCallback(async_save={async_save!r}): `async_save` must be True, False or 'background' (the fit "
+                         f"returns before its last checkpoint is written).")
+    for n,v in (('at_end', at_end), ('load_best', load_best), ('save_last', save_last), ('resume', resume)):
         if not isinstance(v, bool): raise ValueError(f"SaveModelCallback({n}={v!r}): `{n}` must be True or False.")
     return delta
 
@@ -149,7 +152,7 @@ class SaveModelCallback(_FastaiSaveModelCallback):
         with_opt=False, # if true, save the optimizer state with the weights.
         reset_on_fit=True, # before each fit, forget the best value of the previous fit (the fits of one `fine_tune` are one).
         load_best=True, # load the best weights into the learner at the end of fit; False keeps the final weights.
-        async_save=False, # write checkpoints in a background thread; the loop pays only for a copy of the state.
+        async_save=False, # write checkpoints in a background thread; the loop pays only for a copy of the state. 'background': the fit also returns before its last write ends.
         save_last=False, # also keep `<fname>_last.pth` and its `.json`: the most recent epoch, to resume from.
         save_top_k=1, # keep the k best: the best as `<fname>.pth`, the others named by `filename`; -1 keeps every epoch's.
         filename=None, # template naming the top-k checkpoints other than the best; default `'<fname>-{epoch}-{<monitor>:.4f}'`.
@@ -772,7 +775,7 @@ def resume_training(learn, # the `Learner` to resume, built as the run's was
 # %% ../nbs/03_tracker.ipynb #c018
 @patch
 def wait(self:SaveModelCallback):
-    "Wait until the checkpoints this callback saved are on disk (with `async_save`, a fit returns before its last write ends)"
+    "Wait until the checkpoints this callback saved are on disk (with `async_save='background'`, a fit returns before its last write ends)"
     if self._writer is None: return
     self._writer.wait()
     self._note_written()
@@ -782,11 +785,11 @@ def _finish_saving(self:SaveModelCallback, at_end:bool=True, block:bool=True):
     "Save at the end if `at_end`; wait for the writes, or, with `async_save` and not `block`, let the last finish after the fit"
     if at_end and self.at_end: self._save(self._path(self.fname), ifnone(self._last_meta, {'epoch': self._epochs_done - 1}), 'end')
     w = self._writer
+    if isinstance(w, AsyncCheckpointWriter): self._waited = (w.waited, w.waits, w.saves)
     if block or not isinstance(w, AsyncCheckpointWriter):
         try: self.wait()
         finally: self._writer = None  # the writer and its buffers do not outlive the fit
         return
-    self._waited = (w.waited, w.waits, w.saves)
     w.close()  # kept for `wait` and `written_records`; its buffers go once written
 
 @patch
@@ -828,7 +831,7 @@ def after_fit(self:SaveModelCallback, **kwargs):
     if not self._tracking: return
     decides = deciding_tracker(self.learn) is self
     self._tracking = False
-    self._finish_saving(block=False)
+    self._finish_saving(block=self.async_save != 'background')
     self._say_waited()
     if self.at_end or self.every_epoch or not self.save_top_k: return
     if self.last_saved_path is None:
@@ -874,7 +877,7 @@ def _say_waited(self:SaveModelCallback):
     "With `async_save`, say when the loop waited for the writer: saves came faster than it could write them"
     waited, waits, saves = getattr(self, '_waited', (0, 0, 0))
     self._waited = (0, 0, 0)
-    if waited < 0.5 or not self._speaks(): return
-    print(f"SaveModelCallback(async_save=True): {waits} of {saves} saves waited {waited:.1f} s in all for the write before "
+    if waited < 0.5 or not self._speaks: return
+    print(f"SaveModelCallback(async_save={self.async_save!r}): {waits} of {saves} saves waited {waited:.1f} s in all for the write before "
           f"them: saves came faster than they could be written (training left the writer no idle core, or the disk is slow), "
           f"so writing in the background gained little here.")

@@ -340,3 +340,42 @@ def test_improvements_are_said_once_each_with_the_file_and_not_under_no_logging_
     for quiet in (learn.no_logging, learn.no_bar):
         with quiet(): learn.fit(4, lr=1e-2, cbs=SaveModelCallback(monitor='accuracy'))
         assert 'Better model found' not in capsys.readouterr().out
+
+
+class Perturb(KeepWeights):
+    "Changes every weight after the tracker saved and KeepWeights copied them, as a callback between epochs may (through `.data`)"
+    order = KeepWeights.order + 1
+    def before_fit(self): pass
+    def after_epoch(self):
+        for p in self.model.parameters(): p.data.add_(0.5)
+
+
+@pytest.mark.parametrize('async_save', [False, True, 'background'])
+def test_weights_changed_between_epochs_never_reach_the_epochs_checkpoint(tmp_path, async_save):
+    learn = synth_learner(n_trn=2, path=tmp_path, metrics=ScriptedMetric([0.1, 0.2, 0.3, 0.4], 'accuracy'))
+    learn.model.ballast = nn.Parameter(torch.zeros(5_000_000))  # 20 MB: the write outlasts the change
+    keep, cb = KeepWeights(), SaveModelCallback(monitor='accuracy', every_epoch=True, async_save=async_save)
+    with learn.no_bar(), learn.no_logging(): learn.fit(4, lr=1e-2, cbs=[cb, keep, Perturb()])
+    for e in range(4):
+        state, desc = load_checkpoint(tmp_path / 'models' / f'model_{e}.pth')  # waits for a write still going
+        assert desc['metadata']['epoch'] == e
+        assert_same_weights(state, keep.weights[e])
+        assert not torch.equal(state['a'], keep.weights[e]['a'] + 0.5)
+
+
+@pytest.mark.parametrize('async_save', [True, 'background'])
+def test_background_saves_combine_with_fine_tune_get_preds_and_a_second_fit(tmp_path, async_save):
+    from fastai_bestmodel.test_utils import digits_learner
+    learn = digits_learner(path=tmp_path)
+    keep, cb = KeepAll(), SaveModelCallback(monitor='accuracy', async_save=async_save, save_last=True)
+    with learn.no_bar(), learn.no_logging():
+        learn.fine_tune(2, 1e-2, freeze_epochs=1, cbs=[cb, keep])
+        preds = learn.get_preds()[0]
+        best = cb.best_epoch
+        learn.fit(1, 1e-4, cbs=[SaveModelCallback(monitor='accuracy', fname='second', async_save=async_save), KeepAll()])
+    assert preds.shape[0] == len(learn.dls.valid_ds)
+    state, desc = load_checkpoint(tmp_path / 'models' / 'model.pth')
+    assert desc['metadata']['epoch'] == best
+    assert_same_weights(state, keep.weights[best])
+    assert load_checkpoint(tmp_path / 'models' / 'model_last.pth')[1]['metadata']['epoch'] == 2
+    assert read_checkpoint(tmp_path / 'models' / 'second.pth')['metadata']['epoch'] == 0
