@@ -88,6 +88,7 @@ def bench_whole_fit(reps=3, epochs=6, width=4096, layers=3, bs=256, seconds=1.5,
     runs = {k: [] for k in kinds}
     for r in range(reps):
         for kind in (kinds if r % 2 == 0 else kinds[::-1]):
+            os.sync()  # the kernel writes back the last fit's unsynced files (a plain torch.save's) now, not during this fit
             out = subprocess.run([sys.executable, __file__, '--child', kind, '--batches', str(batches), '--epochs', str(epochs),
                                   '--width', str(width), '--layers', str(layers), '--bs', str(bs), '--folder', folder],
                                  capture_output=True, text=True)
