@@ -94,6 +94,8 @@ def bench_whole_fit(reps=3, epochs=6, width=4096, layers=3, bs=256, seconds=1.5,
                                  capture_output=True, text=True)
             if out.returncode: raise RuntimeError(f'the {kind} fit failed:\n{out.stderr[-3000:]}')
             runs[kind].append(json.loads(out.stdout.strip().splitlines()[-1]))
+            print(f"   rep {r} {kind}: epochs {' '.join(f'{t*1000:.0f}' for t in runs[kind][-1]['epochs'])} ms, fit {runs[kind][-1]['whole']:.2f} s",
+                  file=sys.stderr, flush=True)  # as it goes: a run cut short still shows what it measured
     dev = runs['none'][0]['device']
     epoch = {k: statistics.median(t for run in v for t in run['epochs'][1:]) for k, v in runs.items()}
     whole = {k: statistics.median(run['whole'] for run in v) for k, v in runs.items()}
