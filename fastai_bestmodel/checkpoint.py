@@ -103,6 +103,11 @@ def wait_for_saves():
     if not _finishing or threading.current_thread().name == _WRITER_THREAD: return
     for w in list(_finishing): w.wait()
 
+def _say_waiting():
+    "At exit, before Python waits for the writers' threads: say what it waits for, so that a script seemingly stuck is not stopped mid-write"
+    if _finishing: print(f"fastai_bestmodel: waiting for {len(_finishing)} checkpoint write(s) to finish before exiting...", flush=True)
+if hasattr(threading, '_register_atexit'): threading._register_atexit(_say_waiting)  # runs before non-daemon threads are joined
+
 # %% ../nbs/01_checkpoint.ipynb #c024
 def save_checkpoint(path, # where the weights go: a `.pth` file; the `.json` goes beside it
                     state, # what to save: a state dict, or `{'model':..., 'opt':...}`
@@ -230,6 +235,7 @@ def _name_order(p:Path)->list:
 
 def list_checkpoints(folder, recurse:bool=False)->list:
     "`(json_file, description)` for each checkpoint in `folder` in name order; the `CheckpointError` for a damaged one"
+    wait_for_saves()  # before listing: a write in flight may be adding a file
     folder, found = Path(folder), []
     files = folder.rglob('*.json') if recurse else (p for p in folder.iterdir() if p.suffix == '.json')  # iterdir: an unreadable folder raises
     for p in sorted(files, key=lambda p: _name_order(p.relative_to(folder))):

@@ -152,7 +152,7 @@ class SaveModelCallback(_FastaiSaveModelCallback):
         with_opt=False, # if true, save the optimizer state with the weights.
         reset_on_fit=True, # before each fit, forget the best value of the previous fit (the fits of one `fine_tune` are one).
         load_best=True, # load the best weights into the learner at the end of fit; False keeps the final weights.
-        async_save=False, # write checkpoints in a background thread; the loop pays only for a copy of the state. 'background': the fit also returns before its last write ends.
+        async_save=False, # write checkpoints in a background thread; the loop pays only for a copy of the state. 'background': the fit also returns before its last write ends, and until `wait()` or `wait_for_saves()` a file read by other means (`torch.load`, a copy, another process, the CLI) may still be the checkpoint before it.
         save_last=False, # also keep `<fname>_last.pth` and its `.json`: the most recent epoch, to resume from.
         save_top_k=1, # keep the k best: the best as `<fname>.pth`, the others named by `filename`; -1 keeps every epoch's.
         filename=None, # template naming the top-k checkpoints other than the best; default `'<fname>-{epoch}-{<monitor>:.4f}'`.
@@ -858,9 +858,12 @@ def _state_marks(state:dict)->tuple:
 _VETTED = ('fastai.', 'fastai_bestmodel.', 'wandb.')  # modules whose callbacks change weights only in ways PyTorch counts
 
 def _may_change_weights(cb)->bool:
-    "Whether `cb`, from outside `_VETTED`, has a handler that runs between the last save and the end of a fit"
-    if isinstance(cb, SaveModelCallback) or type(cb).__module__.startswith(_VETTED): return False
-    return any(callable(getattr(type(cb), e, None)) for e in ('after_epoch', 'after_fit', 'after_cancel_fit', 'after_cancel_epoch'))
+    "Whether `cb` has a handler from outside `_VETTED` that runs between the last save and the end of a fit"
+    if isinstance(cb, SaveModelCallback): return False
+    events = ('after_epoch', 'after_fit', 'after_cancel_fit', 'after_cancel_epoch')
+    if any(callable(vars(cb).get(e)) for e in events): return True  # fastai's `Callback(after_fit=f)`: a handler of the instance
+    if type(cb).__module__.startswith(_VETTED): return False
+    return any(callable(getattr(type(cb), e, None)) for e in events)
 
 @patch
 def _holds_chosen(self:SaveModelCallback)->bool:
@@ -875,7 +878,7 @@ def before_step(self:SaveModelCallback): self._steps += 1  # counted before it r
 @patch
 def _say_waited(self:SaveModelCallback):
     "With `async_save`, say when the loop waited for the writer: saves came faster than it could write them"
-    waited, waits, saves = getattr(self, '_waited', (0, 0, 0))
+    waited, waits, saves = self.write_waits = getattr(self, '_waited', (0, 0, 0))  # kept, for a fit run quietly
     self._waited = (0, 0, 0)
     if waited < 0.5 or not self._speaks: return
     print(f"SaveModelCallback(async_save={self.async_save!r}): {waits} of {saves} saves waited {waited:.1f} s in all for the write before "

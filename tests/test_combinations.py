@@ -7,6 +7,7 @@ import numpy as np, pytest, torch, wandb
 from torch import nn
 from fastai.test_utils import synth_learner
 from fastai.learner import load_learner
+from fastai.callback.core import Callback
 from fastai_bestmodel.tracker import SaveModelCallback
 from fastai_bestmodel.test_utils import ScriptedMetric
 from fastai_bestmodel.wandb import WandbCallback
@@ -379,3 +380,43 @@ def test_background_saves_combine_with_fine_tune_get_preds_and_a_second_fit(tmp_
     assert_same_weights(state, keep.weights[best])
     assert load_checkpoint(tmp_path / 'models' / 'model_last.pth')[1]['metadata']['epoch'] == 2
     assert read_checkpoint(tmp_path / 'models' / 'second.pth')['metadata']['epoch'] == 0
+
+
+class SlowDisk(Callback):
+    "From the last epoch's validation, holds the model folder's lock for `secs`, so that the last save's write waits, as on a slow disk"
+    def __init__(self, tracker, secs): self.tracker, self.secs = tracker, secs
+    def before_validate(self):
+        if self.epoch < self.n_epoch - 1: return
+        import threading, time
+        from fastai_bestmodel.durable import FolderLock
+        self.tracker.wait()
+        took = threading.Event()
+        def hold():
+            with FolderLock(self.path / self.model_dir): took.set(); time.sleep(self.secs)
+        threading.Thread(target=hold).start(); took.wait()
+
+
+def test_listing_a_folder_waits_for_the_file_a_background_write_adds(tmp_path):
+    from fastai_bestmodel.checkpoint import list_checkpoints
+    learn = synth_learner(n_trn=2, path=tmp_path, metrics=ScriptedMetric([0.1, 0.2, 0.3], 'accuracy'))
+    cb = SaveModelCallback(monitor='accuracy', async_save='background', save_top_k=3)
+    with learn.no_bar(), learn.no_logging(): learn.fit(3, 1e-2, cbs=[cb, SlowDisk(cb, 1.5)])
+    assert len(list_checkpoints(tmp_path / 'models')) == 3  # the third was still being written when the fit returned
+
+
+def test_a_script_ending_after_a_background_fit_says_it_waits_and_leaves_the_checkpoint(tmp_path):
+    script = tmp_path / 'ends.py'
+    script.write_text(f"""import sys; sys.path.insert(0, {str(HERE)!r})
+from fastai.test_utils import synth_learner
+from fastai_bestmodel.tracker import SaveModelCallback
+from fastai_bestmodel.test_utils import ScriptedMetric
+from test_combinations import SlowDisk
+learn = synth_learner(n_trn=2, path={str(tmp_path)!r}, metrics=ScriptedMetric([0.1, 0.2, 0.3], 'accuracy'))
+cb = SaveModelCallback(monitor='accuracy', async_save='background')
+with learn.no_bar(), learn.no_logging(): learn.fit(3, 1e-2, cbs=[cb, SlowDisk(cb, 1.5)])
+print('fit returned', flush=True)
+""")
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=python_env(), timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.splitlines()[-2:] == ['fit returned', 'fastai_bestmodel: waiting for 1 checkpoint write(s) to finish before exiting...']
+    assert load_checkpoint(tmp_path / 'models' / 'model.pth')[1]['metadata']['epoch'] == 2  # complete, digest checked
