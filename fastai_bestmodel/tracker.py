@@ -179,6 +179,7 @@ class SaveModelCallback(_FastaiSaveModelCallback):
     def _init_state(self):  # also called when unpickled, as in `load_learner`
         super()._init_state()
         self._writer, self._group, self._steps = None, None, 0  # `_steps`: optimizer steps that may have run, for `_holds_chosen`
+        self._chosen_marks, self.write_waits = None, (0, 0, 0)  # marks of tensors in this process only; the last fit's waits for writes
 
 # %% ../nbs/03_tracker.ipynb #c012
 _RESERVED = ('epoch', 'iteration', 'values_of_epoch', 'exception')  # keys of the metadata that are not recorded values
