@@ -786,7 +786,7 @@ def _finish_saving(self:SaveModelCallback, at_end:bool=True, block:bool=True):
     "Save at the end if `at_end`; wait for the writes, or, with `async_save` and not `block`, let the last finish after the fit"
     if at_end and self.at_end: self._save(self._path(self.fname), ifnone(self._last_meta, {'epoch': self._epochs_done - 1}), 'end')
     w = self._writer
-    if isinstance(w, AsyncCheckpointWriter): self._waited = (w.waited, w.waits, w.saves)
+    self.write_waits = (w.waited, w.waits, w.saves) if isinstance(w, AsyncCheckpointWriter) else (0, 0, 0)
     if block or not isinstance(w, AsyncCheckpointWriter):
         try: self.wait()
         finally: self._writer = None  # the writer and its buffers do not outlive the fit
@@ -879,8 +879,7 @@ def before_step(self:SaveModelCallback): self._steps += 1  # counted before it r
 @patch
 def _say_waited(self:SaveModelCallback):
     "With `async_save`, say when the loop waited for the writer: saves came faster than it could write them"
-    waited, waits, saves = self.write_waits = getattr(self, '_waited', (0, 0, 0))  # kept, for a fit run quietly
-    self._waited = (0, 0, 0)
+    waited, waits, saves = self.write_waits  # kept after the fit, for one run quietly
     if waited < 0.5 or not self._speaks: return
     print(f"SaveModelCallback(async_save={self.async_save!r}): {waits} of {saves} saves waited {waited:.1f} s in all for the write before "
           f"them: saves came faster than they could be written (training left the writer no idle core, or the disk is slow), "

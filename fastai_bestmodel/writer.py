@@ -148,8 +148,9 @@ def _run(self:AsyncCheckpointWriter):
             self.last_written = _write_job(job, self.written, gate=self._gate, background_unlink=False)
         except BaseException as e:
             with self._cond:
-                if not self._closed: self._error = e  # raised at the next `submit`, `wait` or `close`
-            if self._closed: warnings.warn(f"{e} The fit had returned; the checkpoints written before are intact.")
+                closed = self._closed  # read once: a `close` between two reads would both raise and warn it
+                if not closed: self._error = e  # raised at the next `submit`, `wait` or `close`
+            if closed: warnings.warn(f"{e} The fit had returned; the checkpoints written before are intact.")
         finally:
             with self._cond:
                 self._busy = None
