@@ -2,7 +2,10 @@
 
 Each fit runs in its own process (so each has its own peak memory), the kinds interleaved (ABBA) over repetitions.
 The figure is the extra time a way of saving adds to a fit that saves nothing, as a ratio to what a plain
-`torch.save` each epoch adds: per epoch (medians of per-epoch times, the first epoch left out) and whole fits
+`torch.save` each epoch adds: per epoch (medians of the times from one epoch's start to the next's, the first epoch
+left out; timed by wrapping `Learner._do_epoch`, as a timing callback from outside fastai would change what the
+tracker does: it cannot vouch for such a callback, so it copies the state before each save returns and reloads the
+best at the end) and whole fits
 (including the final wait for pending saves, and the reload of the best that fastai's callback does and ours does where
 the learner does not hold the best already). `background` is `async_save='background'`, whose fit returns before its
 last write ends: its time until that checkpoint is on disk is printed beside. Each repetition runs every kind, so the
@@ -42,27 +45,30 @@ def _child(kind, batches, epochs, width, layers, bs, folder):
     class PlainSave(Callback):
         order = 61
         def after_epoch(self): torch.save(self.model.state_dict(), Path(folder)/'plain.pth')
-    class EpochTimes(Callback):
-        order = 100  # after every save of the epoch
-        def before_fit(self): self.t, self.times = time.perf_counter(), []
-        def after_epoch(self):
-            if dev.type == 'cuda': torch.cuda.synchronize()
-            now = time.perf_counter(); self.times.append(now - self.t); self.t = now
+    # Epochs are timed from one's start to the next's, by wrapping the learner's `_do_epoch`, not by a callback: a callback
+    # from outside fastai would be one the tracker cannot vouch for, and it would then reload the best at the end and copy
+    # the state before each save returns, which is not what a fit with fastai's callbacks alone does.
+    starts, fastai_do_epoch = [], learn._do_epoch
+    def timed_epoch():
+        if dev.type == 'cuda': torch.cuda.synchronize()
+        starts.append(time.perf_counter())
+        fastai_do_epoch()
     cbs = {'none': [], 'plain': [PlainSave()], 'fastai': [FastaiSaveModelCallback(monitor='score', comp=lambda a, b: a > b, fname='fastai')],
            'sync': [SaveModelCallback(monitor='score', fname='sync')],
            'async': [SaveModelCallback(monitor='score', fname='async', async_save=True)],
            'background': [SaveModelCallback(monitor='score', fname='background', async_save='background')]}[kind]
-    timer = EpochTimes()
     with learn.no_bar(), learn.no_logging(), contextlib.redirect_stdout(io.StringIO()):
         learn.fit(1, cbs=[])  # warm up: kernels, allocator, the first batch's costs
         if dev.type == 'cuda': torch.cuda.synchronize(); torch.cuda.reset_peak_memory_stats()
+        learn._do_epoch = timed_epoch
         t0 = time.perf_counter()
-        learn.fit(epochs, cbs=[*cbs, timer])
+        learn.fit(epochs, cbs=cbs)
         if dev.type == 'cuda': torch.cuda.synchronize()
         whole = time.perf_counter() - t0
         wait_for_saves()  # `background`: its last checkpoint lands after the fit returned
         durable = time.perf_counter() - t0
-    print(json.dumps(dict(kind=kind, epochs=timer.times, whole=whole, durable=durable, rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss/1024,
+    epoch_times = [b - a for a, b in zip(starts, starts[1:])]  # each includes its saves; the last epoch's is in `whole` only
+    print(json.dumps(dict(kind=kind, epochs=epoch_times, whole=whole, durable=durable, rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss/1024,
                           gpu_mib=torch.cuda.max_memory_allocated()/2**20 if dev.type == 'cuda' else None,
                           device=torch.cuda.get_device_name() if dev.type == 'cuda' else f'cpu ({os.cpu_count()} cores)')))
 

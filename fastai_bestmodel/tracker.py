@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np, torch
 from fastcore.basics import store_attr, ifnone, patch
 from fastcore.foundation import L
-from fastai.callback.core import Callback, CancelFitException
+from fastai.callback.core import Callback, CancelFitException, _events
 from fastai.callback.tracker import SaveModelCallback as _FastaiSaveModelCallback
 import fastai.callback.schedule  # defines `Learner.fine_tune`
 from fastai.learner import Learner, join_path_file
@@ -496,7 +496,8 @@ def _save(self:SaveModelCallback, path, meta, reason, record=None, moved=None, d
     state = {'model': model, 'opt': {**self.opt.state_dict(), 'resume': resume}} if with_opt else model
     kw = dict(monitor=self.monitor, comp='less' if self.lower_is_better else 'greater') if ranked else {}
     kw.update(reason=reason, holds=['model', 'opt'] if with_opt else ['model'], tracker=self.fname)
-    self._writer.submit(path, state, meta, keep_previous_as=(moved.path, moved.reason, moved.digest) if moved else None, delete=delete, **kw)
+    self._writer.submit(path, state, meta, keep_previous_as=(moved.path, moved.reason, moved.digest) if moved else None, delete=delete,
+                        later=self._copy_later(model), **kw)
     if isinstance(self._writer, CheckpointWriter): self._note_written()
     return rec
 
@@ -639,6 +640,7 @@ Learner._do_fit.__wrapped__ = _fastai_do_fit
 @patch
 def _after_exception(self:SaveModelCallback, e:BaseException):
     "Save `<fname>_interrupted.pth` if `save_on_exception`, and finish the saves already started"
+    _wait_for_copies(self.learn)
     self._restore_sigterm()
     if not self._tracking: return
     self._tracking, rec = False, None
@@ -667,6 +669,7 @@ def save(self:Learner, file, **kwargs):
 @patch
 def load(self:Learner, file, device=None, **kwargs):
     wait_for_saves()  # the file may be one still being written
+    _wait_for_copies(self)  # and a save of this fit may still be copying the weights that loading replaces
     return _fastai_load(self, file, device=device, **kwargs)
 
 for _f, _orig in ((Learner.save, _fastai_save), (Learner.load, _fastai_load)): _f.__wrapped__, _f.__doc__ = _orig, _orig.__doc__
@@ -828,6 +831,7 @@ def _share_from_rank0(learn, with_opt:bool):
 @patch
 def after_fit(self:SaveModelCallback, **kwargs):
     "Save the final model if `at_end`, else load the best one if `load_best` and this tracker decides"
+    _wait_for_copies(self.learn)  # before any tracker loads weights, and before the fit returns to code that may change them
     self._restore_sigterm()
     if not self._tracking: return
     decides = deciding_tracker(self.learn) is self
@@ -857,11 +861,12 @@ def _state_marks(state:dict)->tuple:
     return tuple((k, t.data_ptr(), t._version) for k,t in state.items() if isinstance(t, torch.Tensor))
 
 _VETTED = ('fastai.', 'fastai_bestmodel.', 'wandb.')  # modules whose callbacks change weights only in ways PyTorch counts
+_AT_END = ('after_epoch', 'after_fit', 'after_cancel_fit', 'after_cancel_epoch')  # from the last save to the end of a fit
+_TO_STEP = tuple(e for e in _events if e not in ('after_create', 'before_fit'))  # from a save to the next optimizer step
 
-def _may_change_weights(cb)->bool:
-    "Whether `cb` has a handler from outside `_VETTED` that runs between the last save and the end of a fit"
+def _may_change_weights(cb, events=_AT_END)->bool:
+    "Whether `cb` has a handler for one of `events` (by default, those between the last save and the end of a fit) from outside `_VETTED`"
     if isinstance(cb, SaveModelCallback): return False
-    events = ('after_epoch', 'after_fit', 'after_cancel_fit', 'after_cancel_epoch')
     if any(callable(vars(cb).get(e)) for e in events): return True  # fastai's `Callback(after_fit=f)`: a handler of the instance
     if type(cb).__module__.startswith(_VETTED): return False
     return any(callable(getattr(type(cb), e, None)) for e in events)
@@ -874,7 +879,24 @@ def _holds_chosen(self:SaveModelCallback)->bool:
     return marks == (self._steps, _state_marks(get_model(self.model).state_dict()))
 
 @patch
-def before_step(self:SaveModelCallback): self._steps += 1  # counted before it runs: a step cancelled after still counts
+def _copy_later(self:SaveModelCallback, model_state:dict):
+    "Which tensors of a save may be copied while the next batches run (`AsyncCheckpointWriter.submit`'s `later`): all but the model's buffers"
+    # Weights and optimizer state change only at the optimizer step, where `before_step` waits for the copy; buffers
+    # (BatchNorm's running statistics) change in the next forward pass. A callback from elsewhere might change anything.
+    if not self.async_save or any(_may_change_weights(cb, _TO_STEP) for cb in self.learn.cbs): return None
+    params = {p.data_ptr() for p in get_model(self.model).parameters()}
+    now = {t.data_ptr() for t in model_state.values() if isinstance(t, torch.Tensor) and t.data_ptr() not in params}
+    return lambda t: t.data_ptr() not in now
+
+def _wait_for_copies(learn):
+    "Wait until the trackers of `learn` have copied what their saves left to copy: the weights may change next"
+    for cb in learn.cbs:
+        if isinstance(cb, SaveModelCallback) and cb._writer is not None: cb._writer.wait_copied()
+
+@patch
+def before_step(self:SaveModelCallback):
+    self._steps += 1  # counted before it runs: a step cancelled after still counts
+    if self._writer is not None: self._writer.wait_copied()  # the step changes what the last save may still be copying
 
 @patch
 def _say_waited(self:SaveModelCallback):

@@ -8,6 +8,7 @@ from torch import nn
 from fastai.test_utils import synth_learner
 from fastai.learner import load_learner
 from fastai.callback.core import Callback
+from fastai.torch_core import get_model
 from fastai_bestmodel.tracker import SaveModelCallback
 from fastai_bestmodel.test_utils import ScriptedMetric
 from fastai_bestmodel.wandb import WandbCallback
@@ -362,6 +363,36 @@ def test_weights_changed_between_epochs_never_reach_the_epochs_checkpoint(tmp_pa
         assert desc['metadata']['epoch'] == e
         assert_same_weights(state, keep.weights[e])
         assert not torch.equal(state['a'], keep.weights[e]['a'] + 0.5)
+
+
+class SparseNet(nn.Module):
+    "100 MB of weights behind a cheap forward and backward (a sparse gradient): the next optimizer step comes long before a copy of them ends"
+    def __init__(self):
+        super().__init__()
+        self.emb, self.bn = nn.Embedding(25_000_000, 1, sparse=True), nn.BatchNorm1d(1)
+    def forward(self, x): return self.bn(x.view(-1, 1)).view(-1) * self.emb(torch.zeros(len(x), dtype=torch.long))[:, 0]
+
+
+def _every_epochs_checkpoint(folder, async_save):
+    "Fit `SparseNet` 4 epochs from a fixed seed, with only fastai's callbacks besides the tracker, saving every epoch; the checkpoints"
+    from fastai.torch_core import set_seed
+    set_seed(0)
+    learn = synth_learner(n_trn=2, path=folder, metrics=ScriptedMetric([0.1, 0.2, 0.3, 0.4], 'accuracy'))
+    learn.model = SparseNet()
+    cb = SaveModelCallback(monitor='accuracy', every_epoch=True, async_save=async_save)
+    learn.add_cb(cb)  # stays after the fit, to be asked below
+    with learn.no_bar(), learn.no_logging(): learn.fit(4, lr=1e-3, wd=0.1)  # weight decay changes every weight at each step
+    assert (cb._copy_later(get_model(learn.model).state_dict()) is not None) == bool(async_save)  # the copies overlapped training
+    return [load_checkpoint(folder / 'models' / f'model_{e}.pth')[0] for e in range(4)]
+
+
+@pytest.mark.parametrize('async_save', [True, 'background'])
+def test_a_copy_overlapping_the_next_batches_holds_its_epochs_weights(tmp_path, async_save):
+    # The reference is the same fit saved synchronously: same seed, same weights at each epoch's end. Without the wait
+    # before the optimizer step, the step lands in the middle of the copy (this test then fails at epoch 0 at least)
+    expected = _every_epochs_checkpoint(tmp_path / 'sync', False)
+    assert not any(torch.equal(a['emb.weight'], b['emb.weight']) for a, b in zip(expected, expected[1:]))  # each epoch's differ
+    for got, want in zip(_every_epochs_checkpoint(tmp_path / 'overlap', async_save), expected): assert_same_weights(got, want)
 
 
 @pytest.mark.parametrize('async_save', [True, 'background'])
