@@ -101,7 +101,8 @@ def bench_blocking(reps, epochs, layers, width, pace=0.5):
             learn = _learner(tmp, epochs, True, layers, width, seconds)  # the pace is in the model: no callback from elsewhere
             cb = (PlainSave(tmp / 'plain.pth') if kind == 'plain' else BareCopy() if kind == 'copy' else
                   SaveModelCallback(monitor='score', fname=kind, async_save=kind.startswith('async')))
-            _fit(learn, epochs, [_time_events(cb, ['after_epoch', 'before_step']), *([Elsewhere()] if kind == 'async-at-once' else [])])
+            events = ['after_epoch', 'before_step'] if isinstance(cb, SaveModelCallback) else ['after_epoch']
+            _fit(learn, epochs, [_time_events(cb, events), *([Elsewhere()] if kind == 'async-at-once' else [])])
             del learn; gc.collect()
             saves = cb.spent['after_epoch']
             # One training batch an epoch: the save of epoch i is waited for at the step of epoch i+1, where ours waits

@@ -73,7 +73,8 @@ class _LaterCopy:
     def __init__(self, pairs):
         self.pairs, self.error, self._done = pairs, None, threading.Event()
         # Not a daemon: the writer waits for this copy before writing, so it must not die with the interpreter first
-        threading.Thread(target=self._run, name=_COPY_THREAD).start()
+        try: threading.Thread(target=self._run, name=_COPY_THREAD).start()
+        except RuntimeError: self._run()  # no thread to be had: copy now, as without `later`
     def _run(self):
         try:
             for buf, t in self.pairs: buf.copy_(t)
