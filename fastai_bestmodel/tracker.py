@@ -789,6 +789,7 @@ def _finish_saving(self:SaveModelCallback, at_end:bool=True, block:bool=True):
     "Save at the end if `at_end`; wait for the writes, or, with `async_save` and not `block`, let the last finish after the fit"
     if at_end and self.at_end: self._save(self._path(self.fname), ifnone(self._last_meta, {'epoch': self._epochs_done - 1}), 'end')
     w = self._writer
+    w.wait_copied()  # the fit returns next, to code that may change the weights: nothing may be left copying them
     self.write_waits = (w.waited, w.waits, w.saves) if isinstance(w, AsyncCheckpointWriter) else (0, 0, 0)
     if block or not isinstance(w, AsyncCheckpointWriter):
         try: self.wait()

@@ -396,6 +396,17 @@ def test_a_copy_overlapping_the_next_batches_holds_its_epochs_weights(tmp_path, 
 
 
 @pytest.mark.parametrize('async_save', [True, 'background'])
+def test_weights_changed_right_after_the_fit_never_reach_its_at_end_checkpoint(tmp_path, async_save):
+    learn = synth_learner(n_trn=2, path=tmp_path)
+    learn.model = SparseNet()
+    with learn.no_bar(), learn.no_logging(): learn.fit(2, lr=1e-3, cbs=SaveModelCallback(at_end=True, async_save=async_save))
+    with torch.no_grad(): learn.model.emb.weight.mul_(2.)  # at once, as a script's next line may (doubling is exact)
+    state, desc = load_checkpoint(tmp_path / 'models' / 'model.pth')  # waits for the write
+    assert desc['reason'] == 'end'
+    assert torch.equal(state['emb.weight'], learn.model.emb.weight / 2)
+
+
+@pytest.mark.parametrize('async_save', [True, 'background'])
 def test_background_saves_combine_with_fine_tune_get_preds_and_a_second_fit(tmp_path, async_save):
     from fastai_bestmodel.test_utils import digits_learner
     learn = digits_learner(path=tmp_path)
