@@ -179,6 +179,7 @@ class SaveModelCallback(_FastaiSaveModelCallback):
     def _init_state(self):  # also called when unpickled, as in `load_learner`
         super()._init_state()
         self._writer, self._group, self._steps = None, None, 0  # `_steps`: optimizer steps that may have run, for `_holds_chosen`
+        self._overlap, self._probe = None, None  # whether a save's copy may overlap the next batches (`_copy_later`)
         self._chosen_marks, self.write_waits = None, (0, 0, 0)  # marks of tensors in this process only; the last fit's waits for writes
 
 # %% ../nbs/03_tracker.ipynb #c012
@@ -263,6 +264,7 @@ def _start_tracking(self:SaveModelCallback):
         self._check_earlier_run()
     self._group, self._epochs_before, self._iters_before, self._tracking = group, self._epochs_done, self._iters_done, True
     self._nonfinite, self._unrecorded, self._clock = [], [], time.monotonic()
+    self._overlap, self._probe = None, None  # found out again in each fit: its callbacks may differ
     if self._writer is None: self._writer = AsyncCheckpointWriter() if self.async_save else CheckpointWriter()
     if self.save_on_exception: self._catch_sigterm()
 
@@ -857,9 +859,11 @@ def after_fit(self:SaveModelCallback, **kwargs):
     _share_from_rank0(self.learn, self.with_opt and self.opt is not None)
 
 # %% ../nbs/03_tracker.ipynb #hc1
+def _storage(t)->int: return t.data_ptr() if t.layout == torch.strided else id(t)  # a sparse tensor has no single storage
+
 def _state_marks(state:dict)->tuple:
     "Each tensor of `state` by its storage and in-place version: equal marks, unchanged tensors (but for writes through `.data`)"
-    return tuple((k, t.data_ptr(), t._version) for k,t in state.items() if isinstance(t, torch.Tensor))
+    return tuple((k, _storage(t), t._version) for k,t in state.items() if isinstance(t, torch.Tensor))
 
 _VETTED = ('fastai.', 'fastai_bestmodel.', 'wandb.')  # modules whose callbacks change weights only in ways PyTorch counts
 _AT_END = ('after_epoch', 'after_fit', 'after_cancel_fit', 'after_cancel_epoch')  # from the last save to the end of a fit
@@ -880,14 +884,47 @@ def _holds_chosen(self:SaveModelCallback)->bool:
     return marks == (self._steps, _state_marks(get_model(self.model).state_dict()))
 
 @patch
+def _say_waited(self:SaveModelCallback):
+    "With `async_save`, say when the loop waited for the writer: saves came faster than it could write them"
+    waited, waits, saves = self.write_waits  # kept after the fit, for one run quietly
+    if waited < 0.5 or not self._speaks: return
+    print(f"SaveModelCallback(async_save={self.async_save!r}): {waits} of {saves} saves waited {waited:.1f} s in all for the write before "
+          f"them: saves came faster than they could be written (training left the writer no idle core, or the disk is slow), "
+          f"so writing in the background gained little here.")
+
+# %% ../nbs/03_tracker.ipynb #hc1b
+# fastai's own callbacks that change the weights between a save and the next optimizer step, unseen by PyTorch's
+# version counters: GANTrainer clamps the critic's weights before each batch (WGAN's `clip`); SaveModelCallback and
+# LRFinder load weights at the end of a fit through `Learner.load`, which fastai's `TextLearner` overrides
+_CHANGE_WEIGHTS = ('fastai.vision.gan.GANTrainer', 'fastai.callback.tracker.SaveModelCallback', 'fastai.callback.schedule.LRFinder')
+
+def _writes_before_step(cb)->bool:
+    "Whether `cb` may change the weights between a save and the next optimizer step"
+    return _may_change_weights(cb, _TO_STEP) or f'{type(cb).__module__}.{type(cb).__qualname__}' in _CHANGE_WEIGHTS
+
+def _forward_changes_weights(model)->bool:
+    "Whether a module of `model` changes its own parameters in its forward pass: an `Embedding` with `max_norm` renormalises the rows it looks up"
+    return any(isinstance(m, (torch.nn.Embedding, torch.nn.EmbeddingBag)) and m.max_norm is not None for m in model.modules())
+
+def _param_marks(model)->tuple: return tuple((_storage(p), p._version) for p in model.parameters())
+
+# %% ../nbs/03_tracker.ipynb #hc1c
+@patch
 def _copy_later(self:SaveModelCallback, model_state:dict):
     "Which tensors of a save may be copied while the next batches run (`AsyncCheckpointWriter.submit`'s `later`): all but the model's buffers"
     # Weights and optimizer state change only at the optimizer step, where `before_step` waits for the copy; buffers
-    # (BatchNorm's running statistics) change in the next forward pass. A callback from elsewhere might change anything.
-    if not self.async_save or any(_may_change_weights(cb, _TO_STEP) for cb in self.learn.cbs): return None
-    params = {p.data_ptr() for p in get_model(self.model).parameters()}
-    now = {t.data_ptr() for t in model_state.values() if isinstance(t, torch.Tensor) and t.data_ptr() not in params}
-    return lambda t: t.data_ptr() not in now
+    # (BatchNorm's running statistics) change in the next forward pass. Where that may not hold, nothing is left to copy.
+    model = get_model(self.model)
+    if (not self.async_save or self._overlap is False or _forward_changes_weights(model)
+        or any(_writes_before_step(cb) for cb in self.learn.cbs)): return None
+    if self._overlap is None:
+        # The fit's first save is copied at once; if the parameters' version counters show no change by the next step
+        # (a module's forward pass writing its weights in place would show), the saves after it overlap the next batches
+        self._probe = _param_marks(model)
+        return None
+    params = {_storage(p) for p in model.parameters()}
+    now = {_storage(t) for t in model_state.values() if isinstance(t, torch.Tensor) and _storage(t) not in params}
+    return lambda t: t.layout == torch.strided and _storage(t) not in now  # a sparse tensor is copied at once
 
 def _wait_for_copies(learn):
     "Wait until the trackers of `learn` have copied what their saves left to copy: the weights may change next"
@@ -898,12 +935,4 @@ def _wait_for_copies(learn):
 def before_step(self:SaveModelCallback):
     self._steps += 1  # counted before it runs: a step cancelled after still counts
     if self._writer is not None: self._writer.wait_copied()  # the step changes what the last save may still be copying
-
-@patch
-def _say_waited(self:SaveModelCallback):
-    "With `async_save`, say when the loop waited for the writer: saves came faster than it could write them"
-    waited, waits, saves = self.write_waits  # kept after the fit, for one run quietly
-    if waited < 0.5 or not self._speaks: return
-    print(f"SaveModelCallback(async_save={self.async_save!r}): {waits} of {saves} saves waited {waited:.1f} s in all for the write before "
-          f"them: saves came faster than they could be written (training left the writer no idle core, or the disk is slow), "
-          f"so writing in the background gained little here.")
+    if self._probe is not None: self._overlap, self._probe = self._probe == _param_marks(get_model(self.model)), None

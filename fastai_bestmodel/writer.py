@@ -52,9 +52,10 @@ def _snapshot(o, into=None, later=None, pairs=None):
     "Copy the tensors of `o` into the tensors of `into` where shapes match, else into new CPU tensors; a tensor `later(t)` picks is paired with its buffer in `pairs`, not copied"
     import torch
     if isinstance(o, torch.Tensor):
+        if o.layout != torch.strided: return o.detach().to('cpu', copy=True)  # sparse: a copy of its own, not into a buffer
         if isinstance(into, torch.Tensor) and into.shape == o.shape and into.dtype == o.dtype: buf = into
         else: buf = torch.empty(o.shape, dtype=o.dtype, device='cpu', pin_memory=o.is_cuda and torch.cuda.is_available())
-        if later is not None and later(o): pairs.append((buf, o)); return buf
+        if later is not None and later(o): pairs.append((buf, o, o._version)); return buf
         return buf.copy_(o, non_blocking=o.is_cuda)
     if isinstance(o, dict):
         into = into if isinstance(into, dict) else {}
@@ -77,7 +78,12 @@ class _LaterCopy:
         except RuntimeError: self._run()  # no thread to be had: copy now, as without `later`
     def _run(self):
         try:
-            for buf, t in self.pairs: buf.copy_(t)
+            for buf, t, version in self.pairs:
+                buf.copy_(t)
+                # A change the caller promised not to make (in place, so PyTorch counted it) may have reached the copy
+                if t._version != version: raise RuntimeError(
+                    f"a tensor of the state changed while it was being copied (in place, not in an optimizer step: a module's "
+                    f"forward pass or a callback changing weights); this checkpoint is not written. Save with async_save=False")
         except BaseException as e: self.error = e
         finally: self.pairs = None; self._done.set()
     @property

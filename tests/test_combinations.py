@@ -395,6 +395,48 @@ def test_a_copy_overlapping_the_next_batches_holds_its_epochs_weights(tmp_path, 
     for got, want in zip(_every_epochs_checkpoint(tmp_path / 'overlap', async_save), expected): assert_same_weights(got, want)
 
 
+class ClampingNet(SparseNet):
+    "Keeps its weights within bounds in its forward pass, in place (as some weight constraints are written): only the first save can tell"
+    def forward(self, x):
+        with torch.no_grad(): self.emb.weight.clamp_(-0.5, 0.5)
+        return super().forward(x)
+
+
+@pytest.mark.parametrize('async_save', [True, 'background'])
+def test_a_model_that_changes_its_weights_in_forward_gets_its_epochs_weights(tmp_path, async_save):
+    def fit(folder, async_save):
+        from fastai.torch_core import set_seed
+        set_seed(0)
+        learn = synth_learner(n_trn=2, path=folder, metrics=ScriptedMetric([0.1, 0.2, 0.3, 0.4], 'accuracy'))
+        learn.model = ClampingNet()
+        with torch.no_grad(): learn.model.emb.weight.mul_(2.)  # some outside the bounds: the first forward pass clamps them
+        cb = SaveModelCallback(monitor='accuracy', every_epoch=True, async_save=async_save)
+        with learn.no_bar(), learn.no_logging(): learn.fit(4, lr=1e-3, wd=0.1, cbs=cb)
+        return [load_checkpoint(folder / 'models' / f'model_{e}.pth')[0] for e in range(4)]
+    for got, want in zip(fit(tmp_path / 'overlap', async_save), fit(tmp_path / 'sync', False)): assert_same_weights(got, want)
+
+
+class SparseState(nn.Module):
+    "A sparse embedding (SGD's momentum for it is sparse too) and a sparse buffer: tensors without one storage"
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(10, 1, sparse=True)
+        self.register_buffer('adjacency', torch.eye(3).to_sparse())
+    def forward(self, x): return x.view(-1) * self.emb(torch.zeros(len(x), dtype=torch.long))[:, 0]
+
+
+@pytest.mark.parametrize('async_save', [False, True, 'background'])
+def test_sparse_tensors_in_the_state_are_saved(tmp_path, async_save):
+    learn = synth_learner(n_trn=2, path=tmp_path)
+    learn.model = SparseState()
+    cb = SaveModelCallback(every_epoch=True, with_opt=True, async_save=async_save)
+    with learn.no_bar(), learn.no_logging(): learn.fit(2, lr=1e-3, cbs=cb)
+    state, desc = load_checkpoint(tmp_path / 'models' / 'model_1.pth')
+    assert desc['metadata']['epoch'] == 1
+    assert torch.equal(state['model']['adjacency'].to_dense(), torch.eye(3))
+    assert torch.equal(state['model']['emb.weight'], learn.model.emb.weight.detach())
+
+
 @pytest.mark.parametrize('async_save', [True, 'background'])
 def test_weights_changed_right_after_the_fit_never_reach_its_at_end_checkpoint(tmp_path, async_save):
     learn = synth_learner(n_trn=2, path=tmp_path)
