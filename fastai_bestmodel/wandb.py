@@ -338,6 +338,8 @@ def after_fit(self:WandbCallback):
     finally: self.log_model = log_model
     try:
         if not self._trained: return
+        if self.mode:  # uploads read the files: an `async_save='background'` fit's last writes land first, and their records
+            for cb in self._cbs: cb.wait()  # get their digests (`written_records`), or 'all' would pass them over
         group = getattr(self.learn, '_fit_group', None)
         if group is not None and not group.last:  # the frozen fit of a `fine_tune`: its end is not the training's
             if self.mode == 'all': self._log_written()

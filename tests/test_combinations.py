@@ -365,6 +365,18 @@ def test_weights_changed_between_epochs_never_reach_the_epochs_checkpoint(tmp_pa
         assert not torch.equal(state['a'], keep.weights[e]['a'] + 0.5)
 
 
+def test_log_model_all_with_background_saves_uploads_every_checkpoint(tmp_path, offline_run):
+    learn = synth_learner(n_trn=1, n_val=1, path=tmp_path, metrics=ScriptedMetric([0.1, 0.2, 0.3, 0.4, 0.5], 'accuracy'))
+    learn.model.ballast = nn.Parameter(torch.zeros(12_500_000), requires_grad=False)  # 50 MB: writes outlast epochs
+    keep = KeepWeights()
+    with learn.no_bar(), learn.no_logging():
+        learn.fit(5, lr=1e-2, cbs=[SaveModelCallback(monitor='accuracy', every_epoch=True, async_save='background'),
+                                   WandbCallback(log_model='all', log_preds=False), keep])
+    uploaded = sorted(a['metadata']['epoch'] for a in _models(_logged(offline_run)))
+    assert uploaded == [0, 1, 2, 3, 4]
+    for e in range(5): assert torch.equal(load_checkpoint(tmp_path / 'models' / f'model_{e}.pth')[0]['a'], keep.weights[e]['a'])
+
+
 class SparseNet(nn.Module):
     "100 MB of weights behind a cheap forward and backward (a sparse gradient): the next optimizer step comes long before a copy of them ends"
     def __init__(self):
