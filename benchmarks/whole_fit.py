@@ -4,8 +4,7 @@ Each fit runs in its own process (so each has its own peak memory), the kinds in
 The figure is the extra time a way of saving adds to a fit that saves nothing, as a ratio to what a plain
 `torch.save` each epoch adds: per epoch (medians of the times from one epoch's start to the next's, the first epoch
 left out; timed by wrapping `Learner._do_epoch`, as a timing callback from outside fastai would change what the
-tracker does: it cannot vouch for such a callback, so it copies the state before each save returns and reloads the
-best at the end) and whole fits
+tracker does: it cannot vouch for such a callback, so it reloads the best at the end, waiting for the last write) and whole fits
 (including the final wait for pending saves, and the reload of the best that fastai's callback does and ours does where
 the learner does not hold the best already). `background` is `async_save='background'`, whose fit returns before its
 last write ends: its time until that checkpoint is on disk is printed beside. Each repetition runs every kind, so the
@@ -46,8 +45,8 @@ def _child(kind, batches, epochs, width, layers, bs, folder):
         order = 61
         def after_epoch(self): torch.save(self.model.state_dict(), Path(folder)/'plain.pth')
     # Epochs are timed from one's start to the next's, by wrapping the learner's `_do_epoch`, not by a callback: a callback
-    # from outside fastai would be one the tracker cannot vouch for, and it would then reload the best at the end and copy
-    # the state before each save returns, which is not what a fit with fastai's callbacks alone does.
+    # from outside fastai would be one the tracker cannot vouch for, and it would then reload the best at the end (waiting
+    # for the last write), which is not what a fit with fastai's callbacks alone does.
     starts, fastai_do_epoch = [], learn._do_epoch
     def timed_epoch():
         if dev.type == 'cuda': torch.cuda.synchronize()

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np, torch
 from fastcore.basics import store_attr, ifnone, patch
 from fastcore.foundation import L
-from fastai.callback.core import Callback, CancelFitException, _events
+from fastai.callback.core import Callback, CancelFitException
 from fastai.callback.tracker import SaveModelCallback as _FastaiSaveModelCallback
 import fastai.callback.schedule  # defines `Learner.fine_tune`
 from fastai.learner import Learner, join_path_file
@@ -179,7 +179,6 @@ class SaveModelCallback(_FastaiSaveModelCallback):
     def _init_state(self):  # also called when unpickled, as in `load_learner`
         super()._init_state()
         self._writer, self._group, self._steps = None, None, 0  # `_steps`: optimizer steps that may have run, for `_holds_chosen`
-        self._overlap, self._probe = None, None  # whether a save's copy may overlap the next batches (`_copy_later`)
         self._chosen_marks, self.write_waits = None, (0, 0, 0)  # marks of tensors in this process only; the last fit's waits for writes
 
 # %% ../nbs/03_tracker.ipynb #c012
@@ -264,7 +263,6 @@ def _start_tracking(self:SaveModelCallback):
         self._check_earlier_run()
     self._group, self._epochs_before, self._iters_before, self._tracking = group, self._epochs_done, self._iters_done, True
     self._nonfinite, self._unrecorded, self._clock = [], [], time.monotonic()
-    self._overlap, self._probe = None, None  # found out again in each fit: its callbacks may differ
     if self._writer is None: self._writer = AsyncCheckpointWriter() if self.async_save else CheckpointWriter()
     if self.save_on_exception: self._catch_sigterm()
 
@@ -498,8 +496,7 @@ def _save(self:SaveModelCallback, path, meta, reason, record=None, moved=None, d
     state = {'model': model, 'opt': {**self.opt.state_dict(), 'resume': resume}} if with_opt else model
     kw = dict(monitor=self.monitor, comp='less' if self.lower_is_better else 'greater') if ranked else {}
     kw.update(reason=reason, holds=['model', 'opt'] if with_opt else ['model'], tracker=self.fname)
-    self._writer.submit(path, state, meta, keep_previous_as=(moved.path, moved.reason, moved.digest) if moved else None, delete=delete,
-                        later=self._copy_later(model), **kw)
+    self._writer.submit(path, state, meta, keep_previous_as=(moved.path, moved.reason, moved.digest) if moved else None, delete=delete, **kw)
     if isinstance(self._writer, CheckpointWriter): self._note_written()
     return rec
 
@@ -642,7 +639,6 @@ Learner._do_fit.__wrapped__ = _fastai_do_fit
 @patch
 def _after_exception(self:SaveModelCallback, e:BaseException):
     "Save `<fname>_interrupted.pth` if `save_on_exception`, and finish the saves already started"
-    _wait_for_copies(self.learn)
     self._restore_sigterm()
     if not self._tracking: return
     self._tracking, rec = False, None
@@ -671,7 +667,6 @@ def save(self:Learner, file, **kwargs):
 @patch
 def load(self:Learner, file, device=None, **kwargs):
     wait_for_saves()  # the file may be one still being written
-    _wait_for_copies(self)  # and a save of this fit may still be copying the weights that loading replaces
     return _fastai_load(self, file, device=device, **kwargs)
 
 for _f, _orig in ((Learner.save, _fastai_save), (Learner.load, _fastai_load)): _f.__wrapped__, _f.__doc__ = _orig, _orig.__doc__
@@ -791,7 +786,6 @@ def _finish_saving(self:SaveModelCallback, at_end:bool=True, block:bool=True):
     "Save at the end if `at_end`; wait for the writes, or, with `async_save` and not `block`, let the last finish after the fit"
     if at_end and self.at_end: self._save(self._path(self.fname), ifnone(self._last_meta, {'epoch': self._epochs_done - 1}), 'end')
     w = self._writer
-    w.wait_copied()  # the fit returns next, to code that may change the weights: nothing may be left copying them
     self.write_waits = (w.waited, w.waits, w.saves) if isinstance(w, AsyncCheckpointWriter) else (0, 0, 0)
     if block or not isinstance(w, AsyncCheckpointWriter):
         try: self.wait()
@@ -834,7 +828,6 @@ def _share_from_rank0(learn, with_opt:bool):
 @patch
 def after_fit(self:SaveModelCallback, **kwargs):
     "Save the final model if `at_end`, else load the best one if `load_best` and this tracker decides"
-    _wait_for_copies(self.learn)  # before any tracker loads weights, and before the fit returns to code that may change them
     self._restore_sigterm()
     if not self._tracking: return
     decides = deciding_tracker(self.learn) is self
@@ -866,12 +859,11 @@ def _state_marks(state:dict)->tuple:
     return tuple((k, _storage(t), t._version) for k,t in state.items() if isinstance(t, torch.Tensor))
 
 _VETTED = ('fastai.', 'fastai_bestmodel.', 'wandb.')  # modules whose callbacks change weights only in ways PyTorch counts
-_AT_END = ('after_epoch', 'after_fit', 'after_cancel_fit', 'after_cancel_epoch')  # from the last save to the end of a fit
-_TO_STEP = tuple(e for e in _events if e not in ('after_create', 'before_fit'))  # from a save to the next optimizer step
 
-def _may_change_weights(cb, events=_AT_END)->bool:
-    "Whether `cb` has a handler for one of `events` (by default, those between the last save and the end of a fit) from outside `_VETTED`"
+def _may_change_weights(cb)->bool:
+    "Whether `cb` has a handler from outside `_VETTED` that runs between the last save and the end of a fit"
     if isinstance(cb, SaveModelCallback): return False
+    events = ('after_epoch', 'after_fit', 'after_cancel_fit', 'after_cancel_epoch')
     if any(callable(vars(cb).get(e)) for e in events): return True  # fastai's `Callback(after_fit=f)`: a handler of the instance
     if type(cb).__module__.startswith(_VETTED): return False
     return any(callable(getattr(type(cb), e, None)) for e in events)
@@ -884,6 +876,9 @@ def _holds_chosen(self:SaveModelCallback)->bool:
     return marks == (self._steps, _state_marks(get_model(self.model).state_dict()))
 
 @patch
+def before_step(self:SaveModelCallback): self._steps += 1  # counted before it runs: a step cancelled after still counts
+
+@patch
 def _say_waited(self:SaveModelCallback):
     "With `async_save`, say when the loop waited for the writer: saves came faster than it could write them"
     waited, waits, saves = self.write_waits  # kept after the fit, for one run quietly
@@ -891,48 +886,3 @@ def _say_waited(self:SaveModelCallback):
     print(f"SaveModelCallback(async_save={self.async_save!r}): {waits} of {saves} saves waited {waited:.1f} s in all for the write before "
           f"them: saves came faster than they could be written (training left the writer no idle core, or the disk is slow), "
           f"so writing in the background gained little here.")
-
-# %% ../nbs/03_tracker.ipynb #hc1b
-# fastai's own callbacks that change the weights between a save and the next optimizer step, unseen by PyTorch's
-# version counters: GANTrainer clamps the critic's weights before each batch (WGAN's `clip`); SaveModelCallback and
-# LRFinder load weights at the end of a fit through `Learner.load`, which fastai's `TextLearner` overrides
-_CHANGE_WEIGHTS = ('fastai.vision.gan.GANTrainer', 'fastai.callback.tracker.SaveModelCallback', 'fastai.callback.schedule.LRFinder')
-
-def _writes_before_step(cb)->bool:
-    "Whether `cb` may change the weights between a save and the next optimizer step"
-    return _may_change_weights(cb, _TO_STEP) or f'{type(cb).__module__}.{type(cb).__qualname__}' in _CHANGE_WEIGHTS
-
-def _forward_changes_weights(model)->bool:
-    "Whether a module of `model` changes its own parameters in its forward pass: an `Embedding` with `max_norm` renormalises the rows it looks up"
-    return any(isinstance(m, (torch.nn.Embedding, torch.nn.EmbeddingBag)) and m.max_norm is not None for m in model.modules())
-
-def _param_marks(model)->tuple: return tuple((_storage(p), p._version) for p in model.parameters())
-
-# %% ../nbs/03_tracker.ipynb #hc1c
-@patch
-def _copy_later(self:SaveModelCallback, model_state:dict):
-    "Which tensors of a save may be copied while the next batches run (`AsyncCheckpointWriter.submit`'s `later`): all but the model's buffers"
-    # Weights and optimizer state change only at the optimizer step, where `before_step` waits for the copy; buffers
-    # (BatchNorm's running statistics) change in the next forward pass. Where that may not hold, nothing is left to copy.
-    model = get_model(self.model)
-    if (not self.async_save or self._overlap is False or _forward_changes_weights(model)
-        or any(_writes_before_step(cb) for cb in self.learn.cbs)): return None
-    if self._overlap is None:
-        # The fit's first save is copied at once; if the parameters' version counters show no change by the next step
-        # (a module's forward pass writing its weights in place would show), the saves after it overlap the next batches
-        self._probe = _param_marks(model)
-        return None
-    params = {_storage(p) for p in model.parameters()}
-    now = {_storage(t) for t in model_state.values() if isinstance(t, torch.Tensor) and _storage(t) not in params}
-    return lambda t: t.layout == torch.strided and _storage(t) not in now  # a sparse tensor is copied at once
-
-def _wait_for_copies(learn):
-    "Wait until the trackers of `learn` have copied what their saves left to copy: the weights may change next"
-    for cb in learn.cbs:
-        if isinstance(cb, SaveModelCallback) and cb._writer is not None: cb._writer.wait_copied()
-
-@patch
-def before_step(self:SaveModelCallback):
-    self._steps += 1  # counted before it runs: a step cancelled after still counts
-    if self._writer is not None: self._writer.wait_copied()  # the step changes what the last save may still be copying
-    if self._probe is not None: self._overlap, self._probe = self._probe == _param_marks(get_model(self.model)), None

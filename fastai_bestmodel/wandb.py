@@ -253,7 +253,10 @@ def after_epoch(self:WandbCallback):
         offset = 0 if self._start_epoch else round(self._wandb_epoch) - cb.epochs_done
         for rec in cb.records:  # a checkpoint moved aside this epoch keeps the epoch of its weights
             if rec not in self._run_epochs: self._run_epochs[rec] = rec.epoch + offset
-    if self.mode == 'all': self._log_written()
+    if self.mode == 'all':
+        # Every checkpoint is to be uploaded before a later save replaces it: with `async_save`, wait for this epoch's writes
+        for cb in self._cbs: cb.wait()
+        self._log_written()
 
 @patch
 def after_train(self:WandbCallback):

@@ -39,60 +39,30 @@ def _job(path, state, metadata, keep_previous_as, delete, kwargs)->dict:
 class CheckpointWriter:
     "Save checkpoints in the calling thread, with `AsyncCheckpointWriter`'s interface"
     def __init__(self): self.last_written, self.written = None, {}
-    def submit(self, path, state, metadata, keep_previous_as=None, delete=(), later=None, **kwargs):
+    def submit(self, path, state, metadata, keep_previous_as=None, delete=(), **kwargs):
         "Save `state` to `path` now, as `save_checkpoint(path, state, metadata, **kwargs)`, with the steps a policy asks for"
         self.last_written = _write_job(_job(path, state, metadata, keep_previous_as, delete, kwargs), self.written)
     def wait(self): return self.last_written
-    def wait_copied(self): pass  # each save is written before `submit` returns
     idle = True  # `written` is complete: nothing is being written
     def raise_error(self): pass
 
 # %% ../nbs/02_writer.ipynb #c048
-def _snapshot(o, into=None, later=None, pairs=None):
-    "Copy the tensors of `o` into the tensors of `into` where shapes match, else into new CPU tensors; a tensor `later(t)` picks is paired with its buffer in `pairs`, not copied"
+def _snapshot(o, into=None):
+    "Copy the tensors of `o` into the tensors of `into` where shapes match, else into new CPU tensors"
     import torch
     if isinstance(o, torch.Tensor):
         if o.layout != torch.strided: return o.detach().to('cpu', copy=True)  # sparse: a copy of its own, not into a buffer
-        if isinstance(into, torch.Tensor) and into.shape == o.shape and into.dtype == o.dtype: buf = into
-        else: buf = torch.empty(o.shape, dtype=o.dtype, device='cpu', pin_memory=o.is_cuda and torch.cuda.is_available())
-        if later is not None and later(o): pairs.append((buf, o, o._version)); return buf
+        if isinstance(into, torch.Tensor) and into.shape == o.shape and into.dtype == o.dtype: return into.copy_(o, non_blocking=o.is_cuda)
+        buf = torch.empty(o.shape, dtype=o.dtype, device='cpu', pin_memory=o.is_cuda and torch.cuda.is_available())
         return buf.copy_(o, non_blocking=o.is_cuda)
     if isinstance(o, dict):
         into = into if isinstance(into, dict) else {}
-        return like_dict(o, ((k, _snapshot(v, into.get(k), later, pairs)) for k,v in o.items()))
+        return like_dict(o, ((k, _snapshot(v, into.get(k))) for k,v in o.items()))
     if isinstance(o, (list, tuple, L)):
         into = into if isinstance(into, list) and len(into) == len(o) else [None]*len(o)
-        res = [_snapshot(v, i, later, pairs) for v,i in zip(o, into)]
+        res = [_snapshot(v, i) for v,i in zip(o, into)]
         return tuple(res) if isinstance(o, tuple) else res
     return o
-
-# %% ../nbs/02_writer.ipynb #c048b
-_COPY_THREAD = 'fastai_bestmodel-copy'
-
-class _LaterCopy:
-    "Copy tensors into their buffers in a thread of its own (at the caller's priority), as a CUDA event marks a copy from the GPU"
-    def __init__(self, pairs):
-        self.pairs, self.error, self._done = pairs, None, threading.Event()
-        # Not a daemon: the writer waits for this copy before writing, so it must not die with the interpreter first
-        try: threading.Thread(target=self._run, name=_COPY_THREAD).start()
-        except RuntimeError: self._run()  # no thread to be had: copy now, as without `later`
-    def _run(self):
-        try:
-            for buf, t, version in self.pairs:
-                buf.copy_(t)
-                # A change the caller promised not to make (in place, so PyTorch counted it) may have reached the copy
-                if t._version != version: raise RuntimeError(
-                    f"a tensor of the state changed while it was being copied (in place, not in an optimizer step: a module's "
-                    f"forward pass or a callback changing weights); this checkpoint is not written. Save with async_save=False")
-        except BaseException as e: self.error = e
-        finally: self.pairs = None; self._done.set()
-    @property
-    def done(self)->bool: return self._done.is_set()
-    def wait(self): self._done.wait()
-    def synchronize(self):
-        "Wait for the copy; raise its error, if any (the writer then writes nothing from these buffers)"
-        self._done.wait()
-        if self.error is not None: raise RuntimeError(f'Could not copy the state to save: {self.error}') from self.error
 
 # %% ../nbs/02_writer.ipynb #c049
 def _on_device(state)->bool:
@@ -111,11 +81,8 @@ class AsyncCheckpointWriter:
         self._gate = threading.Event()  # cleared while the caller copies a snapshot: the writer pauses meanwhile
         self._gate.set()
         self._closed, self.waited, self.waits, self.saves = False, 0., 0, 0  # seconds and saves `submit` waited for room; saves
-        self._copying = []  # the copies `submit` left to a thread (`later`), until `wait_copied`
 
-    def submit(self, path, state, metadata, keep_previous_as=None, delete=(),
-               later=None, # for a state on the CPU: the tensors `later(t)` picks are copied in a thread while the caller goes on, which calls `wait_copied()` before it changes them
-               **kwargs):
+    def submit(self, path, state, metadata, keep_previous_as=None, delete=(), **kwargs):
         "Snapshot `state` and queue it as `CheckpointWriter.submit` would save it, replacing a plain save to `path` not yet started"
         self.raise_error()
         path, plain = Path(path), keep_previous_as is None and not delete
@@ -125,7 +92,6 @@ class AsyncCheckpointWriter:
             t0 = time.perf_counter()
             while self._pending and not (plain and path in self._pending and self._pending[path]['plain']): self._cond.wait()
             old = self._pending.pop(path, None)
-            if old is not None and isinstance(old['done'], _LaterCopy): old['done'].wait()  # its buffers are about to be reused
             # No more than `buffers` copies of the state: with none spare, wait for the thread to finish writing from one
             while old is None and not self._spare and self.sets >= self.buffers and (self._busy is not None or self._pending): self._cond.wait()
             waited = time.perf_counter() - t0
@@ -134,7 +100,7 @@ class AsyncCheckpointWriter:
             reuse = old['state'] if old else (self._spare.pop() if self._spare else None)
             # The copy is all the loop waits for; a write running beside it would take half the CPU and memory bandwidth
             self._gate.clear()
-            try: snap, done = self._copy(state, reuse, later)
+            try: snap, done = self._copy(state, reuse)
             finally: self._gate.set()
             self._pending[path] = dict(_job(path, snap, metadata, keep_previous_as, delete, kwargs), plain=plain, done=done)
             self._cond.notify_all()
@@ -147,14 +113,9 @@ class AsyncCheckpointWriter:
 
 # %% ../nbs/02_writer.ipynb #c049b
 @patch
-def _copy(self:AsyncCheckpointWriter, state, reuse, later=None)->tuple:
-    "The snapshot of `state` in the buffers `reuse`, and what the writer waits on before writing it: a copy still going on, or `None`"
-    if not _on_device(state):
-        pairs = []
-        snap = _snapshot(state, reuse, later, pairs)
-        if not pairs: return snap, None
-        self._copying = [c for c in self._copying if not c.done] + [_LaterCopy(pairs)]
-        return snap, self._copying[-1]
+def _copy(self:AsyncCheckpointWriter, state, reuse)->tuple:
+    "The snapshot of `state` in the buffers `reuse`, and, for a state on the GPU, the event that marks its copy done"
+    if not _on_device(state): return _snapshot(state, reuse), None
     import torch
     # From the GPU: copies into pinned buffers on a side stream, queued after what training has queued, and the training
     # stream waits for them before anything it queues next (the next step's change to the weights, or a callback's). The
@@ -204,12 +165,6 @@ def close(self:AsyncCheckpointWriter):
         self._closed, self._spare, self.sets = True, [], 0
         if self._pending or self._busy is not None: _finishing.add(self)  # `wait_for_saves` waits for it; an error is warned of
     self.raise_error()
-
-@patch
-def wait_copied(self:AsyncCheckpointWriter):
-    "Block until the tensors `submit` left to copy (`later`) are copied: from then on the caller may change them"
-    for c in self._copying: c.wait()
-    self._copying = []
 
 @patch(as_prop=True)
 def idle(self:AsyncCheckpointWriter)->bool:
