@@ -393,12 +393,12 @@ class SparseNet(nn.Module):
     def forward(self, x): return self.bn(x.view(-1, 1)).view(-1) * self.emb(torch.zeros(len(x), dtype=torch.long))[:, 0]
 
 
-def _every_epochs_checkpoint(folder, async_save):
-    "Fit `SparseNet` 4 epochs from a fixed seed, with only fastai's callbacks besides the tracker, saving every epoch; the checkpoints"
+def _every_epochs_checkpoint(folder, async_save, model=SparseNet):
+    "Fit a `model()` 4 epochs from a fixed seed, with only fastai's callbacks besides the tracker, saving every epoch; the checkpoints"
     from fastai.torch_core import set_seed
     set_seed(0)
     learn = synth_learner(n_trn=2, path=folder, metrics=ScriptedMetric([0.1, 0.2, 0.3, 0.4], 'accuracy'))
-    learn.model = SparseNet()
+    learn.model = model()
     cb = SaveModelCallback(monitor='accuracy', every_epoch=True, async_save=async_save)
     with learn.no_bar(), learn.no_logging(): learn.fit(4, lr=1e-3, wd=0.1, cbs=cb)  # weight decay changes every weight at each step
     return [load_checkpoint(folder / 'models' / f'model_{e}.pth')[0] for e in range(4)]
@@ -415,6 +415,9 @@ def test_each_epochs_checkpoint_equals_the_same_fit_saved_synchronously(tmp_path
 
 class ClampingNet(SparseNet):
     "Keeps its weights within bounds in its forward pass, in place through `.data` (as some weight constraints are written), unseen by PyTorch's version counters"
+    def __init__(self):
+        super().__init__()
+        with torch.no_grad(): self.emb.weight.mul_(2.)  # some outside the bounds: the first forward pass clamps them
     def forward(self, x):
         self.emb.weight.data.clamp_(-0.5, 0.5)
         return super().forward(x)
@@ -422,16 +425,8 @@ class ClampingNet(SparseNet):
 
 @pytest.mark.parametrize('async_save', [True, 'background'])
 def test_a_model_that_changes_its_weights_in_forward_gets_its_epochs_weights(tmp_path, async_save):
-    def fit(folder, async_save):
-        from fastai.torch_core import set_seed
-        set_seed(0)
-        learn = synth_learner(n_trn=2, path=folder, metrics=ScriptedMetric([0.1, 0.2, 0.3, 0.4], 'accuracy'))
-        learn.model = ClampingNet()
-        with torch.no_grad(): learn.model.emb.weight.mul_(2.)  # some outside the bounds: the first forward pass clamps them
-        cb = SaveModelCallback(monitor='accuracy', every_epoch=True, async_save=async_save)
-        with learn.no_bar(), learn.no_logging(): learn.fit(4, lr=1e-3, wd=0.1, cbs=cb)
-        return [load_checkpoint(folder / 'models' / f'model_{e}.pth')[0] for e in range(4)]
-    for got, want in zip(fit(tmp_path / 'overlap', async_save), fit(tmp_path / 'sync', False)): assert_same_weights(got, want)
+    expected = _every_epochs_checkpoint(tmp_path / 'sync', False, ClampingNet)
+    for got, want in zip(_every_epochs_checkpoint(tmp_path / 'async', async_save, ClampingNet), expected): assert_same_weights(got, want)
 
 
 class SparseState(nn.Module):
