@@ -12,13 +12,13 @@ import numpy as np
 from fastcore.basics import ifnone
 from fastcore.foundation import L
 from .durable import (file_digest, fsync_dir, remove_file, write_tmp, replace_file, atomic_write_bytes,
-                                     FolderLock, torch_save_without_crcs)
+                                     FolderLock, torch_save_without_crcs, UNLINK_THREAD)
 
 # %% auto #0
 __all__ = ['CheckpointError', 'CheckpointWriteError', 'NotACheckpointError', 'CheckpointMismatchError', 'like_dict',
            'plain_state', 'json_safe', 'json_path', 'wait_for_saves', 'save_checkpoint', 'pth_path', 'require_path',
            'read_checkpoint', 'verify_checkpoint', 'checkpoint_weights', 'load_checkpoint', 'list_checkpoints',
-           'link_checkpoint', 'delete_checkpoint']
+           'link_checkpoint', 'delete_checkpoint', 'finish_interrupted_saves']
 
 # %% ../nbs/01_checkpoint.ipynb #c010
 class CheckpointError(Exception):
@@ -279,12 +279,31 @@ def delete_checkpoint(path, # the checkpoint's `.pth` or `.json`
     wait_for_saves()
     path = pth_path(path)
     with FolderLock(path.parent):
+        # First the weights become a save's committed pending file: a crash now leaves the checkpoint whole (loading
+        # and the next save complete it). Removing the `.json` then commits the deletion; a crash after it leaves only
+        # hidden files, which `finish_interrupted_saves` removes: never a `.pth` that nothing describes.
+        meta = _read_json(json_path(path)) if json_path(path).exists() else None
+        digest = meta.get('digest') if isinstance(meta, dict) and isinstance(meta.get('digest'), str) else None
+        if digest is not None and path.exists(): os.replace(path, _pending(path, digest))
         remove_file(json_path(path))
         fsync_dir(path.parent)
-        for p in path.parent.glob(f'.{path.name}.*'):
-            if p.suffix in ('.pending', '.tmp'): remove_file(p)
-        if not background or not path.exists(): return remove_file(path)
+        left = [p for p in path.parent.glob(f'.{path.name}.*') if p.suffix in ('.pending', '.tmp')] + [path]
+        if not background: return [remove_file(p) for p in left]
         # A rename is instant; freeing a large file's blocks is not (45 ms for 200 MB here): that goes to a thread
-        aside = path.with_name(f'.{path.name}.{os.getpid()}.{time.monotonic_ns()}.old')
-        os.replace(path, aside)
-    threading.Thread(target=remove_file, args=(aside,), name='fastai_bestmodel-unlink').start()
+        aside = []
+        for p in (p for p in left if p.exists()):
+            aside.append(path.with_name(f'.{path.name}.{os.getpid()}.{time.monotonic_ns()}.old'))
+            os.replace(p, aside[-1])
+    for p in aside: threading.Thread(target=remove_file, args=(p,), name=UNLINK_THREAD).start()
+
+# %% ../nbs/01_checkpoint.ipynb #fis01
+_LEFT = re.compile(r'\.(?P<name>.+?\.(?:pth|json))\..+\.(?:pending|tmp|old)')  # what a save, link or deletion leaves while it runs
+
+def finish_interrupted_saves(folder):
+    "Complete the saves in `folder` that a killed process committed, and remove what the uncommitted ones and deletions left"
+    folder = Path(folder)
+    if not folder.is_dir(): return
+    with FolderLock(folder) as lock:
+        if not lock.locked: return  # without a lock, another process's save may be writing them
+        names = {m['name'] for p in folder.iterdir() if (m := _LEFT.fullmatch(p.name))}
+        for n in sorted(names): _finish_interrupted(pth_path(folder/n))

@@ -11,8 +11,8 @@ from pathlib import Path
 import xxhash
 
 # %% auto #0
-__all__ = ['file_digest', 'fsync_dir', 'remove_file', 'torch_save_without_crcs', 'write_tmp', 'replace_file',
-           'atomic_write_bytes', 'FolderLock']
+__all__ = ['UNLINK_THREAD', 'file_digest', 'fsync_dir', 'remove_file', 'torch_save_without_crcs', 'write_tmp', 'replace_file',
+           'wait_for_unlinks', 'atomic_write_bytes', 'FolderLock']
 
 # %% ../nbs/00_durable.ipynb #c006
 def file_digest(path, chunk_size:int=1<<23)->str:
@@ -137,7 +137,14 @@ def replace_file(src, dst, background_unlink=True, durable=True):
     os.replace(src, dst)
     if durable: fsync_dir(dst.parent)
     # Not a daemon: Python waits for it at exit, so a save just before the process ends leaves no `.old` behind
-    if aside is not None: threading.Thread(target=remove_file, args=(aside,), name='fastai_bestmodel-unlink').start()
+    if aside is not None: threading.Thread(target=remove_file, args=(aside,), name=UNLINK_THREAD).start()
+
+UNLINK_THREAD = 'fastai_bestmodel-unlink'  # the name of each thread that frees a replaced or deleted file's blocks
+
+def wait_for_unlinks():
+    "Wait until the files replaced or deleted so far are freed, so that nothing of ours touches their folder after"
+    for t in threading.enumerate():
+        if t.name == UNLINK_THREAD: t.join()
 
 # %% ../nbs/00_durable.ipynb #c015
 def atomic_write_bytes(path, data:bytes):

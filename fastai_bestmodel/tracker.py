@@ -6,7 +6,7 @@ Docs: https://github.com/fastai-bestmodel/fastai_bestmodel/tracker.html.md"""
 
 # %% ../nbs/03_tracker.ipynb #c003
 from __future__ import annotations
-import datetime, math, numbers, operator, os, re, signal, threading, time, warnings, functools
+import datetime, inspect, math, numbers, operator, os, re, signal, threading, time, warnings, functools
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,14 +16,14 @@ from fastcore.foundation import L
 from fastai.callback.core import Callback, CancelFitException
 from fastai.callback.tracker import SaveModelCallback as _FastaiSaveModelCallback
 import fastai.callback.schedule  # defines `Learner.fine_tune`
-from fastai.learner import Learner, join_path_file
+from fastai.learner import Learner, join_path_file, noop
 from fastai.torch_core import get_model, rank_distrib, num_distrib, distrib_barrier, to_cpu
-from .checkpoint import wait_for_saves, read_checkpoint, load_checkpoint, list_checkpoints, delete_checkpoint, json_path, pth_path, CheckpointError
+from .checkpoint import finish_interrupted_saves, wait_for_saves, read_checkpoint, load_checkpoint, list_checkpoints, delete_checkpoint, json_path, pth_path, CheckpointError
 from .writer import CheckpointWriter, AsyncCheckpointWriter
 
 # %% auto #0
-__all__ = ['fill_template', 'SaveModelCallback', 'SaveRecord', 'TrainingTerminated', 'find_checkpoint', 'load_best_state',
-           'load_best_model', 'resume_training', 'deciding_tracker']
+__all__ = ['monitor_direction', 'fill_template', 'SaveModelCallback', 'SaveRecord', 'TrainingTerminated', 'find_checkpoint',
+           'load_best_state', 'load_best_model', 'resume_training', 'deciding_tracker']
 
 # %% ../nbs/03_tracker.ipynb #c006
 # Each comparison a user may pass, as numpy's: `*_equal` ones let a tie count as better, as in fastai
@@ -52,7 +52,8 @@ def _as_number(v, name):
     if isinstance(v, bool) or not isinstance(v, numbers.Real): raise TypeError(name)
     return float(v)
 
-def _check_args(monitor, min_delta, fname, every_epoch, at_end, load_best, async_save, save_last=False, resume=False)->float:
+def _check_args(monitor, min_delta, fname, every_epoch, at_end, load_best, async_save, save_last=False, resume=False,
+                enable_version_counter=True, auto_insert_metric_name=True)->float:
     "Check the arguments of `SaveModelCallback`, and return `min_delta` as a float"
     if not isinstance(monitor, str) or not monitor:
         raise ValueError(f"SaveModelCallback(monitor={monitor!r}): `monitor` must be the name of a value the recorder logs, such as 'valid_loss' or 'accuracy'.")
@@ -75,18 +76,62 @@ def _check_args(monitor, min_delta, fname, every_epoch, at_end, load_best, async
     if not isinstance(async_save, bool) and async_save != 'background':
         raise ValueError(f"SaveModelCallback(async_save={async_save!r}): `async_save` must be True, False or 'background' (the fit "
                          f"returns before its last checkpoint is written).")
-    for n,v in (('at_end', at_end), ('load_best', load_best), ('save_last', save_last), ('resume', resume)):
+    if not isinstance(save_last, bool) and save_last != 'link':
+        raise ValueError(f"SaveModelCallback(save_last={save_last!r}): `save_last` must be True, False or 'link' (a link to the "
+                         f"last epoch's checkpoint where another policy saved one, instead of a second write).")
+    for n,v in (('at_end', at_end), ('load_best', load_best), ('resume', resume), ('enable_version_counter', enable_version_counter),
+                ('auto_insert_metric_name', auto_insert_metric_name)):
         if not isinstance(v, bool): raise ValueError(f"SaveModelCallback({n}={v!r}): `{n}` must be True or False.")
     return delta
+
+# %% ../nbs/03_tracker.ipynb #dir01
+import fastai.metrics as _fm
+# What fastai's lower-is-better metrics compute (a function, or a class); every other metric of `fastai.metrics` is higher-is-better
+_LOWER = (_fm.error_rate, _fm.mse, _fm.mae, _fm.msle, _fm.rmse.func, _fm.exp_rmspe.func, _fm.Perplexity, _fm.LossMetric)
+
+def _computes(metric):
+    "What the fastai `metric` computes: its function (unwrapped from `partial`s), or its class"
+    f = getattr(metric, 'func', None)
+    while isinstance(f, functools.partial): f = f.func
+    return f if callable(f) else type(metric)
+
+def _known_direction(f)->bool|None:
+    "True if lower is better for what `f` computes, False if higher is, None if neither fastai nor scikit-learn says"
+    if f in _LOWER: return True
+    mod, name = getattr(f, '__module__', None) or '', getattr(f, '__name__', '')
+    if mod.startswith('sklearn.'): return name.endswith(('_loss', '_error'))  # scikit-learn's own naming rule
+    return False if mod == 'fastai.metrics' else None
+
+def _fastai_names()->dict:
+    "The names fastai records its ready-made metrics under, and whether lower is better for each"
+    res = {}
+    for n in _fm.__all__:
+        o = getattr(_fm, n)
+        if isinstance(o, _fm.Metric): res[o.name] = _known_direction(_computes(o))
+        elif inspect.isfunction(o) and (d := _known_direction(o)) is not None and n[0].islower(): res[n] = d
+    return {k: v for k,v in res.items() if v is not None}
+_FASTAI_NAMES = _fastai_names()
+
+def monitor_direction(learn, monitor:str)->tuple:
+    "Whether lower is better for `monitor` on `learn` (True, False, or None if nothing tells), and what says so"
+    if monitor in ('train_loss', 'valid_loss'): return True, 'a loss'
+    for m in getattr(learn, 'metrics', None) or []:
+        if monitor in (m.name, f'train_{m.name}', f'valid_{m.name}') and (d := _known_direction(_computes(m))) is not None:
+            return d, f"the metric {m.name!r} of the learner"
+    name = re.sub(r'^(train|valid)_', '', monitor)
+    if name in _FASTAI_NAMES: return _FASTAI_NAMES[name], f"the name of fastai's metric {name!r}"
+    return None, None
 
 # %% ../nbs/03_tracker.ipynb #p001
 _FIELD = re.compile(r'\{([^{}:]+)(?::([^{}]*))?\}')  # `{name}` or `{name:format}`
 
-def fill_template(template:str, values:dict)->str:
-    "`template` with each `{name}` or `{name:format}` replaced by `name=<value>`, as Lightning's `filename` is"
+def fill_template(template:str, values:dict, insert_names:bool=True)->str:
+    "`template` with each `{name}` or `{name:format}` replaced by `name=<value>` (`<value>` if not `insert_names`), as Lightning's `filename` is"
     def field(m):
         v = values[m.group(1)]
-        return f'{m.group(1)}={format(v, m.group(2) or "") if isinstance(v, numbers.Number) else v}'
+        text = f'{m.group(1)}={format(v, m.group(2) or "")}' if isinstance(v, numbers.Number) else f'{m.group(1)}={v}'
+        text = text if insert_names else text.split('=', 1)[1]
+        return re.sub(r'[/\\]', '_', text)  # a name such as 'acc/top1' never makes a folder
     return _FIELD.sub(field, template)
 
 def _check_template(filename):
@@ -153,7 +198,7 @@ class SaveModelCallback(_FastaiSaveModelCallback):
         reset_on_fit=True, # before each fit, forget the best value of the previous fit (the fits of one `fine_tune` are one).
         load_best=True, # load the best weights into the learner at the end of fit; False keeps the final weights.
         async_save=False, # write checkpoints in a background thread; the loop pays only for a copy of the state. 'background': the fit also returns before its last write ends, and until `wait()` or `wait_for_saves()` a file read by other means (`torch.load`, a copy, another process, the CLI) may still be the checkpoint before it.
-        save_last=False, # also keep `<fname>_last.pth` and its `.json`: the most recent epoch, to resume from.
+        save_last=False, # also keep `<fname>_last.pth` and its `.json`: the most recent epoch, to resume from; 'link': a link to that epoch's checkpoint where it saved one.
         save_top_k=1, # keep the k best: the best as `<fname>.pth`, the others named by `filename`; -1 keeps every epoch's.
         filename=None, # template naming the top-k checkpoints other than the best; default `'<fname>-{epoch}-{<monitor>:.4f}'`.
         every_n_train_steps=None, # also save every n training batches, as `<fname>_step<n>.pth`.
@@ -161,24 +206,30 @@ class SaveModelCallback(_FastaiSaveModelCallback):
         keep_last_n=None, # keep only the newest n periodic checkpoints (`every_epoch` or the two above); None keeps all.
         save_on_exception=False, # on an exception, Ctrl-C or SIGTERM during fit, save `<fname>_interrupted.pth` first.
         resume=False, # take up the checkpoints of `fname` an earlier run left (its best, top k, records); else warn that this fit replaces them.
+        enable_version_counter=True, # a name already taken gets `-v1`, `-v2`...; False overwrites it, as Lightning's option.
+        auto_insert_metric_name=True, # `{epoch}` in `filename` gives `epoch=3`; False gives `3`, as Lightning's option.
     ):
-        min_delta = _check_args(monitor, min_delta, fname, every_epoch, at_end, load_best, async_save, save_last, resume)
+        min_delta = _check_args(monitor, min_delta, fname, every_epoch, at_end, load_best, async_save, save_last, resume,
+                                enable_version_counter, auto_insert_metric_name)
         self._interval = _check_policies(save_top_k, filename, every_epoch, at_end, save_last, every_n_train_steps,
                                          train_time_interval, keep_last_n, save_on_exception)
-        comp = _check_comp(comp, monitor)
+        comp_given, comp = comp is not None, _check_comp(comp, monitor)
         super().__init__(monitor=monitor, comp=comp, min_delta=min_delta, fname=fname,
                          every_epoch=every_epoch, at_end=at_end, with_opt=with_opt, reset_on_fit=reset_on_fit)
         self.lower_is_better = comp in (np.less, np.less_equal)
         self.min_delta = -min_delta if self.lower_is_better else min_delta  # fastai negates it for np.less only
-        store_attr('load_best,async_save,save_last,save_top_k,filename,every_n_train_steps,train_time_interval,keep_last_n,save_on_exception,resume')
+        store_attr('load_best,async_save,save_last,save_top_k,filename,every_n_train_steps,train_time_interval,keep_last_n,save_on_exception,resume,'
+                   'enable_version_counter,auto_insert_metric_name')
         self.last_saved_metadata, self.best_epoch, self._tracking, self.records = None, None, False, []
         self._kept, self._periodic, self._sigterm, self._wrote = [], [], False, set()  # `_wrote`: digests of what it saved
         self._epochs_before, self._epochs_done, self._iters_before, self._iters_done = 0, 0, 0, 0
+        self._comp_given = self._direction_settled = comp_given  # `comp=None`: the learner's metric decides at the fit
         self._init_state()
 
     def _init_state(self):  # also called when unpickled, as in `load_learner`
         super()._init_state()
         self._writer, self._group, self._steps = None, None, 0  # `_steps`: optimizer steps that may have run, for `_holds_chosen`
+        self._resumed_from = None  # the checkpoint `resume_training` loaded for this fit, which no policy deletes
         self._chosen_marks, self.write_waits = None, (0, 0, 0)  # marks of tensors in this process only; the last fit's waits for writes
 
 # %% ../nbs/03_tracker.ipynb #c012
@@ -228,10 +279,23 @@ def _check_names(self:SaveModelCallback, names):
         raise ValueError(f"SaveModelCallback: a metric is named {clash[0]!r}, which the checkpoint's metadata uses for its own "
                          f"{clash[0]}. Rename the metric (for a fastai `Metric`, give it another `name`).")
     if self.filename is None: return
-    try: fill_template(self.filename, {'epoch': 0, 'step': 0, **{n: 0.0 for n in names}})
+    try: fill_template(self.filename, {'epoch': 0, 'step': 0, 'iteration': 0, **{n: 0.0 for n in names}})
     except KeyError as e: raise ValueError(f"SaveModelCallback(filename={self.filename!r}): the learner records no value named {e.args[0]!r}. "
                                            f"A template may name epoch, step, or: {', '.join(names)}.") from None
     except ValueError as e: raise ValueError(f"SaveModelCallback(filename={self.filename!r}): a format in it does not fit a number ({e}).") from None
+
+@patch
+def _check_validation(self:SaveModelCallback):
+    "Refuse to rank by a validation value of a learner whose validation set is empty: it would never be recorded"
+    if self.every_epoch or self.at_end or not self.save_top_k: return  # those save by schedule, whatever the monitor says
+    names, rec = _recorded_names(self.recorder), self.recorder
+    n_train = 1 + (len(rec.metrics) if rec.train_metrics else 0)
+    try: empty = len(self.dls.valid) == 0
+    except (IndexError, AttributeError, TypeError): empty = True  # DataLoaders without a validation loader
+    if empty and self.monitor in names[n_train:]:
+        raise ValueError(f"SaveModelCallback(monitor={self.monitor!r}): the learner's validation set is empty, so {self.monitor!r} "
+                         f"is never recorded and no model would be saved. Give the DataLoaders a validation set (such as "
+                         f"`valid_pct=0.2`), or monitor a training value: {', '.join(names[:n_train])}.")
 
 @patch
 def _check_other_trackers(self:SaveModelCallback):
@@ -246,27 +310,63 @@ def _check_other_trackers(self:SaveModelCallback):
                              f"Give each its own `fname`, or remove one (`learn.remove_cb`); a tracker passed to `Learner(cbs=...)` "
                              f"or `learn.add_cb` stays for every later fit.")
 
+# %% ../nbs/03_tracker.ipynb #dir02
+@patch
+def _set_direction(self:SaveModelCallback, lower:bool):
+    self.comp, self.lower_is_better = (np.less if lower else np.greater), lower
+    self.min_delta = -abs(self.min_delta) if lower else abs(self.min_delta)  # stored signed, as fastai does
+
+@patch
+def _decide_direction(self:SaveModelCallback):
+    "Before the first batch: the monitor's direction from the learner's metric that records it, unless `comp` was given"
+    lower, why = monitor_direction(self.learn, self.monitor)
+    if self._comp_given:
+        if lower is not None and lower != self.lower_is_better and not (lower and _lower_is_better(self.monitor)):  # else said at init
+            warnings.warn(f"SaveModelCallback(monitor={self.monitor!r}, comp=...): {'higher' if lower else 'lower'} values count "
+                          f"as better, but {why} is one where {'lower' if lower else 'higher'} is better. Leave `comp=None` to take its direction.")
+    elif lower is not None: self._set_direction(lower); self._direction_settled = True
+
+@patch
+def _say_direction(self:SaveModelCallback):
+    "Say once which direction was chosen for a monitor nothing tells of, and how to change it"
+    if self._direction_settled or rank_distrib(): return
+    self._direction_settled = True
+    better = 'lower' if self.lower_is_better else 'higher'
+    warnings.warn(f"SaveModelCallback(monitor={self.monitor!r}): nothing tells whether higher or lower {self.monitor!r} is better "
+                  f"(it is not a loss, nor one of fastai's metrics), so {better} values count as better, from its name. If that is "
+                  f"wrong, pass `comp='{'max' if self.lower_is_better else 'min'}'`; `comp='{'min' if self.lower_is_better else 'max'}'` says it is right.")
+
 # %% ../nbs/03_tracker.ipynb #c012e
 @patch
 def _start_tracking(self:SaveModelCallback):
     "Check the names and the other trackers, and reset what this fit tracks unless it continues the last"
     if self._writer is not None: self.wait(); self._writer = None  # the last fit's last write (`async_save`), before reading the folder
+    if not rank_distrib(): finish_interrupted_saves(Path(self.path)/self.model_dir)  # what a killed process left
     self._check_names(_recorded_names(self.recorder))
     self._check_other_trackers()
     group = getattr(self.learn, '_fit_group', None)
     continues = group is not None and group is self._group
+    # The checkpoint `resume_training` loaded: no policy deletes it, as Lightning keeps the one a run resumed from
+    self._resumed_from = next((cb.source.resolve() for cb in self.learn.cbs if isinstance(cb, _ResumeState) and cb.source), None)
     if (self.reset_on_fit and not continues) or self.best is None:
+        self._decide_direction()
+        self._check_validation()
         self.best = float('inf') if self.lower_is_better else -float('inf')
         self.last_saved_metadata, self.best_epoch, self.last_saved_path, self.records = None, None, None, []
         self._kept, self._periodic, self._epochs_done, self._last_meta = [], [], 0, None
         self._iters_done = self.epoch * len(self.dls.train)  # a fit resumed at `start_epoch` counts the batches it skipped
         self._check_earlier_run()
+        self._say_direction()
     self._group, self._epochs_before, self._iters_before, self._tracking = group, self._epochs_done, self._iters_done, True
     self._nonfinite, self._unrecorded, self._clock = [], [], time.monotonic()
     if self._writer is None: self._writer = AsyncCheckpointWriter() if self.async_save else CheckpointWriter()
-    if self.save_on_exception: self._catch_sigterm()
+    self._catch_sigterm()  # also without `save_on_exception`: a write under way then finishes, or leaves no temporary file
 
 # %% ../nbs/03_tracker.ipynb #rs01
+def _from_json(v):
+    "A number as the `.json` stores it: a value that is not finite is written as a string (`json_safe`)"
+    return float(v) if v in ('NaN', 'Infinity', '-Infinity') else v
+
 @patch
 def _earlier_checkpoints(self:SaveModelCallback, own:bool=False)->list:
     "Records of the checkpoints of this tracker's `fname` in the model folder, but for those it wrote itself unless `own`"
@@ -279,7 +379,7 @@ def _earlier_checkpoints(self:SaveModelCallback, own:bool=False)->list:
         m, ranked = d['metadata'], d.get('reason', 'best') in ('best', 'top_k')
         reason = d.get('reason') or ('best' if jp.stem == self.fname else 'last')
         found.append(SaveRecord(jp.with_suffix('.pth'), reason, m.get('epoch'), m.get('iteration'), m, d.get('monitor') if ranked else None,
-                                m.get(d.get('monitor')) if ranked else None, d['digest']))
+                                _from_json(m.get(d.get('monitor'))) if ranked else None, d['digest']))
     return found
 
 # %% ../nbs/03_tracker.ipynb #rs02
@@ -292,6 +392,7 @@ def _check_earlier_run(self:SaveModelCallback):
     if self.resume and other_monitor:
         raise ValueError(f"SaveModelCallback(resume=True, monitor={self.monitor!r}): {best.path} was chosen by {best.monitor!r}, "
                          f"so its value says nothing of {self.monitor!r}. Resume with monitor={best.monitor!r}, or give this run its own `fname`.")
+    if self.resume and best is not None: self._resume_direction(best)
     if not self.resume:
         if best is not None and not rank_distrib():
             keep = (f"give this run its own `fname` (it was chosen by {best.monitor!r})" if other_monitor else
@@ -302,6 +403,25 @@ def _check_earlier_run(self:SaveModelCallback):
                           f"beats it, {keep}.")
         return
     self._take_up(found, best)
+    if self.epoch and not any(isinstance(cb, _ResumeState) for cb in self.learn.cbs) and not rank_distrib():
+        warnings.warn(f"SaveModelCallback(resume=True): this fit starts at epoch {self.epoch} (`start_epoch`), but the model and "
+                      f"optimizer were not restored: it trains on from the learner's weights as they are. To continue the run, call "
+                      f"`resume_training(learn)` before the fit: it loads `{self.fname}_last` (saved with `with_opt=True, save_last=True`).")
+
+@patch
+def _resume_direction(self:SaveModelCallback, best):
+    "Take the direction the resumed run's best was chosen by (its `.json` records it); refuse a `comp` that says otherwise"
+    comp = _from_rank0(None if rank_distrib() else read_checkpoint(best.path).get('comp'))
+    if comp not in ('less', 'greater'): return
+    self._direction_settled = True
+    if (comp == 'less') == self.lower_is_better: return
+    was = 'lower' if comp == 'less' else 'higher'
+    if self._comp_given:
+        raise ValueError(f"SaveModelCallback(resume=True, comp=...): {best.path} was chosen with {was} {self.monitor!r} as better, "
+                         f"and this tracker counts the opposite as better, so it would replace that best with a worse model. "
+                         f"Resume with comp={'min' if comp == 'less' else 'max'!r} (or leave `comp=None`), or give this run its own `fname`.")
+    self._set_direction(comp == 'less')
+    self.best = float('inf') if self.lower_is_better else -float('inf')
 
 # %% ../nbs/03_tracker.ipynb #rs02b
 @patch
@@ -310,11 +430,11 @@ def _take_up(self:SaveModelCallback, found:list, best):
     self._wrote |= {r.digest for r in found}
     # A run killed between moving its old best aside and writing the new one leaves the old best under two names
     dup = [r for r in found if best is not None and r is not best and r.reason == 'top_k' and r.digest == best.digest]
-    ranked = [r for r in found if r not in dup and r.monitor == self.monitor and r.value is not None and math.isfinite(r.value)]
-    ranked.sort(key=lambda r: (r is not best, r.value if self.lower_is_better else -r.value))  # the best first, then by value
+    ranked = [r for r in found if r not in dup and r.monitor == self.monitor and isinstance(r.value, numbers.Real)]
+    ranked.sort(key=lambda r: (r is not best, self._worseness(r.value)))  # the best first, then by value
     extra = ranked[self.save_top_k:] if self.save_top_k > 0 else []  # more than k: left by a run killed mid-replacement
     for r in dup + extra:
-        if not rank_distrib(): delete_checkpoint(r.path)
+        if not rank_distrib() and Path(r.path).resolve() != self._resumed_from: delete_checkpoint(r.path)
     found = [r for r in found if r not in dup + extra]
     self.records = sorted(found, key=lambda r: (r.epoch or 0, r.reason != 'best'))
     self._kept = [r for r in ranked if r not in extra]
@@ -384,11 +504,16 @@ def after_epoch(self:SaveModelCallback):
     if not self._tracking: return
     epoch = self._epochs_before + self.epoch
     self._epochs_done, self._iters_done = epoch + 1, self._iters_before + self.train_iter
-    meta = self._last_meta = {'epoch': epoch, **self._epoch_row()}
+    meta = self._last_meta = {'epoch': epoch, 'iteration': self._iters_done, **self._epoch_row()}
+    n = len(self.records)
     if self.every_epoch:
         if (epoch % self.every_epoch) == 0: self._save_periodic(self._path(f'{self.fname}_{epoch}'), meta, 'every_epoch')  # fastai's names
     else: self._save_if_best(epoch, meta)
-    if self.save_last: self._save(self._path(f'{self.fname}_last'), meta, 'last')
+    if not self.save_last: return
+    # 'link': the epoch's own checkpoint, if a policy just saved one, under the last's name too
+    src = next((r for r in self.records[n:] if r.epoch == epoch), None) if self.save_last == 'link' else None
+    if src is None: self._save(self._path(f'{self.fname}_last'), meta, 'last')
+    else: self._link(src, self._path(f'{self.fname}_last'), 'last')
 
 @patch
 def _save_if_best(self:SaveModelCallback, epoch, meta):
@@ -404,7 +529,14 @@ def _save_if_best(self:SaveModelCallback, epoch, meta):
         self.best, self.best_epoch = val, epoch
         in_fit = f' (epoch {self.epoch} of this fit)' if self._epochs_before else ''
         if self.save_top_k and self._speaks: print(f'Better model found at epoch {epoch}{in_fit} with {self.monitor} value: {val}; saving it to {self._path(self.fname)}.')
-    if math.isfinite(val) and self.save_top_k: self._keep_top_k(meta, val)
+    # A value that is not finite ranks below every other, as in Lightning: kept by `save_top_k=-1`, or while fewer than k are
+    if self.save_top_k and (math.isfinite(val) or (self.save_top_k != 1 and epoch not in self._unrecorded)): self._keep_top_k(meta, val)
+
+@patch
+def _worseness(self:SaveModelCallback, value)->float:
+    "A rank for a monitored value: the larger, the worse; a value that is not finite (or missing) is the worst"
+    if not isinstance(value, numbers.Real) or not math.isfinite(value): return math.inf
+    return value if self.lower_is_better else -value
 
 # %% ../nbs/03_tracker.ipynb #c015b
 @dataclass(eq=False)
@@ -448,7 +580,8 @@ def _smooth_loss_state(learn):
 class _ResumeState(Callback):
     "Put back the random states and the running training loss a checkpoint saved, at the first epoch a resumed fit trains"
     order = 55  # after the recorder (50), before the trackers (60 and more)
-    def __init__(self, resume:dict):
+    def __init__(self, resume:dict, source:Path=None): # `source`: the checkpoint it was read from
+        self.source = None if source is None else Path(source)
         # Loaded onto the learner's device with the optimizer state; the generators, and the running loss (which fastai
         # keeps detached on the CPU), want the CPU
         self.resume, self.rows = to_cpu(resume), {}
@@ -483,6 +616,7 @@ def _save(self:SaveModelCallback, path, meta, reason, record=None, moved=None, d
     rec = record or SaveRecord(path, reason, meta['epoch'], self._iters_done, meta,
                                self.monitor if ranked else None, meta.get(self.monitor) if ranked else None)
     self.records += [r for r in (moved, rec) if r is not None]
+    delete = [p for p in delete if Path(p).resolve() != self._resumed_from]
     # fastai's names, which its loggers read, stay on the model chosen: the best, or the one `every_epoch`/`at_end` saved
     if reason in _CHOSEN: self.last_saved_metadata, self.last_saved_path = meta, path
     if rank_distrib(): return rec  # only rank 0 writes
@@ -497,6 +631,15 @@ def _save(self:SaveModelCallback, path, meta, reason, record=None, moved=None, d
     kw = dict(monitor=self.monitor, comp='less' if self.lower_is_better else 'greater') if ranked else {}
     kw.update(reason=reason, holds=['model', 'opt'] if with_opt else ['model'], tracker=self.fname)
     self._writer.submit(path, state, meta, keep_previous_as=(moved.path, moved.reason, moved.digest) if moved else None, delete=delete, **kw)
+    if isinstance(self._writer, CheckpointWriter): self._note_written()
+    return rec
+
+@patch
+def _link(self:SaveModelCallback, src:SaveRecord, path, reason)->SaveRecord:
+    "Record `path` as a checkpoint of `src`'s weights, and have the writer link it once `src` is written"
+    rec = SaveRecord(path, reason, src.epoch, src.iteration, src.metadata)
+    self.records.append(rec)
+    if not rank_distrib(): self._writer.submit_link(src.path, path, reason=reason)
     if isinstance(self._writer, CheckpointWriter): self._note_written()
     return rec
 
@@ -536,13 +679,14 @@ def _path(self:SaveModelCallback, name)->Path: return join_path_file(name, self.
 def _top_k_path(self:SaveModelCallback, meta, iteration)->Path:
     "Where the top-k checkpoint of `meta`'s epoch goes: its `filename`, with `-v1`, `-v2`... if another kept one has that name"
     template = ifnone(self.filename, self.fname + '-{epoch}-{' + self.monitor + ':.4f}')
-    name = fill_template(template, {**meta, 'step': iteration})
+    name = fill_template(template, {**meta, 'step': iteration, 'iteration': iteration}, self.auto_insert_metric_name)
     return self._free_path(name, {Path(r.path) for r in self._kept} | {self._path(self.fname)})
 
 @patch
 def _free_path(self:SaveModelCallback, name, taken)->Path:
     "`name`'s path, or with `-v1`, `-v2`... if that is `taken` or a checkpoint is already there (an earlier fit's, another run's)"
     path, n = self._path(name), 0
+    if not self.enable_version_counter: return path  # Lightning's option: overwrite what has that name
     while path in taken or path.exists() or path.with_suffix('.json').exists(): n += 1; path = self._path(f'{name}-v{n}')
     return path
 
@@ -555,7 +699,7 @@ def _keep_top_k(self:SaveModelCallback, meta, val):
     entries, drop = self._kept + [new], None
     if 0 < self.save_top_k < len(entries):
         keep = new if self.new_best else old_best  # the best never leaves; of the rest the worst does, the newest of equals
-        drop = max(reversed([r for r in entries if r is not keep]), key=lambda r: r.value if self.lower_is_better else -r.value)
+        drop = max(reversed([r for r in entries if r is not keep]), key=lambda r: self._worseness(r.value))
     if drop is new: return
     moved = None
     if self.new_best and old_best is not None and old_best is not drop:
@@ -572,8 +716,7 @@ def _keep_top_k(self:SaveModelCallback, meta, val):
 @patch(as_prop=True)
 def best_k_models(self:SaveModelCallback)->dict:
     "The top-k checkpoints kept now, best first: path -> monitored value (Lightning's name)"
-    ranked = sorted(self._kept, key=lambda r: r.value, reverse=not self.lower_is_better)
-    return {r.path: r.value for r in ranked}
+    return {r.path: r.value for r in sorted(self._kept, key=lambda r: self._worseness(r.value))}
 
 # %% ../nbs/03_tracker.ipynb #pe01
 @patch
@@ -582,7 +725,7 @@ def _meta_now(self:SaveModelCallback, **extra)->dict:
     n = len(self.dls.train) or 1
     meta = {'epoch': round((self._iters_before + self.train_iter) / n, 6), 'iteration': self._iters_before + self.train_iter, **extra}
     if self._last_meta is not None:
-        meta.update(values_of_epoch=self._last_meta['epoch'], **{k: v for k,v in self._last_meta.items() if k != 'epoch'})
+        meta.update(values_of_epoch=self._last_meta['epoch'], **{k: v for k,v in self._last_meta.items() if k not in ('epoch', 'iteration')})
     return meta
 
 @patch
@@ -594,6 +737,7 @@ def _save_periodic(self:SaveModelCallback, path, meta, reason):
 @patch
 def after_batch(self:SaveModelCallback):
     "Save on the schedule of `every_n_train_steps` or `train_time_interval`"
+    if self._tracking and self._writer is not None: self._writer.raise_error()  # a failed background write stops the fit now
     if not (self._tracking and self.training) or not (self.every_n_train_steps or self._interval): return
     self._iters_done = self._iters_before + self.train_iter
     due = (self._iters_done % self.every_n_train_steps == 0 if self.every_n_train_steps
@@ -626,15 +770,24 @@ _fastai_do_fit = getattr(Learner._do_fit, '__wrapped__', Learner._do_fit)  # fas
 
 @patch
 def _do_fit(self:Learner):
-    # fastai has no event for an exception in a fit: tell the callbacks that listen (trackers first, by `order`), then let it go on
-    if (group := getattr(self, '_fit_group', None)) is not None: group.started += 1
-    try: return _fastai_do_fit(self)
+    if (group := getattr(self, '_fit_group', None)) is not None: group.started += 1  # which fit of a `fine_tune` this is
+    return _fastai_do_fit(self)
+Learner._do_fit.__wrapped__ = _fastai_do_fit
+
+_fastai_with_events = getattr(Learner._with_events, '__wrapped__', Learner._with_events)
+
+@patch
+def _with_events(self:Learner, f, event_type, ex, final=noop):
+    # fastai has no event for an exception in a fit, and calls `after_fit` outside `_do_fit`: for one raised anywhere in a
+    # fit, `after_fit` included, tell the callbacks that listen (trackers first, by `order`), then let it go on
+    if event_type != 'fit': return _fastai_with_events(self, f, event_type, ex, final)
+    try: return _fastai_with_events(self, f, event_type, ex, final)
     except CancelFitException: raise
     except BaseException as e:
         for cb in sorted(self.cbs, key=lambda c: c.order):
             if callable(getattr(type(cb), '_after_exception', None)): cb._after_exception(e)
         raise
-Learner._do_fit.__wrapped__ = _fastai_do_fit
+Learner._with_events.__wrapped__ = _fastai_with_events
 
 @patch
 def _after_exception(self:SaveModelCallback, e:BaseException):
@@ -750,6 +903,10 @@ def _load_into(learn, path, state, desc, with_opt=None, strict=True):
     if strict: _check_fits(path, weights, own)  # before `load_state_dict`, which changes what fits
     else:  # load what fits; torch's non-strict load still fails on a tensor of another shape, after changing others
         other = [k for k in weights if k in own and weights[k].shape != own[k].shape]
+        if not set(weights) & set(own) or set(weights) & set(own) == set(other):
+            raise CheckpointError(f"{path} shares no weight with this learner's model (its keys: {', '.join(list(weights)[:4])}"
+                                  f"{' ...' if len(weights) > 4 else ''}; the model's: {', '.join(list(own)[:4])}{' ...' if len(own) > 4 else ''}), "
+                                  f"so `strict=False` would load nothing. It was saved from another model: load it into that one.")
         if other: warnings.warn(f"{path}: not loaded, of another shape than this model's: {', '.join(other)}.")
         weights = {k: v for k,v in weights.items() if k not in other}
     get_model(learn.model).load_state_dict(weights, strict=strict)
@@ -770,7 +927,7 @@ def resume_training(learn, # the `Learner` to resume, built as the run's was
     if not isinstance(resume.get('epoch'), int): raise CheckpointError(f"{path} was saved mid-epoch ({desc['reason']}, epoch {desc['metadata'].get('epoch')}): "
                                                                        f"a run resumes exactly from the end of an epoch; use `<fname>_last` or the best.")
     _load_into(learn, path, state, desc, with_opt=True)
-    learn.add_cb(_ResumeState(resume))  # the random states go back when the next fit starts training
+    learn.add_cb(_ResumeState(resume, path))  # the random states go back when the next fit starts training
     return resume['epoch'] + 1
 
 # %% ../nbs/03_tracker.ipynb #c018
@@ -839,7 +996,9 @@ def after_fit(self:SaveModelCallback, **kwargs):
         why = (f"{self.monitor!r} had no finite value (NaN or infinite at epochs {self._nonfinite}). Check the learning rate and the data"
                if self._nonfinite else
                f"{self.monitor!r} was not recorded at epochs {self._unrecorded}: the learner has no validation set, or its "
-               f"validation was skipped" if self._unrecorded else "no epoch finished")
+               f"validation was skipped" if self._unrecorded else
+               f"no epoch of this fit beat the best {self.monitor} it started from ({self.best}: kept from an earlier fit by "
+               f"`reset_on_fit=False`, or set by hand)" if self._epochs_done > self._epochs_before else "no epoch finished")
         warnings.warn(f"SaveModelCallback saved no model in this fit: {why}; nothing was loaded.")
         return
     # Only rank 0 wrote, and only it reads: the others may be other machines, without its folder. Nothing to load where

@@ -10,6 +10,7 @@ import os, time, threading, warnings
 from pathlib import Path
 from fastcore.basics import patch, ifnone
 from fastcore.foundation import L
+from .durable import wait_for_unlinks
 from .checkpoint import _finishing, _WRITER_THREAD, save_checkpoint, read_checkpoint, link_checkpoint, delete_checkpoint, json_path, like_dict
 
 # %% auto #0
@@ -19,22 +20,34 @@ __all__ = ['CheckpointWriter', 'AsyncCheckpointWriter']
 def _write_job(job, written:dict, **kwargs)->dict:
     "Do what one submitted save asks, in order: keep the previous checkpoint, save, then delete; note each in `written`"
     path = job['path']
-    if job['keep_previous_as'] is not None and json_path(path).exists():
-        dst, reason, digest = job['keep_previous_as']
-        now = read_checkpoint(path)['digest']
-        # Keep only the checkpoint the caller means: another process saving the same name may have replaced it
-        if now == ifnone(digest, written.get(path, {}).get('digest', now)): written[Path(dst)] = link_checkpoint(path, dst, reason=reason)
-        else: warnings.warn(f"{path} is no longer the checkpoint to keep as {dst} (it holds {now}, not {digest}): another save "
-                            f"replaced it, such as another run saving the same name into this folder. It is not kept under that name.")
-    desc = written[path] = save_checkpoint(path, job['state'], job['metadata'], **kwargs, **job['kwargs'])
+    if job['keep_previous_as'] is not None: _keep_previous(path, *job['keep_previous_as'], written)
+    written.pop(path, None)  # until this save is done: a failed one leaves nothing a later step may take for it
+    if job['link_from'] is not None:  # the same weights under another name: a link, not a second write
+        src = job['link_from']
+        desc = written[path] = link_checkpoint(src, path, reason=job['kwargs'].get('reason'), desc=written.get(src))
+    else: desc = written[path] = save_checkpoint(path, job['state'], job['metadata'], **kwargs, **job['kwargs'])
     for p in job['delete']:  # freed in a thread unless this already is one (the async writer says so)
         delete_checkpoint(p, background=kwargs.get('background_unlink', True))
         written.pop(Path(p), None)
     return desc
 
-def _job(path, state, metadata, keep_previous_as, delete, kwargs)->dict:
+def _keep_previous(path:Path, dst, reason, digest, written:dict):
+    "Give the checkpoint at `path` the name `dst` too, if it is still the one the caller means: `digest`, or the last written there"
+    expected = ifnone(digest, written.get(path, {}).get('digest'))
+    if expected is None: return  # its save never finished (it failed): nothing of it is there to keep
+    if not (path.exists() and json_path(path).exists()):
+        warnings.warn(f"{path} is gone: it was deleted during training (by hand, to free space?). The checkpoint it held is not kept "
+                      f"as {Path(dst).name}; training goes on, and the new checkpoint is saved.")
+        return
+    now = read_checkpoint(path)['digest']
+    # Keep only the checkpoint the caller means: another process saving the same name may have replaced it
+    if now == expected: written[Path(dst)] = link_checkpoint(path, dst, reason=reason)
+    else: warnings.warn(f"{path} is no longer the checkpoint to keep as {dst} (it holds {now}, not {expected}): another save "
+                        f"replaced it, such as another run saving the same name into this folder. It is not kept under that name.")
+
+def _job(path, state, metadata, keep_previous_as, delete, kwargs, link_from=None)->dict:
     return dict(path=Path(path), state=state, metadata=dict(metadata), keep_previous_as=keep_previous_as,
-                delete=[Path(p) for p in delete], kwargs=kwargs)
+                delete=[Path(p) for p in delete], kwargs=kwargs, link_from=None if link_from is None else Path(link_from))
 
 class CheckpointWriter:
     "Save checkpoints in the calling thread, with `AsyncCheckpointWriter`'s interface"
@@ -42,7 +55,12 @@ class CheckpointWriter:
     def submit(self, path, state, metadata, keep_previous_as=None, delete=(), **kwargs):
         "Save `state` to `path` now, as `save_checkpoint(path, state, metadata, **kwargs)`, with the steps a policy asks for"
         self.last_written = _write_job(_job(path, state, metadata, keep_previous_as, delete, kwargs), self.written)
-    def wait(self): return self.last_written
+    def submit_link(self, src, path, reason=None):
+        "Make `path` a checkpoint of the weights of the checkpoint saved to `src` (see `link_checkpoint`), after that save"
+        self.last_written = _write_job(_job(path, None, {}, None, (), dict(reason=reason), link_from=src), self.written)
+    def wait(self):
+        wait_for_unlinks()  # the replaced files' blocks freed: once a fit returns, nothing of ours touches its folder
+        return self.last_written
     idle = True  # `written` is complete: nothing is being written
     def raise_error(self): pass
 
@@ -104,14 +122,28 @@ class AsyncCheckpointWriter:
             finally: self._gate.set()
             self._pending[path] = dict(_job(path, snap, metadata, keep_previous_as, delete, kwargs), plain=plain, done=done)
             self._cond.notify_all()
-            # `_running` changes only under the lock, so a thread about to exit never leaves a job behind
-            if not self._running:
-                self._running = True
-                # Not a daemon: if the training script dies of an exception, Python waits for the saves it announced
-                # ("Better model found") before exiting; a daemon thread would be killed mid-write.
-                threading.Thread(target=self._run, name=_WRITER_THREAD).start()
+            self._start()
+
+    def _start(self):
+        "Start the writer thread if it is not running; called with the lock held"
+        # `_running` changes only under the lock, so a thread about to exit never leaves a job behind
+        if self._running: return
+        self._running = True
+        # Not a daemon: if the training script dies of an exception, Python waits for the saves it announced
+        # ("Better model found") before exiting; a daemon thread would be killed mid-write.
+        threading.Thread(target=self._run, name=_WRITER_THREAD).start()
 
 # %% ../nbs/02_writer.ipynb #c049b
+@patch
+def submit_link(self:AsyncCheckpointWriter, src, path, reason=None):
+    "Queue `CheckpointWriter.submit_link`: it runs after every save submitted before it, the save to `src` included"
+    self.raise_error()
+    with self._cond:
+        while self._pending: self._cond.wait()  # never dropped, nor dropping another: as a save with a policy's steps
+        self._pending[Path(path)] = dict(_job(path, None, {}, None, (), dict(reason=reason), link_from=src), plain=False, done=None)
+        self._cond.notify_all()
+        self._start()
+
 @patch
 def _copy(self:AsyncCheckpointWriter, state, reuse)->tuple:
     "The snapshot of `state` in the buffers `reuse`, and, for a state on the GPU, the event that marks its copy done"
@@ -155,7 +187,7 @@ def _run(self:AsyncCheckpointWriter):
         finally:
             with self._cond:
                 self._busy = None
-                if not self._closed: self._spare.append(job['state'])  # a closed writer frees each copy once written
+                if not self._closed and job['link_from'] is None: self._spare.append(job['state'])  # a closed writer frees each copy once written
                 self._cond.notify_all()
 
 @patch
