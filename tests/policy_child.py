@@ -2,6 +2,8 @@
 
 `interrupt <folder>`: trains with `save_on_exception=True`; in the third batch of the second epoch it touches `ready`
 and waits to be sent SIGTERM or SIGINT, then writes what it saw to `seen.json` and lets the exception go on.
+`sigterm-write <folder>`: trains without `save_on_exception`; while the first checkpoint's weights are being written it
+touches `ready` and waits to be sent SIGTERM.
 `topk-kill <folder> <n>`: keeps the 2 best of scores 0.5, 0.6, 0.7, each epoch's weights filled with its epoch number;
 in the third epoch's save (a new best: the old best moves aside, the new one is written, the worst is deleted) it is
 killed with SIGKILL right after the n-th step made durable (an fsync of the folder)."""
@@ -58,3 +60,13 @@ elif mode == 'topk-kill':
     with learn.no_bar(), learn.no_logging():
         learn.fit(3, lr=1e-3, cbs=[Fill(), SaveModelCallback(monitor='score', save_top_k=2, filename='m-{epoch}')])
     (path / 'finished').touch()
+elif mode == 'sigterm-write':
+    real_write = durable._DigestingFile.write
+    def write_and_wait(self, b):
+        if not (path / 'ready').exists():
+            (path / 'ready').touch()
+            while True: time.sleep(0.01)  # the signal arrives here, mid-write
+        return real_write(self, b)
+    durable._DigestingFile.write = write_and_wait
+    learn = synth_learner(n_trn=2, path=path)
+    with learn.no_bar(), learn.no_logging(): learn.fit(2, lr=1e-2, cbs=SaveModelCallback())

@@ -137,6 +137,42 @@ def test_sigkill_during_a_top_k_replacement_leaves_every_kept_checkpoint_loadabl
     assert found['model.pth'] == (2 if kill_after >= 2 else 1)
     assert 1 in found.values()  # the previous best is never lost: under its own name, or still as model.pth
     assert len(found) <= 3
+    assert not [p.name for p in models.glob('*.pth') if not p.with_suffix('.json').exists()]  # no weights that nothing describes
+    ckpt.finish_interrupted_saves(models)  # as the next fit's tracker does first
+    assert not [p.name for p in models.iterdir() if p.name.startswith('.')] and set(_on_disk(models, '')) == set(found)
+
+
+def test_sigterm_during_a_write_without_save_on_exception_leaves_no_temporary_file(tmp_path):
+    child = subprocess.Popen([sys.executable, str(HERE / 'policy_child.py'), 'sigterm-write', str(tmp_path)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=python_env())
+    for _ in range(3000):
+        if (tmp_path / 'ready').exists() or child.poll() is not None: break
+        time.sleep(0.02)
+    child.send_signal(signal.SIGTERM)
+    out, err = child.communicate(timeout=120)
+    assert child.returncode == 143, err[-2000:]  # `TrainingTerminated`: 128 + SIGTERM
+    assert not [p.name for p in (tmp_path / 'models').iterdir()], err[-2000:]  # the write was rolled back: no hidden .tmp
+
+
+def test_a_failed_background_write_is_never_kept_under_another_epochs_name(tmp_path, monkeypatch):
+    import threading, fastai_bestmodel.writer as writer
+    real, release = writer.save_checkpoint, threading.Event()
+    def full_disk_at_epoch_3(path, state, metadata, **kw):  # a test double of a disk that fills while epoch 3's best is written
+        if metadata['epoch'] != 3: return real(path, state, metadata, **kw)
+        release.wait(60)
+        raise CheckpointWriteError(errno.ENOSPC, f'Could not write checkpoint {path}: No space left on device.')
+    monkeypatch.setattr(writer, 'save_checkpoint', full_disk_at_epoch_3)
+    class Release(Callback):
+        order = 63  # after the tracker has queued epoch 4's save behind epoch 3's
+        def after_epoch(self):
+            if self.epoch == 4: release.set()
+    learn = synth_learner(n_trn=2, path=tmp_path, metrics=ScriptedMetric([0.5, 0.6, 0.7, 0.8, 0.9], 'score'))
+    keep = KeepWeights()
+    with pytest.raises(CheckpointWriteError, match='No space left on device'):
+        learn.fit(5, lr=1e-1, cbs=[SaveModelCallback(monitor='score', comp='max', save_top_k=3, async_save=True), keep, Release()])
+    found = _on_disk(tmp_path / 'models', '')
+    assert 3 not in found.values(), found  # epoch 3 was never written: no file may say it holds it
+    for name, epoch in found.items(): assert_same_weights(load_checkpoint(tmp_path / 'models' / name)[0], keep.weights[epoch])
 
 
 def test_a_full_disk_during_a_top_k_save_deletes_nothing(tmp_path, monkeypatch):
