@@ -6,13 +6,35 @@ Docs: https://github.com/fastai-bestmodel/fastai_bestmodel/cli.html.md"""
 
 # %% ../nbs/07_cli.ipynb #c002
 from __future__ import annotations
-import argparse, json, os, re, sys
+import argparse, json, math, os, re, sys, warnings
+from contextlib import contextmanager
 from pathlib import Path
-from .checkpoint import read_checkpoint, verify_checkpoint, list_checkpoints, json_path, CheckpointError, CheckpointMismatchError, NotACheckpointError, require_path
+from .checkpoint import read_checkpoint, verify_checkpoint, list_checkpoints, json_path, pth_path, CheckpointError, CheckpointMismatchError, NotACheckpointError, require_path
 from .report import checkpoint_rows, digest_status
 
 # %% auto #0
 __all__ = ['demo', 'main', 'show', 'show_folder', 'ls']
+
+# %% ../nbs/07_cli.ipynb #c010a
+@contextmanager
+def _libraries_quiet():
+    "Deprecation warnings ignored while the libraries are imported: theirs to fix, not the user's"
+    with warnings.catch_warnings():
+        for category in (DeprecationWarning, PendingDeprecationWarning, FutureWarning):
+            warnings.simplefilter('ignore', category)
+        yield
+
+# %% ../nbs/07_cli.ipynb #c010d
+class _EpochTable:
+    "A `learn.logger` that prints each epoch's values in a row under the recorder's metric names"
+    def __init__(self, learn): self.learn, self.widths = learn, None
+    def __call__(self, values):
+        if self.widths is None:  # the recorder names its metrics as the fit begins
+            names = self.learn.recorder.metric_names
+            self.widths = [max(len(n), 8) for n in names]
+            self._print(names)
+        self._print([f'{v:.6f}' if isinstance(v, float) else str(v) for v in values])
+    def _print(self, cells): print('  '.join(c.ljust(w) for c,w in zip(cells, self.widths)).rstrip())
 
 # %% ../nbs/07_cli.ipynb #c011
 def _fmt(d): return ', '.join(f'{k} {v:.4f}' if isinstance(v, float) else f'{k} {v}' for k,v in d.items())
@@ -25,14 +47,16 @@ def demo(epochs:int=8, # epochs of `fit_one_cycle`
          seed:int=42,
         )->dict:
     "Train a CNN on the digits, save and log its best model, and print what was saved and logged"
-    import wandb
-    from fastai_bestmodel.tracker import SaveModelCallback
-    from fastai_bestmodel.wandb import WandbCallback
-    from fastai_bestmodel.offline import read_offline_run
-    from fastai_bestmodel.test_utils import digits_learner
+    with _libraries_quiet():
+        import wandb
+        from fastai_bestmodel.tracker import SaveModelCallback
+        from fastai_bestmodel.wandb import WandbCallback
+        from fastai_bestmodel.offline import read_offline_run
+        from fastai_bestmodel.test_utils import digits_learner
     path = Path(path).absolute(); path.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault('WANDB_SILENT', 'true')
     learn = digits_learner(path=path, seed=seed)
+    learn.logger = _EpochTable(learn)
     run = wandb.init(project=project, mode=mode, dir=path, config=dict(epochs=epochs, lr=lr, seed=seed))
     tracker = SaveModelCallback(monitor='accuracy')
     try:
@@ -55,6 +79,16 @@ def demo(epochs:int=8, # epochs of `fit_one_cycle`
         res['logged'] = logged
     return res
 
+# %% ../nbs/07_cli.ipynb #c014y
+def _above_zero(convert, what:str):
+    "An argparse `type`: the text read by `convert`, refused unless it is a finite number above zero"
+    def read(text:str):
+        try: value = convert(text)
+        except ValueError: value = None
+        if value is None or not 0 < value < math.inf: raise argparse.ArgumentTypeError(f'must be {what}, not {text!r}')
+        return value
+    return read
+
 # %% ../nbs/07_cli.ipynb #c015
 def _parser()->argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog='fastai-bestmodel', description='Best-model checkpoints for fastai, logged to W&B with their own metrics.',
@@ -62,8 +96,10 @@ def _parser()->argparse.ArgumentParser:
     sub = p.add_subparsers(dest='command', required=True)
     def cmd(name, help): return sub.add_parser(name, help=help, description=help[0].upper() + help[1:] + '.', epilog=p.epilog)
     d = cmd('demo', 'train a CNN on the bundled digits, save and log its best model (W&B offline by default)')
-    d.add_argument('--epochs', type=int, default=8, help='epochs of fit_one_cycle (default 8)')
-    d.add_argument('--lr', type=float, default=3e-2, help='its maximum learning rate (default 0.03)')
+    d.add_argument('--epochs', type=_above_zero(int, 'a whole number >= 1'), default=8,
+                   help='epochs of fit_one_cycle (default 8)')
+    d.add_argument('--lr', type=_above_zero(float, 'a number > 0, such as 0.03'), default=3e-2,
+                   help='its maximum learning rate (default 0.03)')
     d.add_argument('--path', default='bestmodel_demo', help='folder for the checkpoint and the W&B run')
     d.add_argument('--project', default='fastai-bestmodel-demo', help='W&B project')
     d.add_argument('--mode', choices=['offline', 'online'], default='offline', help='W&B mode (offline needs no account)')
@@ -115,14 +151,18 @@ def main(argv=None)->int:
     return 0
 
 # %% ../nbs/07_cli.ipynb #c015w
+_LOG_IN = ('log in with `wandb login` (or set WANDB_API_KEY), '
+           'or log offline with `--mode offline` and upload later with `wandb sync`')
+
 def _wandb_command(args)->int:
     "`log`, `prune` and `link`: what needs W&B (and, for `log`, torch to read the weights), imported only for them"
-    import warnings
-    with warnings.catch_warnings():  # torch's deprecation notes, raised as fastai is imported, are not the user's to act on
-        warnings.simplefilter('ignore', FutureWarning)
+    with _libraries_quiet():
+        import wandb
         from fastai_bestmodel import wandb as w
     if args.command == 'log':
-        w.log_checkpoints(args.path, args.project, args.entity, args.run_id, args.name, args.mode, args.dir)
+        try: w.log_checkpoints(args.path, args.project, args.entity, args.run_id, args.name, args.mode, args.dir)
+        except wandb.errors.Error as e:  # no key, no server; our errors (no checkpoint there) reach `main`'s handlers
+            return _fail(f'{args.path}: not logged: W&B failed ({type(e).__name__}: {e}); {_LOG_IN}.')
         return 0
     try:
         if args.command == 'prune':
@@ -136,11 +176,20 @@ def _wandb_command(args)->int:
     return 0
 
 # %% ../nbs/07_cli.ipynb #c014
+def _undescribed(path:Path)->bool:
+    "Whether `path` is a file with no `.json` of ours beside it, as the weights `torch.save` and `learn.save` write"
+    described = json_path(pth_path(path)).exists() or json_path(path).exists()
+    return path.is_file() and path.suffix != '.json' and not described
+
 def show(path)->dict|list:
     "Print the checkpoint at `path` and check its weights' digest; for a folder, every checkpoint in it"
     if path == '': raise NotACheckpointError("'': an empty path; give a checkpoint's .pth, its .json, or the folder that holds them.")
     path = require_path(path)
     if path.is_dir(): return show_folder(path)
+    if _undescribed(path):
+        raise NotACheckpointError(f'{path}: not a checkpoint of fastai_bestmodel: no .json beside it describes it '
+                                  '(torch.save and learn.save write none); give a .pth that SaveModelCallback saved, '
+                                  'its .json, or the folder that holds them.')
     weights, desc = verify_checkpoint(path)
     print(json.dumps(desc, indent=1))
     print(f'{weights}: digest matches ({desc["digest"]})')

@@ -11,11 +11,16 @@ DRIVER = ("import sys; from fastai_bestmodel.cli import main; rc = main(sys.argv
           "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'fastai'))); sys.exit(rc)")
 
 
-def run_python(*args, cwd):
-    "Run this checkout's code in a new Python, with the warnings a user would see"
-    env = {k: v for k, v in os.environ.items() if k != 'PYTHONWARNINGS'}
-    env['PYTHONPATH'] = os.pathsep.join([str(ROOT), *filter(None, [os.environ.get('PYTHONPATH')])])
-    return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
+def run_python(*args, cwd, env=None, timeout=120):
+    "Run this checkout's code in a new Python, with the warnings a user would see; `env`'s values set, its Nones unset"
+    full = {k: v for k, v in os.environ.items() if k != 'PYTHONWARNINGS'}
+    full['PYTHONPATH'] = os.pathsep.join([str(ROOT), *filter(None, [os.environ.get('PYTHONPATH')])])
+    for k, v in (env or {}).items():
+        if v is None: full.pop(k, None)
+        else: full[k] = v
+    # stdin not a terminal: W&B, finding no key, would otherwise ask for one and wait
+    return subprocess.run([sys.executable, *args], cwd=cwd, env=full, stdin=subprocess.DEVNULL,
+                          capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture
@@ -105,3 +110,80 @@ def test_ls_into_a_closed_pipe_ends_quietly(checkpoints):
     p.stdout.read(100); p.stdout.close()
     err = p.stderr.read().decode(); p.wait(timeout=120)
     assert (p.returncode, err) == (141, ''), err
+
+
+def test_show_a_file_that_torch_saved_says_it_is_not_a_checkpoint_of_ours(checkpoints):
+    "`other.pt`, which `torch.save` wrote: no `.json` beside it, and no `other.pt.json` to go looking for"
+    import torch
+    torch.save(nn.Linear(3, 2).state_dict(), checkpoints/'other.pt')
+    r = run_python('-m', 'fastai_bestmodel.cli', 'show', 'other.pt', cwd=checkpoints)
+    assert (r.returncode, r.stdout) == (2, '')
+    assert r.stderr == ("error: other.pt: not a checkpoint of fastai_bestmodel: no .json beside it describes it "
+                        "(torch.save and learn.save write none); give a .pth that SaveModelCallback saved, its .json, "
+                        "or the folder that holds them.\n")
+
+
+EPOCHS, LR = 'a whole number >= 1', 'a number > 0, such as 0.03'
+
+
+@pytest.mark.parametrize('option,value,why', [('--epochs', '0', EPOCHS), ('--epochs', '-3', EPOCHS),
+                                              ('--lr', '0', LR), ('--lr', 'nan', LR)])
+def test_demo_refuses_fewer_than_1_epoch_and_a_learning_rate_not_above_0(tmp_path, option, value, why):
+    r = run_python('-m', 'fastai_bestmodel.cli', 'demo', option, value, '--path', str(tmp_path/'demo'),
+                   cwd=tmp_path, timeout=300)
+    assert (r.returncode, r.stdout) == (2, ''), r.stdout + r.stderr
+    want = f"fastai-bestmodel demo: error: argument {option}: must be {why}, not '{value}'"
+    assert r.stderr.splitlines()[-1] == want, r.stderr
+    assert not (tmp_path/'demo').exists()  # refused before anything was trained or written
+
+
+def test_log_online_without_an_api_key_is_one_error_line(checkpoints, tmp_path_factory):
+    "No key where W&B looks (WANDB_API_KEY, ~/.netrc, its settings): one line on how to log in or log offline, no wait"
+    home = tmp_path_factory.mktemp('home')  # an empty HOME: no ~/.netrc, no ~/.config/wandb
+    env = {k: None for k in os.environ if k.startswith('WANDB_') or k in ('NETRC', 'XDG_CONFIG_HOME')}
+    # W&B's server a closed port on loopback: had W&B tried to reach it, nothing would leave this machine, nor wait
+    env.update(HOME=str(home), WANDB_MODE='online', WANDB_BASE_URL='http://127.0.0.1:9', WANDB_DIR=str(home))
+    r = run_python('-m', 'fastai_bestmodel.cli', 'log', 'models', '--mode', 'online', '--project', 'p',
+                   cwd=checkpoints, env=env, timeout=60)
+    assert (r.returncode, r.stdout) == (1, ''), r.stdout + r.stderr
+    assert len(r.stderr.splitlines()) == 1 and r.stderr.startswith('error: models: '), r.stderr
+    assert 'No API key' in r.stderr and '`wandb login`' in r.stderr and '`--mode offline`' in r.stderr, r.stderr
+
+
+# `main` in a program that keeps its own warning filters: it must hand them back as they were
+QUIET_DRIVER = ("import sys, warnings; from fastai_bestmodel.cli import main; before = list(warnings.filters); "
+                "rc = main(sys.argv[1:]); assert warnings.filters == before, 'main changed the warning filters'; "
+                "sys.exit(rc)")
+
+
+def test_log_prints_none_of_the_libraries_deprecation_warnings(checkpoints):
+    "With warnings on (`-W default`), importing fastai warns of pandas' deprecations: not the user's to act on"
+    r = run_python('-W', 'default', '-c', QUIET_DRIVER, 'log', 'models', '--mode', 'offline', '--project', 'p',
+                   '--dir', str(checkpoints), cwd=checkpoints, timeout=300)
+    assert r.returncode == 0 and 'logged to run' in r.stdout, r.stdout + r.stderr
+    assert r.stderr == ''
+
+
+def _word_starts(line:str)->list:
+    "Where each word of `line` begins"
+    return [i for i, c in enumerate(line) if c != ' ' and (i == 0 or line[i-1] == ' ')]
+
+
+def test_demo_prints_a_table_of_its_epochs_and_no_warning(tmp_path):
+    "A row for each epoch under fastai's metric names, not the recorder's raw lists; then the lines the README shows"
+    r = run_python('-m', 'fastai_bestmodel.cli', 'demo', '--epochs', '2', '--path', str(tmp_path/'demo'), cwd=tmp_path,
+                   env=dict(WANDB_SILENT=None, WANDB_MODE=None), timeout=300)
+    assert (r.returncode, r.stderr) == (0, ''), r.stderr
+    table, tail = r.stdout.split('\n\n')
+    header, *rows = table.splitlines()
+    assert header.split() == ['epoch', 'train_loss', 'valid_loss', 'accuracy', 'time'], r.stdout
+    assert [row.split()[0] for row in rows] == ['0', '1'], r.stdout
+    for row in rows: assert _word_starts(row) == _word_starts(header), (header, row)
+    last_line = next(line for line in tail.splitlines() if line.startswith('last epoch: '))
+    last = dict(kv.split(' ') for kv in last_line.removeprefix('last epoch: ').split(', '))
+    for name, value in zip(header.split()[1:4], rows[-1].split()[1:4]):
+        assert abs(float(value) - float(last[name])) <= 1e-4, (name, value, last)
+    prefixes = ['best epoch: epoch ', 'last epoch: epoch 1, ', 'checkpoint: ', 'described by: ', "W&B artifact 'run-",
+                'W&B summary: ', 'W&B offline run: ', 'upload it with: wandb sync ']
+    lines = tail.splitlines()
+    assert len(lines) == len(prefixes) and all(l.startswith(p) for l, p in zip(lines, prefixes)), r.stdout
