@@ -18,6 +18,7 @@ from .tracker import SaveModelCallback, deciding_tracker
 from .checkpoint import CheckpointError, NotACheckpointError
 from .checkpoint import verify_checkpoint, list_checkpoints, json_path, pth_path, json_safe, require_path
 from .durable import file_digest
+from .offline import read_offline_run
 
 # %% auto #0
 __all__ = ['PROTECTED', 'position_alias', 'role_aliases', 'best_alias', 'logged_versions', 'CheckpointReplacedError',
@@ -62,9 +63,13 @@ def best_alias(monitor:str)->str:
 # %% ../nbs/05_wandb.ipynb #c009b
 _STATE = '_fastai_bestmodel'  # the run summary's key for what this package logged in the run
 
+def _offline(run)->bool: return run.settings.mode in ('offline', 'dryrun')
+
 def logged_versions(run=None)->dict:
     "What was logged in `run` (default: the current one): `{artifact name: {weights digest: {aliases, files, json}}}`"
-    s = (run or wandb.run).summary.get(_STATE)
+    run = run or wandb.run
+    _restore_offline_state(run)
+    s = run.summary.get(_STATE)
     return json.loads(s) if isinstance(s, str) else {}
 
 def _note_logged(run, state:dict): run.summary[_STATE] = json.dumps(state)  # a string: W&B keeps it as it is
@@ -77,6 +82,40 @@ def _same_files(files:dict, digest:str, json_digest:str)->dict|None:
         desc = verify_checkpoint(jp)[1]
         return desc if desc['digest'] == digest else None
     except (CheckpointError, OSError, StopIteration): return None
+
+# %% ../nbs/05_wandb.ipynb #c009f
+_PART = re.compile(r'(?:offline-)?run-(\d{8}_\d{6})-(.+)')  # W&B's folder of one part of a run: `offline-run-<time>-<id>`
+
+def _earlier_parts(run)->list:
+    "The folders of the earlier parts of `run` (its id, another folder) beside its own, oldest first"
+    here = Path(run.dir).parent
+    found = [(m[1], p) for p in here.parent.iterdir() if p != here and (m := _PART.fullmatch(p.name)) and m[2] == run.id]
+    return [p for _, p in sorted(found)]
+
+# %% ../nbs/05_wandb.ipynb #c009g
+def _restore_offline_state(run)->list|None:
+    "Offline, with no state in the summary: copy what the earlier parts of `run` logged into it; the parts found, else None"
+    if run.summary.get(_STATE) is not None or not _offline(run): return None
+    parts, state, summary = _earlier_parts(run), {}, {}
+    for p in parts:
+        try: s = read_offline_run(p, wait=0).summary  # a finished part: no waiting for its last record
+        except Exception: continue  # a log cut off before its first whole record holds nothing to take up
+        summary.update({k: v for k,v in s.items() if k.startswith(('best-', 'best_'))})
+        for name, versions in json.loads(s.get(_STATE) or '{}').items(): state.setdefault(name, {}).update(versions)
+    if parts:  # the key set, even to `{}`, ends the search for this run
+        run.summary.update({k: v for k,v in summary.items() if run.summary.get(k) is None})
+        _note_logged(run, state)
+    return parts
+
+# %% ../nbs/05_wandb.ipynb #c009l
+_MAX_KEYS = 100  # wandb 0.31 refuses an artifact with more top-level metadata keys
+_POSITION = ('epoch', 'iteration', 'run_epoch')  # where the checkpoint is in training: kept at the top
+
+def _artifact_metadata(meta:dict)->dict:
+    "A checkpoint's metadata as W&B takes them: as they are, or past 100 keys the recorded values under `metrics`"
+    if len(meta) <= _MAX_KEYS: return meta
+    top = {k: meta[k] for k in _POSITION if k in meta}
+    return {**top, 'metrics': {k: v for k,v in meta.items() if k not in top}}
 
 # %% ../nbs/05_wandb.ipynb #c009c
 class CheckpointReplacedError(CheckpointError): "The checkpoint at a path is no longer the one a caller meant to log"
@@ -115,7 +154,7 @@ def log_checkpoint(path, # a checkpoint's `.pth` or `.json`, written by `SaveMod
     else: files = {f'{stem}.pth': str(weights), f'{stem}.json': str(json_path(weights))}
     run_epoch = ifnone(epoch, meta.get('epoch'))  # a second fit in the run counts its epochs from 0; W&B's charts and aliases do not
     if run_epoch != meta.get('epoch') and 'run_epoch' not in meta: meta = {**meta, 'run_epoch': run_epoch}
-    art = wandb.Artifact(name=name, type='model', metadata=meta, description=description)
+    art = wandb.Artifact(name=name, type='model', metadata=_artifact_metadata(meta), description=description)
     for n, p in files.items(): art.add_file(p, name=n)  # W&B copies each file now: a later save cannot change what is uploaded
     run.log_artifact(art, aliases=aliases)
     state[name][desc['digest']] = dict(aliases=sorted({*aliases, *(seen or {}).get('aliases', [])}), files=files,
@@ -217,6 +256,7 @@ def before_fit(self:WandbCallback):
     if wandb.run is None:
         raise ValueError('WandbCallback needs a W&B run: call `wandb.init(project=...)` before fitting '
                          '(with WANDB_MODE=offline it needs no account or network).')
+    self._no_earlier_part = _restore_offline_state(wandb.run) == []  # before `_handle` reads the `best-*` summary
     if not hasattr(self.learn, 'lr_finder') and not hasattr(self, 'gather_preds'):
         self._cbs = self._trackers(add=bool(self.mode))
         no_last = [cb.fname for cb in self._cbs if self.mode == 'best_and_last' and not cb.save_last]
@@ -238,8 +278,21 @@ def before_train(self:WandbCallback):
     "Note that this fit trains (`validate` never does: it logs no model), and the epochs of checkpoints a tracker resumed"
     if not self._trained: self._start_epoch = self.epoch  # > 0 in a fit that `start_epoch` resumed
     self._trained = True
+    taken = [rec for cb in self._cbs for rec in cb.records if rec not in self._run_epochs]
+    if taken and self.mode: self._say_no_earlier_part(len(taken))
     for cb in self._cbs:  # records that appear before a tracker's first epoch are an earlier run's, taken up with `resume=True`:
         for rec in cb.records: self._run_epochs.setdefault(rec, rec.epoch)  # a resumed run numbers its epochs as that run did
+
+# %% ../nbs/05_wandb.ipynb #c014r
+@patch
+def _say_no_earlier_part(self:WandbCallback, n:int):
+    "Say once that an offline run resumed without its earlier part's log beside it will log the `n` taken-up checkpoints again"
+    run = wandb.run
+    if not getattr(self, '_no_earlier_part', False) or not run.settings.resume or getattr(self, '_told_resumed', False): return
+    self._told_resumed = True
+    print(f"WandbCallback: no log of an earlier part of run {run.id} is in {Path(run.dir).parent.parent} (W&B offline restores no "
+          f"summary): if this run continues one, the {n} checkpoints SaveModelCallback(resume=True) took up are logged again, and "
+          f"one moved aside since makes a second version of its weights. Give `wandb.init` the earlier part's `dir` to avoid it.")
 
 # %% ../nbs/05_wandb.ipynb #c014c
 @patch
@@ -361,8 +414,6 @@ def _after_exception(self:WandbCallback, e:BaseException):
                                            f'the checkpoints on disk are intact: `fastai-bestmodel log FOLDER` uploads them.')
 
 # %% ../nbs/05_wandb.ipynb #r003
-def _offline(run)->bool: return run.settings.mode in ('offline', 'dryrun')
-
 @patch
 def _after_uploads(self:WandbCallback):
     "Prune old versions and link the best to the registry: on the server if the run is online; offline, say what to run after sync"
@@ -373,8 +424,10 @@ def _after_uploads(self:WandbCallback):
         todo = [f'fastai-bestmodel prune {ref} --keep {self.keep_versions}' for ref in refs.values() if self.keep_versions is not None]
         todo += [f'fastai-bestmodel link {ref}:best {self.link_to}' for ref in refs.values() if self.link_to]
         if not getattr(self, '_told_offline', False):
+            what = '' if run.entity else (" (ENTITY is your W&B user or team name: an offline run knows none unless "
+                                          "`wandb.init(entity=...)` or WANDB_ENTITY gives it)")
             print(f"WandbCallback: W&B is offline, so no version can be deleted or linked now. After "
-                  f"`wandb sync {Path(run.dir).parent}`, run: {'; '.join(todo)}")
+                  f"`wandb sync {Path(run.dir).parent}`, run: {'; '.join(todo)}{what}")
         self._told_offline = True
         return
     try:

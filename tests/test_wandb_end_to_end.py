@@ -133,3 +133,31 @@ def test_async_save_logs_the_same_best_model(tmp_path, offline_run):
     art = [a for a in _logged(offline_run).artifacts if a['type'] == 'model'][0]
     assert art['metadata']['epoch'] == 2 and set(art['aliases']) == {'best', 'best-accuracy', 'epoch-2', 'latest'}
     assert_same_weights(torch.load(tmp_path / 'models' / 'model.pth', weights_only=True), keep.weights[2])
+
+
+def _scaled_mse(i):
+    "A small fastai metric of its own name: the mean squared error times `i+1`"
+    from fastai.metrics import AvgMetric
+    def f(inp, targ): return ((inp - targ)**2).mean() * (i + 1)
+    f.__name__ = f'mse_x{i:03d}'
+    return AvgMetric(f)
+
+
+def test_more_values_than_wandb_takes_as_keys_all_reach_the_artifact(tmp_path, offline_run):
+    "123 values (W&B takes at most 100 metadata keys): the artifact is logged and holds them all; the .json keeps them flat"
+    learn = synth_learner(n_trn=4, path=tmp_path, metrics=[_scaled_mse(i) for i in range(120)])
+    with warnings.catch_warnings(record=True) as ws:
+        warnings.simplefilter('always')
+        learn.fit(3, lr=1e-1, cbs=[SaveModelCallback(), WandbCallback(log_model=True, log_preds=False)])
+    assert not [w for w in ws if 'could not log' in str(w.message)], [str(w.message) for w in ws]
+    rec, names = learn.recorder.values, learn.recorder.metric_names[1:-1]  # without 'epoch' and 'time'
+    best = min(range(3), key=lambda e: rec[e][1])  # the lowest valid_loss, as SaveModelCallback() monitors
+    want = {'epoch': best, **{n: float(v) for n, v in zip(names, rec[best])}}
+    assert len(want) == 123 and len(set(want.values())) > 100
+    models = [a for a in _logged(offline_run).artifacts if a['type'] == 'model']
+    assert len(models) == 1
+    meta = models[0]['metadata']
+    assert len(meta) <= 100
+    got = {k: v for k, v in meta.items() if k != 'metrics'} | meta.get('metrics', {})
+    assert got == want
+    assert read_checkpoint(tmp_path / 'models' / 'model.pth')['metadata'] == want

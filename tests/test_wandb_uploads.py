@@ -145,3 +145,15 @@ def test_log_command_names_a_missing_path_and_skips_weights_without_json(tmp_pat
     r = subprocess.run([sys.executable, '-m', 'fastai_bestmodel.cli', 'log', 'models', '--mode', 'offline', '--project', 'p', '--dir', str(tmp_path)],
                        cwd=tmp_path, env=python_env(), capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and 'plain.pth: no .json beside it' in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize('entity', [None, 'my-team'])
+def test_offline_prune_hint_says_what_entity_to_give(tmp_path, capsys, entity):
+    "Offline, the command to run after `wandb sync` names the entity W&B knows (`entity=`, WANDB_ENTITY), or says what to put there"
+    run = wandb.init(project='fastai-bestmodel-tests', mode='offline', dir=tmp_path, entity=entity)
+    learn = synth_learner(n_trn=2, path=tmp_path, metrics=ScriptedMetric([0.5, 0.9], 'accuracy'))
+    learn.fit(2, lr=1e-2, cbs=[SaveModelCallback(monitor='accuracy'), WandbCallback(log_model='all', log_preds=False, keep_versions=1)])
+    run.finish()
+    said = capsys.readouterr().out
+    assert f'fastai-bestmodel prune {entity or "ENTITY"}/fastai-bestmodel-tests/run-{run.id}-model --keep 1' in said, said
+    assert ('ENTITY is your W&B user or team name' in said) == (entity is None), said
