@@ -292,7 +292,7 @@ def _check_validation(self:SaveModelCallback):
     n_train = 1 + (len(rec.metrics) if rec.train_metrics else 0)
     try: empty = len(self.dls.valid) == 0
     except (IndexError, AttributeError, TypeError): empty = True  # DataLoaders without a validation loader
-    if empty and self.monitor in names[n_train:]:
+    if empty and len(self.dls.train) and self.monitor in names[n_train:]:  # (`load_learner`'s learner has no data at all)
         raise ValueError(f"SaveModelCallback(monitor={self.monitor!r}): the learner's validation set is empty, so {self.monitor!r} "
                          f"is never recorded and no model would be saved. Give the DataLoaders a validation set (such as "
                          f"`valid_pct=0.2`), or monitor a training value: {', '.join(names[:n_train])}.")

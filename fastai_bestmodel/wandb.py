@@ -61,6 +61,7 @@ def best_alias(monitor:str)->str:
     return 'best-' + re.sub(r'[^A-Za-z0-9_.-]', '_', monitor)
 
 # %% ../nbs/05_wandb.ipynb #c009b
+_POSITIONS = ('epoch', 'iteration')  # metadata keys that say where in training, not what was recorded: no `best_*`
 _STATE = '_fastai_bestmodel'  # the run summary's key for what this package logged in the run
 
 def _offline(run)->bool: return run.settings.mode in ('offline', 'dryrun')
@@ -348,7 +349,7 @@ def _handle(self:WandbCallback, cb, rec, decides:bool, upload:bool=True, quiet:b
     if best:
         summary[key] = json_safe({**meta, 'epoch': ifnone(epoch, meta['epoch'])})
         if decides:
-            summary.update(json_safe({f'best_{k}': v for k,v in meta.items() if k != 'epoch'}))
+            summary.update(json_safe({f'best_{k}': v for k,v in meta.items() if k not in _POSITIONS}))
             summary['best_epoch'] = ifnone(epoch, meta['epoch'])
     elif rec.reason == 'best' and not quiet:
         print(f"WandbCallback: this fit's best {cb.monitor} ({rec.value}, epoch {epoch}) is worse than {logged}, already "
@@ -521,7 +522,7 @@ def log_checkpoints(path, # a checkpoint's `.pth` or `.json`, or a folder of the
         for d in bests:  # the summary of each tracker's best, as the callback writes it
             if d.get('monitor'): run.summary[best_alias(d['monitor'])] = d['metadata']
             if len(bests) == 1:
-                run.summary.update({f'best_{k}': v for k,v in d['metadata'].items() if k != 'epoch'})
+                run.summary.update({f'best_{k}': v for k,v in d['metadata'].items() if k not in _POSITIONS})
                 run.summary['best_epoch'] = d['metadata'].get('epoch')
         where = f'{run.entity}/{run.project}' if not _offline(run) else f'the offline run {Path(run.dir).parent}: upload it with `wandb sync {Path(run.dir).parent}`'
         n, w = len(found), len({d['digest'] for _,d in found})

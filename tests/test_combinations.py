@@ -323,10 +323,9 @@ def test_export_with_a_wandb_callback_attached(tmp_path, offline_run):
 
 def test_no_validation_set_is_said_to_be_that(tmp_path):
     learn = synth_learner(n_trn=4, n_val=0, path=tmp_path)
-    with warnings.catch_warnings(record=True) as ws:
-        warnings.simplefilter('always')
-        with learn.no_bar(), learn.no_logging(): learn.fit(2, 1e-2, cbs=SaveModelCallback())
-    assert any("'valid_loss' was not recorded at epochs [0, 1]: the learner has no validation set" in str(w.message) for w in ws)
+    with pytest.raises(ValueError, match="the learner's validation set is empty, so 'valid_loss' is never recorded"):
+        with learn.no_bar(), learn.no_logging(): learn.fit(2, 1e-2, cbs=SaveModelCallback())  # before the first batch
+    assert learn.train_iter == 0
     learn.fit(1, 1e-2, cbs=SaveModelCallback(monitor='train_loss', fname='t'))
     assert 'valid_loss' not in read_checkpoint(tmp_path / 'models' / 't.pth')['metadata']  # not computed: left out, not NaN
 

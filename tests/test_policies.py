@@ -42,7 +42,7 @@ def test_top_k_keeps_the_k_best_each_with_its_own_weights_and_metrics(tmp_path, 
     for name, epoch in _on_disk(models, '').items():
         state, desc = load_checkpoint(models / name)
         assert_same_weights(state, keep.weights[epoch])
-        assert desc['metadata'] == {'epoch': epoch, 'train_loss': float(rows[epoch][0]), 'valid_loss': float(rows[epoch][1]), 'accuracy': scores[epoch]}
+        assert desc['metadata'] == {'epoch': epoch, 'iteration': (epoch + 1) * len(learn.dls.train), 'train_loss': float(rows[epoch][0]), 'valid_loss': float(rows[epoch][1]), 'accuracy': scores[epoch]}
     assert {read_checkpoint(models / n)['reason'] for n in ('model', 'epoch=05-accuracy=0.85', 'model_last')} == {'best', 'top_k', 'last'}
     assert_same_weights(learn.model.state_dict(), keep.weights[3])
     assert [p.name for p in cb.best_k_models] == ['model.pth', 'epoch=05-accuracy=0.85.pth', 'epoch=01-accuracy=0.80.pth']

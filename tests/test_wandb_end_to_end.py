@@ -38,13 +38,13 @@ def test_artifact_metadata_is_the_best_epochs_own(tmp_path, offline_run, values,
     assert len(models) == 1
     art = models[0]
     # The recorder's row for the best epoch, read directly, as numbers
-    want = {'epoch': best, 'train_loss': float(rec[best][0]), 'valid_loss': float(rec[best][1]), name: values[best]}
+    want = {'epoch': best, 'iteration': (best + 1) * len(learn.dls.train), 'train_loss': float(rec[best][0]), 'valid_loss': float(rec[best][1]), name: values[best]}
     assert art['metadata'] == want
     assert all(isinstance(v, (int, float)) for v in art['metadata'].values())
     assert set(art['aliases']) == {'best', f'best-{name}', f'epoch-{best}', 'latest'}
     # The summary carries the best model's values, not the last epoch's nor the lowest seen
     for k, v in want.items():
-        if k != 'epoch': assert logged.summary[f'best_{k}'] == v
+        if k not in ('epoch', 'iteration'): assert logged.summary[f'best_{k}'] == v
     assert logged.summary['best_epoch'] == best
     # The artifact's file is the checkpoint on disk, and that holds the best epoch's weights
     files = {f['path']: f for f in art['files']}
@@ -152,8 +152,8 @@ def test_more_values_than_wandb_takes_as_keys_all_reach_the_artifact(tmp_path, o
     assert not [w for w in ws if 'could not log' in str(w.message)], [str(w.message) for w in ws]
     rec, names = learn.recorder.values, learn.recorder.metric_names[1:-1]  # without 'epoch' and 'time'
     best = min(range(3), key=lambda e: rec[e][1])  # the lowest valid_loss, as SaveModelCallback() monitors
-    want = {'epoch': best, **{n: float(v) for n, v in zip(names, rec[best])}}
-    assert len(want) == 123 and len(set(want.values())) > 100
+    want = {'epoch': best, 'iteration': (best + 1) * len(learn.dls.train), **{n: float(v) for n, v in zip(names, rec[best])}}
+    assert len(want) == 124 and len(set(want.values())) > 100
     models = [a for a in _logged(offline_run).artifacts if a['type'] == 'model']
     assert len(models) == 1
     meta = models[0]['metadata']

@@ -32,10 +32,10 @@ def _run(tmp_path, scores, log_model, later=(), **tracker_kw):
 
 
 def _check_each_version_is_its_epochs(versions, weights, rows):
-    "Each version's metadata is its epoch's recorded row and its weights file holds that epoch's weights"
+    "Each version's metadata is its epoch's recorded row (and step: 2 batches an epoch) and its weights file holds that epoch's weights"
     for v in versions:
         e = v['metadata']['epoch']
-        assert v['metadata'] == {'epoch': e, **dict(zip(['train_loss', 'valid_loss', 'accuracy'], map(float, rows[e])))}
+        assert v['metadata'] == {'epoch': e, 'iteration': (e + 1) * 2, **dict(zip(['train_loss', 'valid_loss', 'accuracy'], map(float, rows[e])))}
         staged = next(Path(f['local_path']) for f in v['files'] if f['path'].endswith('.pth'))
         assert_same_weights(torch.load(staged, weights_only=True), weights[e])
 
