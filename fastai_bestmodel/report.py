@@ -120,7 +120,8 @@ def plot_checkpoints(learn, # the `Learner` after its fit
     first = cb.epochs_done - len(rows)  # the tracker counts a `fine_tune`'s two fits as one; the recorder, the last fit
     xs = list(range(first, first + len(rows)))
     fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(6.4, 4))
-    for n in [cb.monitor, *(values or [])]: ax.plot(xs, [r[names.index(n)] for r in rows], label=n, zorder=1)
+    for n in [cb.monitor, *(values or [])]:  # matplotlib leaves out labels starting with `_` (fastai's `_rmse`)
+        ax.plot(xs, [r[names.index(n)] for r in rows], label=' ' + n if n.startswith('_') else n, zorder=1)
     best, kept = _best_record(cb), {Path(p) for p in cb.best_k_models}
     latest = {Path(r.path): r for r in cb.records}  # what each file holds now: a later save to a path replaced the earlier
     drawn = [r for r in cb.records if isinstance(r.epoch, int) and r.epoch >= first]  # epochs the recorder has values of
