@@ -706,11 +706,14 @@ def _keep_top_k(self:SaveModelCallback, meta, val):
         moved = SaveRecord(self._top_k_path(old_best.metadata, old_best.iteration), 'top_k', old_best.epoch,
                            old_best.iteration, old_best.metadata, self.monitor, old_best.value, old_best.digest)
     new.path = best_path if self.new_best else self._top_k_path(meta, self._iters_done)
-    gone = drop is not None and drop is not old_best
+    # With `enable_version_counter=False` a name may be one kept already: that checkpoint is overwritten, not kept
+    written = {Path(new.path)} | ({Path(moved.path)} if moved else set())
+    gone = drop is not None and drop is not old_best and Path(drop.path) not in written
     self._save(new.path, meta, new.reason, record=new, moved=moved, delete=[drop.path] if gone else [])
     if moved is not None and moved not in self.records: moved = None  # not kept aside: another run had replaced it
     replaced = old_best if self.new_best else None  # `<fname>.pth` now holds the new best: the old one is moved or gone
-    self._kept = [moved if r is replaced else r for r in self._kept if r is not drop and (r is not replaced or moved)] + [new]
+    kept = [moved if r is replaced else r for r in self._kept if r is not drop and (r is not replaced or moved)]
+    self._kept = [r for r in kept if r is moved or Path(r.path) not in written] + [new]
 
 # %% ../nbs/03_tracker.ipynb #tk02
 @patch(as_prop=True)
