@@ -197,6 +197,8 @@ def _mismatch(path, want, got)->CheckpointMismatchError:
                f"replaced by another save after this checkpoint was written, such as fastai's `learn.save({path.stem!r})`. "
                f"Load it with `learn.load` if that is the model you want; to keep a described checkpoint beside it, "
                f"save to another name. If nothing else saved there, the weights were changed or damaged: do not use them.")
+    elif got is None: return CheckpointMismatchError(f"{path} is missing: {json_path(path)} describes it ({want}), but the weights file was "
+                                                     f"deleted after it was saved, or never written. Load an older copy of it, or train again.")
     else: why = "The weights were changed or damaged after they were saved; do not use them. Train again, or load an older copy of this checkpoint."
     return CheckpointMismatchError(f"{path} does not match {json_path(path)}: the .json records {want}, the weights file has {got}. {why}", replaced)
 
@@ -204,7 +206,7 @@ def verify_checkpoint(path)->tuple:
     "The weights file that `path`'s `.json` describes, its digest checked, and that description"
     path = pth_path(path)
     desc = read_checkpoint(path)
-    want, got = desc['digest'], 'no file'
+    want, got = desc['digest'], None
     for p in (path, _pending(path, want)):
         if not p.is_file(): continue
         digest = file_digest(p)

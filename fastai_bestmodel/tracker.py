@@ -395,12 +395,11 @@ def _check_earlier_run(self:SaveModelCallback):
     if self.resume and best is not None: self._resume_direction(best)
     if not self.resume:
         if best is not None and not rank_distrib():
-            keep = (f"give this run its own `fname` (it was chosen by {best.monitor!r})" if other_monitor else
-                    "pass `SaveModelCallback(resume=True)`; to keep both, give this run its own `fname`")
+            keep = (f"To keep it, give this run its own `fname` (it was chosen by {best.monitor!r})." if other_monitor else
+                    "To keep it unless this fit beats it, pass `SaveModelCallback(resume=True)`; to keep both, give this run its own `fname`.")
             warnings.warn(f"SaveModelCallback: {best.path} holds a checkpoint this callback did not write (another run's or "
                           f"callback's: epoch {best.epoch}, {best.monitor} {best.value}). This fit starts its best afresh, as "
-                          f"fastai's does, and its first epoch will replace that file even if worse. To keep it unless this fit "
-                          f"beats it, {keep}.")
+                          f"fastai's does, and its first epoch will replace that file even if worse. {keep}")
         return
     self._take_up(found, best)
     if self.epoch and not any(isinstance(cb, _ResumeState) for cb in self.learn.cbs) and not rank_distrib():
@@ -443,7 +442,7 @@ def _take_up(self:SaveModelCallback, found:list, best):
     self.best, self.best_epoch, self.last_saved_path, self.last_saved_metadata = best.value, best.epoch, self._path(self.fname), best.metadata
     if not rank_distrib():
         print(f'Resuming: {best.path} is the best so far ({self.monitor} {best.value}, epoch {best.epoch}), with '
-              f'{len(found) - 1} more checkpoints of this run; it is replaced only by a better model.')
+              f'{len(found) - 1} more checkpoint{"s"[:len(found) != 2]} of this run; it is replaced only by a better model.')
 
 # %% ../nbs/03_tracker.ipynb #c014
 _OMIT = object()
@@ -958,6 +957,11 @@ def _is_own_checkpoint(self:SaveModelCallback)->bool:
     "Whether the checkpoint at `last_saved_path` is still the one this tracker wrote; warns if not"
     saved = next((r.digest for r in reversed(self.records) if r.path == self.last_saved_path), None)
     if rank_distrib() or saved is None: return True  # only rank 0 wrote, and knows what
+    path = Path(self.last_saved_path)
+    if not (path.exists() and json_path(path).exists()):
+        warnings.warn(f"SaveModelCallback did not load the best model: {path} (epoch {self.best_epoch}) was deleted after this "
+                      f"fit saved it, by hand or by another program. The learner keeps its final weights.")
+        return False
     try: now = read_checkpoint(self.last_saved_path)['digest']
     except CheckpointError as e: now = f'unreadable ({e})'
     if now == saved: return True
