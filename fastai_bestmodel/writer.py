@@ -188,6 +188,7 @@ def _run(self:AsyncCheckpointWriter):
             with self._cond:
                 self._busy = None
                 if not self._closed and job['link_from'] is None: self._spare.append(job['state'])  # a closed writer frees each copy once written
+                if not self._pending: _finishing.discard(self)  # before `wait` can return: nothing of it is left to wait for
                 self._cond.notify_all()
 
 @patch
