@@ -284,7 +284,8 @@ def delete_checkpoint(path, # the checkpoint's `.pth` or `.json`
         # First the weights become a save's committed pending file: a crash now leaves the checkpoint whole (loading
         # and the next save complete it). Removing the `.json` then commits the deletion; a crash after it leaves only
         # hidden files, which `finish_interrupted_saves` removes: never a `.pth` that nothing describes.
-        meta = _read_json(json_path(path)) if json_path(path).exists() else None
+        try: meta = _read_json(json_path(path)) if json_path(path).exists() else None
+        except CheckpointError: meta = None  # a damaged `.json`: nothing to undo, remove it
         digest = meta.get('digest') if isinstance(meta, dict) and isinstance(meta.get('digest'), str) else None
         if digest is not None and path.exists(): os.replace(path, _pending(path, digest))
         remove_file(json_path(path))
