@@ -152,7 +152,7 @@ def log_checkpoint(path, # a checkpoint's `.pth` or `.json`, written by `SaveMod
                   f"aliases {new} not added (a new version would duplicate the weights).")
             return None
         files, meta = seen['files'], logged['metadata']
-    else: files = {f'{stem}.pth': str(weights), f'{stem}.json': str(json_path(weights))}
+    else: files = {f'{stem}.pth': str(Path(weights).absolute()), f'{stem}.json': str(json_path(Path(weights).absolute()))}  # found again from any folder
     run_epoch = ifnone(epoch, meta.get('epoch'))  # a second fit in the run counts its epochs from 0; W&B's charts and aliases do not
     if run_epoch != meta.get('epoch') and 'run_epoch' not in meta: meta = {**meta, 'run_epoch': run_epoch}
     art = wandb.Artifact(name=name, type='model', metadata=_artifact_metadata(meta), description=description)

@@ -157,3 +157,16 @@ def test_offline_prune_hint_says_what_entity_to_give(tmp_path, capsys, entity):
     said = capsys.readouterr().out
     assert f'fastai-bestmodel prune {entity or "ENTITY"}/fastai-bestmodel-tests/run-{run.id}-model --keep 1' in said, said
     assert ('ENTITY is your W&B user or team name' in said) == (entity is None), said
+
+
+def test_aliases_added_later_from_another_folder_reach_the_version_already_logged(tmp_path, monkeypatch):
+    from fastai_bestmodel.wandb import log_checkpoint, logged_versions
+    learn = synth_learner(n_trn=2, path='.', metrics=ScriptedMetric([0.5], 'accuracy'))  # fastai's default: a relative path
+    monkeypatch.chdir(tmp_path)
+    learn.fit(1, cbs=SaveModelCallback(monitor='accuracy'))
+    run = wandb.init(project='fastai-bestmodel-tests', mode='offline', dir=tmp_path)
+    log_checkpoint('models/model.pth')
+    monkeypatch.chdir(tmp_path.parent)  # a later call, from elsewhere, names the file by its full path
+    assert log_checkpoint(tmp_path / 'models' / 'model.pth', aliases=['production']) is not None
+    assert 'production' in next(iter(logged_versions(run).values())).popitem()[1]['aliases']
+    run.finish()
