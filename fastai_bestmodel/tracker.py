@@ -288,14 +288,13 @@ def _check_names(self:SaveModelCallback, names):
 def _check_validation(self:SaveModelCallback):
     "Refuse to rank by a validation value of a learner whose validation set is empty: it would never be recorded"
     if self.every_epoch or self.at_end or not self.save_top_k: return  # those save by schedule, whatever the monitor says
-    names, rec = _recorded_names(self.recorder), self.recorder
-    n_train = 1 + (len(rec.metrics) if rec.train_metrics else 0)
     try: empty = len(self.dls.valid) == 0
     except (IndexError, AttributeError, TypeError): empty = True  # DataLoaders without a validation loader
-    if empty and len(self.dls.train) and self.monitor in names[n_train:]:  # (`load_learner`'s learner has no data at all)
+    validated = _logged_names(self.recorder, trained=False, validated=True)
+    if empty and len(self.dls.train) and self.monitor in validated:  # (`load_learner`'s learner has no data at all)
         raise ValueError(f"SaveModelCallback(monitor={self.monitor!r}): the learner's validation set is empty, so {self.monitor!r} "
                          f"is never recorded and no model would be saved. Give the DataLoaders a validation set (such as "
-                         f"`valid_pct=0.2`), or monitor a training value: {', '.join(names[:n_train])}.")
+                         f"`valid_pct=0.2`), or monitor a training value: {', '.join(_logged_names(self.recorder, True, False))}.")
 
 @patch
 def _check_other_trackers(self:SaveModelCallback):
