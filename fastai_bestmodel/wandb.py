@@ -61,7 +61,7 @@ def best_alias(monitor:str)->str:
     return 'best-' + re.sub(r'[^A-Za-z0-9_.-]', '_', monitor)
 
 # %% ../nbs/05_wandb.ipynb #c009b
-_POSITIONS = ('epoch', 'iteration')  # metadata keys that say where in training, not what was recorded: no `best_*`
+_POSITIONS = ('epoch', 'iteration', 'run_epoch')  # metadata keys that say where in training, not what was recorded
 _STATE = '_fastai_bestmodel'  # the run summary's key for what this package logged in the run
 
 def _offline(run)->bool: return run.settings.mode in ('offline', 'dryrun')
@@ -110,12 +110,11 @@ def _restore_offline_state(run)->list|None:
 
 # %% ../nbs/05_wandb.ipynb #c009l
 _MAX_KEYS = 100  # wandb 0.31 refuses an artifact with more top-level metadata keys
-_POSITION = ('epoch', 'iteration', 'run_epoch')  # where the checkpoint is in training: kept at the top
 
 def _artifact_metadata(meta:dict)->dict:
     "A checkpoint's metadata as W&B takes them: as they are, or past 100 keys the recorded values under `metrics`"
     if len(meta) <= _MAX_KEYS: return meta
-    top = {k: meta[k] for k in _POSITION if k in meta}
+    top = {k: meta[k] for k in _POSITIONS if k in meta}  # where the checkpoint is in training: kept at the top
     return {**top, 'metrics': {k: v for k,v in meta.items() if k not in top}}
 
 # %% ../nbs/05_wandb.ipynb #c009c
