@@ -234,9 +234,8 @@ class WandbCallback(_FastaiWandbCallback):
             raise TypeError(f"WandbCallback(log_model=True) needs fastai_bestmodel's SaveModelCallback, which records the metrics "
                             f"of the epoch it saves; the learner has fastai.callback.tracker.SaveModelCallback. "
                             f"Use `from fastai_bestmodel.tracker import SaveModelCallback` instead.")
-        group = getattr(self.learn, '_fit_group', None)
-        if added is None or group is None or added._group is not group:  # not the next fit of the same `fine_tune`
-            added = SaveModelCallback(fname=ifnone(self.model_name, 'model'), save_last=self.mode == 'best_and_last')
+        # One for every fit of this callback: a later fit starts afresh (`reset_on_fit`), and knows the files it wrote itself
+        if added is None: added = SaveModelCallback(fname=ifnone(self.model_name, 'model'), save_last=self.mode == 'best_and_last')
         self._added = added
         self.learn.add_cb(added)
         added('before_fit')  # added after the tracker's turn in this event: start it by hand

@@ -170,3 +170,15 @@ def test_aliases_added_later_from_another_folder_reach_the_version_already_logge
     assert log_checkpoint(tmp_path / 'models' / 'model.pth', aliases=['production']) is not None
     assert 'production' in next(iter(logged_versions(run).values())).popitem()[1]['aliases']
     run.finish()
+
+
+def test_a_second_fit_with_the_tracker_a_wandb_callback_adds_does_not_call_its_own_checkpoint_anothers(tmp_path):
+    run = wandb.init(project='fastai-bestmodel-tests', mode='offline', dir=tmp_path)
+    learn = synth_learner(n_trn=2, path=tmp_path, metrics=ScriptedMetric([0.5, 0.9], 'accuracy'),
+                          cbs=WandbCallback(log_model=True, log_preds=False))  # on the learner, for every fit
+    with warnings.catch_warnings(record=True) as ws:
+        warnings.simplefilter('always')
+        for _ in range(2): learn.fit(2, lr=1e-2)
+    run.finish()
+    assert not [w for w in ws if 'did not write' in str(w.message)], [str(w.message) for w in ws]
+    assert not any(isinstance(cb, SaveModelCallback) for cb in learn.cbs)  # the tracker it added left with each fit
