@@ -77,6 +77,12 @@ def json_path(path)->Path:
     "The `.json` that describes the weights at `path`"
     return Path(path).with_suffix('.json')
 
+def _free(path:Path)->Path:
+    "`path`, or `<stem>-v1`, `-v2`... if a checkpoint is there"
+    stem, n = path.stem, 0
+    while path.exists() or json_path(path).exists(): n += 1; path = path.with_name(f'{stem}-v{n}.pth')
+    return path
+
 def _pending(path, digest)->Path:
     path = Path(path)
     return path.with_name(f'.{path.name}.{digest.split(":")[-1]}.pending')
@@ -119,6 +125,7 @@ def save_checkpoint(path, # where the weights go: a `.pth` file; the `.json` goe
                     tracker:str=None, # the `fname` of the tracker that saved it, which finds its own checkpoints by it
                     background_unlink:bool=True, # free the replaced file's blocks in a thread
                     gate:threading.Event=None, # while this is clear, the write pauses (between 8 MB chunks)
+                    version_counter:bool=False, # if `path` is taken, write `<stem>-v1`, `-v2`...: chosen under the lock
                    )->dict:
     "Write `state` to `path` and its description to `path.with_suffix('.json')`, atomically, and return that description"
     import torch
@@ -131,6 +138,7 @@ def save_checkpoint(path, # where the weights go: a `.pth` file; the `.json` goe
         try:
             # Under the lock no other save runs here, so what a save left is abandoned; without a lock, keep it
             _finish_interrupted(path, abandoned=lock.locked)
+            if version_counter: path = _free(path)
             tmp, digest = write_tmp(path.parent, path.name, lambda f: torch_save_without_crcs(plain_state(state), f), gate=gate)
             try:
                 desc = dict(format=_FORMAT, weights=path.name, digest=digest, bytes=tmp.stat().st_size,
@@ -252,6 +260,7 @@ def link_checkpoint(src, # the checkpoint to give another name: its `.pth` or `.
                     dst, # the new name's `.pth`
                     reason:str=None, # the new name's `reason`, if not `src`'s
                     desc:dict=None, # `src`'s description, if the caller has it
+                    version_counter:bool=False, # if `dst` is taken, name it `<stem>-v1`, `-v2`...
                    )->dict:
     "Make `dst` a checkpoint of `src`'s weights, hard-linked where possible, with its own `.json`, and return its description"
     wait_for_saves()
@@ -263,6 +272,7 @@ def link_checkpoint(src, # the checkpoint to give another name: its `.pth` or `.
         dst.parent.mkdir(parents=True, exist_ok=True)
         with FolderLock(dst.parent) as lock:
             _finish_interrupted(dst, abandoned=lock.locked)
+            if version_counter: dst = _free(dst); desc['weights'] = dst.name
             pending = _pending(dst, desc['digest'])
             remove_file(pending)
             try: os.link(weights, pending)

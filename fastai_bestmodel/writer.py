@@ -17,47 +17,60 @@ from .checkpoint import _finishing, _WRITER_THREAD, save_checkpoint, read_checkp
 __all__ = ['CheckpointWriter', 'AsyncCheckpointWriter']
 
 # %% ../nbs/02_writer.ipynb #w001
+def _path_of(p)->Path: return Path(getattr(p, 'path', p))  # a path, or a record whose name is settled when written
+
 def _write_job(job, written:dict, **kwargs)->dict:
-    "Do what one submitted save asks, in order: keep the previous checkpoint, save, then delete; note each in `written`"
-    path = job['path']
-    if job['keep_previous_as'] is not None: _keep_previous(path, *job['keep_previous_as'], written)
-    written.pop(path, None)  # until this save is done: a failed one leaves nothing a later step may take for it
-    if job['link_from'] is not None:  # the same weights under another name: a link, not a second write
-        src = job['link_from']
-        desc = written[path] = link_checkpoint(src, path, reason=job['kwargs'].get('reason'), desc=written.get(src))
-    else: desc = written[path] = save_checkpoint(path, job['state'], job['metadata'], **kwargs, **job['kwargs'])
-    for p in job['delete']:  # freed in a thread unless this already is one (the async writer says so)
-        delete_checkpoint(p, background=kwargs.get('background_unlink', True))
-        written.pop(Path(p), None)
+    "Do what one submitted save asks, in order: keep the previous checkpoint, save, then delete; tell `on_done` what it did"
+    path, res = job['path'], dict(kept=None, desc=None, deleted=[])
+    try:
+        if job['keep_previous_as'] is not None: res['kept'] = _keep_previous(path, written, *job['keep_previous_as'])
+        written.pop(path, None)  # until this save is done: a failed one leaves nothing a later step may take for it
+        if job['link_from'] is not None:  # the same weights under another name: a link, not a second write
+            src = _path_of(job['link_from'])
+            desc = link_checkpoint(src, path, reason=job['kwargs'].get('reason'), desc=written.get(src))
+        else: desc = save_checkpoint(path, job['state'], job['metadata'], **kwargs, **job['kwargs'])
+        res['desc'] = written[path.with_name(desc['weights'])] = desc
+        for p in map(_path_of, job['delete']):  # freed in a thread unless this already is one (the async writer says so)
+            delete_checkpoint(p, background=kwargs.get('background_unlink', True))
+            written.pop(p, None)
+            res['deleted'].append(p)
+    finally:
+        if job['on_done'] is not None: job['on_done'](res)
     return desc
 
-def _keep_previous(path:Path, dst, reason, digest, written:dict):
-    "Give the checkpoint at `path` the name `dst` too, if it is still the one the caller means: `digest`, or the last written there"
+def _keep_previous(path:Path, written:dict, dst, reason, digest, version_counter:bool=False)->dict|None:
+    "Give the checkpoint at `path` the name `dst` too, if it is still the one the caller means; its description, or None"
     expected = ifnone(digest, written.get(path, {}).get('digest'))
-    if expected is None: return  # its save never finished (it failed): nothing of it is there to keep
+    if expected is None: return None  # its save never finished (it failed): nothing of it is there to keep
     if not (path.exists() and json_path(path).exists()):
         warnings.warn(f"{path} is gone: it was deleted during training (by hand, to free space?). The checkpoint it held is not kept "
                       f"as {Path(dst).name}; training goes on, and the new checkpoint is saved.")
-        return
+        return None
     now = read_checkpoint(path)['digest']
     # Keep only the checkpoint the caller means: another process saving the same name may have replaced it
-    if now == expected: written[Path(dst)] = link_checkpoint(path, dst, reason=reason)
-    else: warnings.warn(f"{path} is no longer the checkpoint to keep as {dst} (it holds {now}, not {expected}): another save "
-                        f"replaced it, such as another run saving the same name into this folder. It is not kept under that name.")
+    if now != expected:
+        warnings.warn(f"{path} is no longer the checkpoint to keep as {dst} (it holds {now}, not {expected}): another save "
+                      f"replaced it, such as another run saving the same name into this folder. It is not kept under that name.")
+        return None
+    desc = link_checkpoint(path, dst, reason=reason, version_counter=version_counter)
+    written[Path(dst).with_name(desc['weights'])] = desc
+    return desc
 
-def _job(path, state, metadata, keep_previous_as, delete, kwargs, link_from=None)->dict:
+def _job(path, state, metadata, keep_previous_as, delete, kwargs, link_from=None, on_done=None)->dict:
     return dict(path=Path(path), state=state, metadata=dict(metadata), keep_previous_as=keep_previous_as,
-                delete=[Path(p) for p in delete], kwargs=kwargs, link_from=None if link_from is None else Path(link_from))
+                delete=list(delete), kwargs=kwargs, link_from=link_from, on_done=on_done)
 
 class CheckpointWriter:
     "Save checkpoints in the calling thread, with `AsyncCheckpointWriter`'s interface"
     def __init__(self): self.last_written, self.written = None, {}
-    def submit(self, path, state, metadata, keep_previous_as=None, delete=(), **kwargs):
+    def submit(self, path, state, metadata, keep_previous_as=None, delete=(), on_done=None, **kwargs):
         "Save `state` to `path` now, as `save_checkpoint(path, state, metadata, **kwargs)`, with the steps a policy asks for"
-        self.last_written = _write_job(_job(path, state, metadata, keep_previous_as, delete, kwargs), self.written)
-    def submit_link(self, src, path, reason=None):
+        job = _job(path, state, metadata, keep_previous_as, delete, kwargs, on_done=on_done)
+        self.last_written = _write_job(job, self.written)
+    def submit_link(self, src, path, reason=None, on_done=None):
         "Make `path` a checkpoint of the weights of the checkpoint saved to `src` (see `link_checkpoint`), after that save"
-        self.last_written = _write_job(_job(path, None, {}, None, (), dict(reason=reason), link_from=src), self.written)
+        job = _job(path, None, {}, None, (), dict(reason=reason), link_from=src, on_done=on_done)
+        self.last_written = _write_job(job, self.written)
     def wait(self):
         wait_for_unlinks()  # the replaced files' blocks freed: once a fit returns, nothing of ours touches its folder
         return self.last_written
@@ -100,7 +113,7 @@ class AsyncCheckpointWriter:
         self._gate.set()
         self._closed, self.waited, self.waits, self.saves = False, 0., 0, 0  # seconds and saves `submit` waited for room; saves
 
-    def submit(self, path, state, metadata, keep_previous_as=None, delete=(), **kwargs):
+    def submit(self, path, state, metadata, keep_previous_as=None, delete=(), on_done=None, **kwargs):
         "Snapshot `state` and queue it as `CheckpointWriter.submit` would save it, replacing a plain save to `path` not yet started"
         self.raise_error()
         path, plain = Path(path), keep_previous_as is None and not delete
@@ -110,6 +123,8 @@ class AsyncCheckpointWriter:
             t0 = time.perf_counter()
             while self._pending and not (plain and path in self._pending and self._pending[path]['plain']): self._cond.wait()
             old = self._pending.pop(path, None)
+            if old is not None and old['on_done'] is not None:  # superseded before it started: never written
+                old['on_done'](dict(kept=None, desc=None, deleted=[], superseded=True))
             # No more than `buffers` copies of the state: with none spare, wait for the thread to finish writing from one
             while old is None and not self._spare and self.sets >= self.buffers and (self._busy is not None or self._pending): self._cond.wait()
             waited = time.perf_counter() - t0
@@ -120,7 +135,8 @@ class AsyncCheckpointWriter:
             self._gate.clear()
             try: snap, done = self._copy(state, reuse)
             finally: self._gate.set()
-            self._pending[path] = dict(_job(path, snap, metadata, keep_previous_as, delete, kwargs), plain=plain, done=done)
+            job = _job(path, snap, metadata, keep_previous_as, delete, kwargs, on_done=on_done)
+            self._pending[path] = dict(job, plain=plain, done=done)
             self._cond.notify_all()
             self._start()
 
@@ -135,12 +151,13 @@ class AsyncCheckpointWriter:
 
 # %% ../nbs/02_writer.ipynb #c049b
 @patch
-def submit_link(self:AsyncCheckpointWriter, src, path, reason=None):
+def submit_link(self:AsyncCheckpointWriter, src, path, reason=None, on_done=None):
     "Queue `CheckpointWriter.submit_link`: it runs after every save submitted before it, the save to `src` included"
     self.raise_error()
     with self._cond:
         while self._pending: self._cond.wait()  # never dropped, nor dropping another: as a save with a policy's steps
-        self._pending[Path(path)] = dict(_job(path, None, {}, None, (), dict(reason=reason), link_from=src), plain=False, done=None)
+        job = _job(path, None, {}, None, (), dict(reason=reason), link_from=src, on_done=on_done)
+        self._pending[Path(path)] = dict(job, plain=False, done=None)
         self._cond.notify_all()
         self._start()
 
