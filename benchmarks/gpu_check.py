@@ -9,7 +9,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch
 from fastai.callback.core import Callback
-from fastai_bestmodel.tracker import SaveModelCallback, load_best_model, resume_training
+from fastai_bestmodel.tracker import SaveModelCallback
+from fastai_bestmodel.learner import load_best_model
+from fastai_bestmodel.resume import resume_training
 from fastai_bestmodel.checkpoint import read_checkpoint, wait_for_saves
 from fastai_bestmodel.test_utils import digits_learner, KeepWeights, ScriptedMetric
 

@@ -123,6 +123,7 @@ def save_checkpoint(path, # where the weights go: a `.pth` file; the `.json` goe
                     reason:str=None, # why it was saved, as the tracker's record says: 'best', 'top_k', 'last', 'every_epoch', 'periodic', 'interrupted', 'end'
                     holds:list=None, # what `state` holds: `['model']`, or `['model', 'opt']` for `{'model':..., 'opt':...}`
                     tracker:str=None, # the `fname` of the tracker that saved it, which finds its own checkpoints by it
+                    training:str=None, # the id of the training it belongs to, the same for each of its checkpoints
                     background_unlink:bool=True, # free the replaced file's blocks in a thread
                     gate:threading.Event=None, # while this is clear, the write pauses (between 8 MB chunks)
                     version_counter:bool=False, # if `path` is taken, write `<stem>-v1`, `-v2`...: chosen under the lock
@@ -143,7 +144,7 @@ def save_checkpoint(path, # where the weights go: a `.pth` file; the `.json` goe
             try:
                 desc = dict(format=_FORMAT, weights=path.name, digest=digest, bytes=tmp.stat().st_size,
                             holds=holds, with_opt='opt' in holds, reason=reason,
-                            monitor=monitor, comp=comp, tracker=tracker, metadata=json_safe(dict(metadata)),
+                            monitor=monitor, comp=comp, tracker=tracker, training=training, metadata=json_safe(dict(metadata)),
                             saved_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
                             torch_version=torch.__version__)
                 pending = _pending(path, digest)

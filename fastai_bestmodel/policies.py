@@ -29,6 +29,7 @@ class SaveRecord:
     value: float = None # and its value then
     digest: str = None # the weights' digest, once written
     status: str = 'pending' # one of `STATUSES`
+    training: str = None # the id of the training it belongs to, the same for every checkpoint of it
     @property
     def live(self)->bool: return self.status in ('pending', 'written')  # on disk, or about to be
 
@@ -65,8 +66,7 @@ def top_k_drop(kept:list, new:SaveRecord, k:int, best:SaveRecord, lower_is_bette
 # %% ../nbs/02b_policies.ipynb #pol26
 def same_epoch(kept:list, new:SaveRecord)->SaveRecord|None:
     "The record in `kept` of `new`'s epoch in the same training, if any: an epoch a resumed run redoes"
-    def training(r): return r.metadata.get('training')
-    return next((r for r in kept if r.epoch == new.epoch and training(r) == training(new)), None)
+    return next((r for r in kept if r.epoch == new.epoch and r.training == new.training), None)
 
 # %% ../nbs/02b_policies.ipynb #pol29
 def newest_n_drop(periodic:list, n:int=None)->list:

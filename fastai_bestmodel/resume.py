@@ -122,7 +122,7 @@ def earlier_checkpoints(cb, own:bool=False)->list:
         reason = d.get('reason') or ('best' if jp.stem == cb.fname else 'last')
         mon = d.get('monitor') if ranked else None
         found.append((SaveRecord(jp.with_suffix('.pth'), reason, m.get('epoch'), m.get('iteration'), m, mon,
-                                 _from_json(m.get(mon)) if ranked else None, d['digest'], 'written'), d))
+                                 _from_json(m.get(mon)) if ranked else None, d['digest'], 'written', d.get('training')), d))
     return found
 
 # %% ../nbs/02d_resume.ipynb #res17
@@ -190,8 +190,8 @@ def take_up(cb, found:list, best):
 # %% ../nbs/02d_resume.ipynb #res21
 def _go_on_counting(cb, found:list, best):
     "Take the training of the checkpoints `found`, and count this fit's epochs after theirs unless `start_epoch` does"
-    trainings = [r.metadata.get('training') for r in ([best] if best else []) + found if r.metadata.get('training')]
-    if trainings: cb.training = trainings[0]
+    trainings = [r.training for r in ([best] if best else []) + found if r.training]
+    if trainings: cb.training_id = trainings[0]
     whole = [r for r in found if isinstance(r.epoch, int)]
     if cb.epoch or not whole: return  # a fit at `start_epoch` numbers its epochs as the run it continues did
     last = max(whole, key=lambda r: r.epoch)

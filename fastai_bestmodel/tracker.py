@@ -258,7 +258,7 @@ def _set_direction(self:SaveModelCallback, lower:bool):
     self.min_delta = -abs(self.min_delta) if lower else abs(self.min_delta)  # stored signed, as fastai does
 
 # %% ../nbs/03_tracker.ipynb #trk23
-_RESERVED = ('epoch', 'iteration', 'training', 'values_of_epoch', 'exception')  # metadata keys that are not recorded values
+_RESERVED = ('epoch', 'iteration', 'values_of_epoch', 'exception')  # metadata keys that are not recorded values
 
 @patch
 def _start_tracking(self:SaveModelCallback):
@@ -398,7 +398,7 @@ def _epoch_ended(self:SaveModelCallback):
     "Compare the value monitored to its best score and save if best; save on `every_epoch`'s schedule, and the last"
     epoch = self._epochs_before + self.epoch
     self._epochs_done, self._iters_done = epoch + 1, self._iters_before + self.train_iter
-    meta = self._last_meta = {'epoch': epoch, 'iteration': self._iters_done, 'training': self.training_id, **self._epoch_row()}
+    meta = self._last_meta = {'epoch': epoch, 'iteration': self._iters_done, **self._epoch_row()}
     self.epoch_values.append(meta)
     n = len(self.records)
     if self.every_epoch:
@@ -407,7 +407,7 @@ def _epoch_ended(self:SaveModelCallback):
     if not self.save_last: return
     # 'link': the epoch's own checkpoint, if a policy just saved one, under the last's name too
     src = next((r for r in self.records[n:] if r.epoch == epoch), None) if self.save_last == 'link' else None
-    if src is None: self._save(SaveRecord(self._path(f'{self.fname}_last'), 'last', epoch, self._iters_done, meta))
+    if src is None: self._save(SaveRecord(self._path(f'{self.fname}_last'), 'last', epoch, self._iters_done, meta, training=self.training_id))
     else: self._link(src, self._path(f'{self.fname}_last'), 'last')
 
 # %% ../nbs/03_tracker.ipynb #trk34
@@ -446,7 +446,7 @@ def _save(self:SaveModelCallback, rec:SaveRecord, moved:SaveRecord=None, drop=()
     state = self._state(rec)
     kw = dict(monitor=self.monitor, comp='less' if self.lower_is_better else 'greater') if rec.reason in _RANKED else {}
     kw.update(reason=rec.reason, holds=['model', 'opt'] if isinstance(state, dict) and 'opt' in state and 'model' in state
-              else ['model'], tracker=self.fname, version_counter=version_counter)
+              else ['model'], tracker=self.fname, training=rec.training, version_counter=version_counter)
     keep = (moved.path, moved.reason, moved.digest, self.enable_version_counter) if moved else None
     self._writer.submit(rec.path, state, rec.metadata, keep_previous_as=keep, delete=drop,
                         on_done=self._job_done(rec, moved, drop), **kw)
@@ -466,7 +466,7 @@ def _state(self:SaveModelCallback, rec:SaveRecord):
 @patch
 def _link(self:SaveModelCallback, src:SaveRecord, path, reason)->SaveRecord:
     "Record `path` as a checkpoint of `src`'s weights, and have the writer link it once `src` is written"
-    rec = SaveRecord(path, reason, src.epoch, src.iteration, src.metadata)
+    rec = SaveRecord(path, reason, src.epoch, src.iteration, src.metadata, training=src.training)
     self.records.append(rec)
     if not rank_distrib(): self._writer.submit_link(src, path, reason=reason, on_done=self._job_done(rec))
     return rec
@@ -525,7 +525,7 @@ def _keep_top_k(self:SaveModelCallback, meta, val):
     best_path, kept = self._path(self.fname), [r for r in self._kept if r.live]
     old_best = next((r for r in kept if Path(r.path) == best_path), None)
     new = SaveRecord(best_path if self.new_best else self._top_k_path(meta), 'best' if self.new_best else 'top_k',
-                     meta['epoch'], self._iters_done, meta, self.monitor, val)
+                     meta['epoch'], self._iters_done, meta, self.monitor, val, training=self.training_id)
     redo = same_epoch(kept, new)  # an epoch a resumed run redoes: it stays in the k best once
     if redo is not None and redo is old_best and not self.new_best: return
     if redo is not None: kept.remove(redo)
@@ -535,7 +535,7 @@ def _keep_top_k(self:SaveModelCallback, meta, val):
     moved = None
     if self.new_best and old_best is not None and old_best not in (drop, redo):
         moved = SaveRecord(self._top_k_path(old_best.metadata), 'top_k', old_best.epoch, old_best.iteration,
-                           old_best.metadata, self.monitor, old_best.value, old_best.digest)
+                           old_best.metadata, self.monitor, old_best.value, old_best.digest, training=old_best.training)
     self._save_ranked(new, moved, kept, drop, old_best, redo)
 
 # %% ../nbs/03_tracker.ipynb #trk44
@@ -561,7 +561,7 @@ def best_k_models(self:SaveModelCallback)->dict:
 def _meta_now(self:SaveModelCallback, **extra)->dict:
     "Where training is now (epochs done, as a fraction; training batches done) and the latest recorded values, marked as such"
     n, it = len(self.dls.train) or 1, self._iters_before + self.train_iter
-    meta = {'epoch': round(it / n, 6), 'iteration': it, 'training': self.training_id, **extra}
+    meta = {'epoch': round(it / n, 6), 'iteration': it, **extra}
     if self._last_meta is not None:
         meta.update(values_of_epoch=self._last_meta['epoch'], **{k: v for k,v in self._last_meta.items() if k not in _RESERVED})
     return meta
@@ -570,7 +570,7 @@ def _meta_now(self:SaveModelCallback, **extra)->dict:
 def _save_periodic(self:SaveModelCallback, path, meta, reason):
     "Save a periodic checkpoint; past `keep_last_n`, the oldest goes once this one is on disk"
     old = newest_n_drop([r for r in self._periodic if r.live], self.keep_last_n)
-    rec = SaveRecord(path, reason, meta['epoch'], self._iters_done, meta)
+    rec = SaveRecord(path, reason, meta['epoch'], self._iters_done, meta, training=self.training_id)
     self._periodic = [r for r in self._periodic if r not in old] + [self._save(rec, drop=old, version_counter=reason == 'periodic')]
 
 # %% ../nbs/03_tracker.ipynb #trk48
@@ -614,7 +614,9 @@ def _after_exception(self:SaveModelCallback, e:BaseException):
         if self.save_on_exception:
             self._iters_done = self._iters_before + self.train_iter
             meta = self._meta_now(exception=type(e).__name__)
-            rec = self._save(SaveRecord(self._path(f'{self.fname}_interrupted'), 'interrupted', meta['epoch'], self._iters_done, meta))
+            rec = SaveRecord(self._path(f'{self.fname}_interrupted'), 'interrupted', meta['epoch'], self._iters_done, meta,
+                             training=self.training_id)
+            self._save(rec)
         self._finish_saving(at_end=False)
     except Exception as err:
         warnings.warn(f"SaveModelCallback could not finish its saves after {type(e).__name__} ({type(err).__name__}: {err}); "
@@ -634,8 +636,8 @@ def wait(self:SaveModelCallback):
 def _finish_saving(self:SaveModelCallback, at_end:bool=True, block:bool=True):
     "Save at the end if `at_end`; wait for the writes, or, with `async_save` and not `block`, let the last finish after the fit"
     if at_end and self.at_end:
-        meta = ifnone(self._last_meta, {'epoch': self._epochs_done - 1, 'iteration': self._iters_done, 'training': self.training_id})
-        self._save(SaveRecord(self._path(self.fname), 'end', meta['epoch'], self._iters_done, meta))
+        meta = ifnone(self._last_meta, {'epoch': self._epochs_done - 1, 'iteration': self._iters_done})
+        self._save(SaveRecord(self._path(self.fname), 'end', meta['epoch'], self._iters_done, meta, training=self.training_id))
     w = self._writer
     self.write_waits = (w.waited, w.waits, w.saves) if isinstance(w, AsyncCheckpointWriter) else (0, 0, 0)
     if block or not isinstance(w, AsyncCheckpointWriter):

@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from fastai.test_utils import synth_learner
 from fastai.callback.core import Callback
 from fastai.callback.tracker import EarlyStoppingCallback
-from fastai_bestmodel.tracker import SaveModelCallback, resume_training
+from fastai_bestmodel.tracker import SaveModelCallback
+from fastai_bestmodel.resume import resume_training
 
 folder, mode, out = sys.argv[1], sys.argv[2], sys.argv[3]
 run_id = sys.argv[4] if len(sys.argv) > 4 else None  # log to this W&B run (offline), resuming it in `resumed`

@@ -8,7 +8,8 @@ import json, os, signal, sys
 from pathlib import Path
 from fastai.test_utils import synth_learner
 import fastai_bestmodel.writer as writer
-from fastai_bestmodel.tracker import SaveModelCallback, resume_training
+from fastai_bestmodel.tracker import SaveModelCallback
+from fastai_bestmodel.resume import resume_training
 from fastai_bestmodel.test_utils import ScriptedMetric
 
 mode, path = sys.argv[1], Path(sys.argv[2])

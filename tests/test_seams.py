@@ -11,7 +11,8 @@ from fastai.learner import load_learner
 import fastai_bestmodel.writer as writer
 from fastai_bestmodel.durable import file_digest
 from fastai_bestmodel.checkpoint import CheckpointError, list_checkpoints, load_checkpoint, save_checkpoint
-from fastai_bestmodel.tracker import SaveModelCallback, load_best_model
+from fastai_bestmodel.tracker import SaveModelCallback
+from fastai_bestmodel.learner import load_best_model
 from fastai_bestmodel.report import best_vs_last, plot_checkpoints
 from fastai_bestmodel.test_utils import ScriptedMetric, digits_learner
 from conftest import KeepWeights, python_env
@@ -48,7 +49,6 @@ def _not_own(cb, keep):
     return wrong
 
 
-@_seam(1, "the free top-k name is chosen by an exists() check when the save is submitted, outside the folder lock")
 def test_a_top_k_name_claimed_by_two_runs_holds_each_runs_own_model(tmp_path, monkeypatch):
     """Runs `a` and `b` train into one folder with one top-k template. Run a's writer is held after a's tracker named
     its epoch-1 top-k file and before the file is written; meanwhile run b trains all its epochs. Each run's top-k
@@ -86,7 +86,6 @@ def test_a_top_k_name_claimed_by_two_runs_holds_each_runs_own_model(tmp_path, mo
     assert wrong == {'a': [], 'b': []}, f"top-k files holding another run's weights: {wrong}"
 
 
-@_seam(3, "a resumed tracker saves again, as another top k, the epoch model.pth holds (killed before model_last)")
 def test_a_run_killed_between_the_best_and_model_last_resumes_to_each_epoch_once_in_the_top_k(tmp_path):
     """Killed while writing `model_last` at epoch 8 (model.pth holds epoch 8, model_last epoch 7); the resumed process
     trains epochs 8-10 again, with scores 0.90, 0.86, 0.88: the 3 best are epochs 8, 10, 9, each once."""
@@ -106,7 +105,6 @@ def test_a_run_killed_between_the_best_and_model_last_resumes_to_each_epoch_once
         f"the tracker's top 3: {out['best_k_models']}; epochs of the best and top-k .jsons: {sorted(ranked)}"
 
 
-@_seam(5, "the tracker's records say what it meant to write, not what is on disk after another writer or a deletion")
 def test_what_the_tracker_says_is_on_disk_is_there_after_another_writer_replaced_model_pth(tmp_path):
     """Between epochs 3 and 4 another run's save replaces model.pth; each epoch is a new best, so each moves the last
     best aside and pushes the worst of the 3 out. Every path the tracker lists as kept, and every record it says is
@@ -147,9 +145,8 @@ def test_best_vs_last_after_validate_shows_the_fits_last_epoch(tmp_path):
     assert list(line.get_ydata()) == pytest.approx([r[names.index('score')] for r in rows])
 
 
-@_seam(13, "a resumed fit numbers its epochs from 0 again, and no .json says which training it belongs to")
 def test_epochs_of_one_training_are_unique_across_export_and_a_resumed_fit(tmp_path):
-    """The fields expected: each `.json`'s `metadata['training']`, an id of the training, the same for each of its
+    """The fields expected: each `.json`'s `training`, an id of the training, the same for each of its
     checkpoints and carried through `resume=True` (also into a learner from `load_learner`), and `metadata['epoch']`,
     counted over that training. `fine_tune(2, freeze_epochs=1)` is epochs 0-2; a later `fit(2)` with `resume=True`
     adds two more: no two `.json`s may name the same (training, epoch)."""
@@ -160,11 +157,11 @@ def test_epochs_of_one_training_are_unique_across_export_and_a_resumed_fit(tmp_p
     learn2 = load_learner(tmp_path / 'export.pkl')
     learn2.dls = learn.dls  # an exported learner keeps no data
     with learn2.no_bar(), learn2.no_logging(): learn2.fit(2, lr=1e-3, cbs=SaveModelCallback(save_top_k=-1, resume=True))
-    found = [(jp.name, d['metadata'].get('training'), d['metadata']['epoch'])
+    found = [(jp.name, d.get('training'), d['metadata']['epoch'])
              for jp, d in list_checkpoints(tmp_path / 'models')]
     pairs = [(t, e) for _, t, e in found]
     assert len(set(pairs)) == len(pairs), f'(training, epoch) named twice: {sorted(found, key=lambda f: f[2])}'
-    assert all(t is not None for t, _ in pairs), f"a .json without metadata['training']: {found}"
+    assert all(t is not None for t, _ in pairs), f"a .json without its training: {found}"
 
 
 @_seam(19, "the digest covers only the weights, so a .json edited by hand loads without complaint")
