@@ -73,14 +73,15 @@ def _tracker(learn, tracker):
                                     "(callbacks passed to `fit` leave the learner when it ends), or train with one.")
     return cb
 
-def _recorded(learn)->tuple:
-    "The names of the recorder's values (losses and metrics) and its rows, one per epoch of the last fit"
-    rec = getattr(learn, 'recorder', None)
-    rows = rec.__dict__.get('values') if rec is not None else None  # not `rec.values`: fastai would look it up on the model
-    if not rows: raise ValueError("The learner has recorded no epochs: use the learner you trained (one from `load_learner` keeps no "
-                                  "recorder values); `checkpoint_table(folder)` reads what was saved from the files.")
-    names = [n for n in rec.metric_names[1:] if n != 'time']
-    return names, [[float(v) for v in row] for row in rows]
+_POSITION = ('epoch', 'iteration', 'values_of_epoch', 'exception')  # what says where in training, not a recorded value
+
+def _recorded(cb)->tuple:
+    "The names of the values the tracker `cb` saw recorded (losses and metrics), and its rows: one per epoch of its training"
+    rows = getattr(cb, 'epoch_values', None)
+    if not rows: raise ValueError("The tracker has seen no epoch end: use the tracker you trained with (`tracker=`), after a fit; "
+                                  "`checkpoint_table(folder)` reads what was saved from the files.")
+    names = list(dict.fromkeys(k for r in rows for k in r if k not in _POSITION))
+    return names, [[float(r.get(n, float('nan'))) if not isinstance(r.get(n), list) else float('nan') for n in names] for r in rows]
 
 def _best_record(cb):
     "The record of the tracker's best model: its latest `best` save (a tracker with `every_epoch` or `at_end` keeps none)"
@@ -92,12 +93,12 @@ def best_vs_last(learn, # the `Learner` after its fit
     "The best model's recorded values beside the last epoch's, as a `pandas.DataFrame`"
     import pandas as pd
     cb = _tracker(learn, tracker)
-    names, rows = _recorded(learn)
+    names, rows = _recorded(cb)  # the training's own rows: `validate` replaces the recorder's
     rec = _best_record(cb)
     if rec is None: raise ValueError(f'SaveModelCallback(fname={cb.fname!r}) kept no best model (it saves by schedule: `every_epoch` '
                                      f'or `at_end`): `checkpoint_table` lists what it saved.')
     best = {k: v for k, v in rec.metadata.items() if k in ('epoch', *names)}
-    last = {'epoch': cb.epochs_done - 1, **dict(zip(names, rows[-1]))}
+    last = {'epoch': cb.epoch_values[-1]['epoch'], **dict(zip(names, rows[-1]))}
     return pd.DataFrame({'best': best, 'last': last}).reindex(['epoch', *names])
 
 # %% ../nbs/06_report.ipynb #c019
@@ -115,10 +116,10 @@ def plot_checkpoints(learn, # the `Learner` after its fit
     "Plot the monitored value per epoch with each saved checkpoint marked by reason, the best and the last epoch labelled"
     import matplotlib.pyplot as plt
     cb = _tracker(learn, tracker)
-    names, rows = _recorded(learn)
-    if cb.monitor not in names: raise ValueError(f'plot_checkpoints: the learner recorded no {cb.monitor!r} in its last fit; it recorded {names}.')
-    first = cb.epochs_done - len(rows)  # the tracker counts a `fine_tune`'s two fits as one; the recorder, the last fit
-    xs = list(range(first, first + len(rows)))
+    names, rows = _recorded(cb)
+    if cb.monitor not in names: raise ValueError(f'plot_checkpoints: no {cb.monitor!r} was recorded in the training; {names} were.')
+    xs = [r['epoch'] for r in cb.epoch_values]  # the epochs of the training: a `fine_tune`'s two fits are one
+    first = xs[0]
     fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(6.4, 4))
     for n in [cb.monitor, *(values or [])]:  # matplotlib leaves out labels starting with `_` (fastai's `_rmse`)
         ax.plot(xs, [r[names.index(n)] for r in rows], label=' ' + n if n.startswith('_') else n, zorder=1)

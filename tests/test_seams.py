@@ -128,7 +128,6 @@ def test_what_the_tracker_says_is_on_disk_is_there_after_another_writer_replaced
     assert not wrong, f'written_records() lists checkpoints not on disk as recorded: {wrong}'
 
 
-@_seam(6, "the report reads recorder.values, which validate() replaces, instead of the tracker's record of the fit")
 def test_best_vs_last_after_validate_shows_the_fits_last_epoch(tmp_path):
     learn = synth_learner(n_trn=4, path=tmp_path, metrics=ScriptedMetric([0.5, 0.9, 0.6], 'score'))
     cb = SaveModelCallback(monitor='score')
