@@ -62,7 +62,8 @@ _MODES = {False: None, True: 'end', 'end': 'end', 'all': 'all', 'best_and_last':
 class WandbCallback(_FastaiWandbCallback):
     "fastai's `WandbCallback`, logging the best model with its own epoch's metrics and `best_*` in the summary"
     order = SaveModelCallback.order + 1
-    _stateattrs = ('_run_epochs', '_handled', '_logged', '_group')  # weak references and W&B artifacts: `learn.export()` leaves them out
+    # weak references and W&B artifacts: `learn.export()` leaves them out
+    _stateattrs = ('_run_epochs', '_cursor', '_handled', '_logged', '_group')
     def __init__(self,
                  log_model=False, # what to upload: False, True or 'end', 'all', 'best_and_last' (see the table)
                  keep_versions:int=None, # after the fit's uploads keep only the newest N versions, and those with a `protect`ed alias
@@ -115,6 +116,7 @@ def before_fit(self:WandbCallback):
     "Check the W&B run, make sure a tracker saves the model, then do what fastai's callback does"
     self._trained, self._cbs, self._logged = False, [], {}  # `_logged`: artifact name -> this fit's logged versions
     if not hasattr(self, '_run_epochs'): self._run_epochs = weakref.WeakKeyDictionary()  # SaveRecord -> its epoch in the run
+    if not hasattr(self, '_cursor'): self._cursor = weakref.WeakKeyDictionary()  # tracker -> (its records, the next unread)
     if not hasattr(self, '_handled'): self._handled = weakref.WeakSet()  # the records logged, or passed over, by this callback
     if rank_distrib():  # in distributed training only rank 0 talks to W&B; every rank tracks, so all load the same best
         if self.mode and not hasattr(self.learn, 'lr_finder'): self._trackers(add=True)
@@ -135,9 +137,8 @@ def before_fit(self:WandbCallback):
         group = getattr(self.learn, '_fit_group', None)
         continues, self._group = group is not None and group is getattr(self, '_group', None), group
         for cb in self._cbs:
-            for rec in cb.records:
-                self._run_epochs.setdefault(rec, None)
-                if not continues: self._handled.add(rec)
+            self._read_records(cb, 'before_fit')
+            if not continues: self._handled.update(cb.records)
     _FastaiWandbCallback.before_fit(self)
 
 @patch
@@ -145,10 +146,8 @@ def before_train(self:WandbCallback):
     "Note that this fit trains (`validate` never does: it logs no model), and the epochs of checkpoints a tracker resumed"
     if not self._trained: self._start_epoch = self.epoch  # > 0 in a fit that `start_epoch` resumed
     self._trained = True
-    taken = [rec for cb in self._cbs for rec in cb.records if rec not in self._run_epochs]
+    taken = [rec for cb in self._cbs for rec in self._read_records(cb, 'before_train')]  # by `resume=True`
     if taken and self.mode: self._say_no_earlier_part(len(taken))
-    for cb in self._cbs:  # records that appear before a tracker's first epoch are an earlier run's, taken up with `resume=True`:
-        for rec in cb.records: self._run_epochs.setdefault(rec, rec.epoch)  # a resumed run numbers its epochs as that run did
 
 # %% ../nbs/05_wandb.ipynb #c014r
 @patch
@@ -161,18 +160,36 @@ def _say_no_earlier_part(self:WandbCallback, n:int):
           f"summary): if this run continues one, the {n} checkpoints SaveModelCallback(resume=True) took up are logged again, and "
           f"one moved aside since makes a second version of its weights. Give `wandb.init` the earlier part's `dir` to avoid it.")
 
+# %% ../nbs/05_wandb.ipynb #c014d
+@patch
+def _run_epoch(self:WandbCallback, cb, rec, event:str=None):
+    "The epoch W&B's charts count for `rec`: fixed in the `event` where this callback first read it in `cb.records`"
+    if rec in self._run_epochs: return self._run_epochs[rec]
+    if event == 'before_fit': return None  # an earlier fit's: logged then, where its run epoch was known
+    if event == 'before_train': return rec.epoch  # taken up by `resume=True`: numbered as the run it continues did
+    if event == 'after_epoch':  # fastai counts the epochs ended in the run; the tracker, since its reset. A fit resumed
+        # at `start_epoch` numbers them as the run it continues (an offline run resumed in a new process starts at 0)
+        return rec.epoch + (0 if self._start_epoch else round(self._wandb_epoch) - cb.epochs_done)
+    # never read at an epoch's end: saved after the last epoch (`at_end`, of that epoch), or mid-epoch by an exception
+    return round(self._wandb_epoch) - 1 if rec.reason == 'end' else None  # (its own epoch, a fraction: `step-<N>`)
+
+@patch
+def _read_records(self:WandbCallback, cb, event:str)->list:
+    "The records `cb` made since this callback last read them, each given its run epoch as of `event`"
+    records, i = self._cursor.get(cb, (None, 0))
+    if records is not cb.records: records, i = cb.records, 0  # a new list: the tracker's reset, or its resume
+    new = [r for r in records[min(i, len(records)):] if r not in self._run_epochs]  # `min`: the list may have shrunk
+    self._cursor[cb] = (records, len(records))
+    for r in new: self._run_epochs[r] = self._run_epoch(cb, r, event)  # a record moved aside keeps its weights' epoch
+    return new
+
 # %% ../nbs/05_wandb.ipynb #c014c
 @patch
 def after_epoch(self:WandbCallback):
     "Log the epoch's values, as fastai does, note the run's epoch of a checkpoint saved in it; with `log_model='all'`, log it"
     _FastaiWandbCallback.after_epoch(self)
     if not self._trained: return
-    for cb in self._cbs:
-        # fastai counts the epochs ended in the run; the tracker, since its reset. A fit resumed at `start_epoch` numbers its
-        # epochs as the run it continues did, whatever W&B's count (an offline run resumed in a new process starts at 0)
-        offset = 0 if self._start_epoch else round(self._wandb_epoch) - cb.epochs_done
-        for rec in cb.records:  # a checkpoint moved aside this epoch keeps the epoch of its weights
-            if rec not in self._run_epochs: self._run_epochs[rec] = rec.epoch + offset
+    for cb in self._cbs: self._read_records(cb, 'after_epoch')
     if self.mode == 'all':
         # Every checkpoint is to be uploaded before a later save replaces it: with `async_save`, wait for this epoch's writes
         for cb in self._cbs: cb.wait()
@@ -193,9 +210,7 @@ def _not_worse(cb, value, logged)->bool:
 def _handle(self:WandbCallback, cb, rec, decides:bool, upload:bool=True, quiet:bool=False):
     "Log `rec`'s checkpoint (if `upload`) with the aliases of its role and epoch, and write it to the summary if it is a best model"
     self._handled.add(rec)
-    # The run's epoch of the record, noted at its epoch's end; one made after the last epoch (`at_end`) is of that epoch;
-    # one made mid-epoch by an exception keeps its own (a fraction, and its alias is `step-<N>`)
-    epoch = self._run_epochs[rec] if rec in self._run_epochs else round(self._wandb_epoch) - 1 if rec.reason == 'end' else None
+    epoch = self._run_epoch(cb, rec)
     meta, summary, key = rec.metadata, wandb.run.summary, _art.best_alias(cb.monitor)
     sub = summary.get(key)
     logged = sub.get(cb.monitor) if sub is not None else None
