@@ -1,4 +1,4 @@
-"""Log checkpoints to W&B as versions of a `model` artifact, with their own epoch's metrics; download, prune and link them.
+"""Log checkpoints to W&B as `model` artifact versions with their own epoch's metrics; download, prune, link them.
 
 Docs: https://github.com/fastai-bestmodel/fastai_bestmodel/artifacts.html.md"""
 
@@ -22,14 +22,15 @@ __all__ = ['PROTECTED', 'position_alias', 'role_aliases', 'best_alias', 'logged_
 
 # %% ../nbs/04b_artifacts.ipynb #c009a
 def position_alias(epoch=None, iteration:int=None, reason:str=None)->list:
-    "`['epoch-<N>']` for a checkpoint of a whole epoch, `['step-<N>']` for one saved mid-epoch (periodic, interrupted)"
+    "`['epoch-<N>']` for a whole epoch's checkpoint, `['step-<N>']` for one saved mid-epoch (periodic, interrupted)"
     whole = isinstance(epoch, int) or (isinstance(epoch, float) and epoch.is_integer())
     if whole and reason != 'interrupted': return [f'epoch-{int(epoch)}']
     return [f'step-{iteration}'] if iteration is not None else []
 
 def role_aliases(reason:str, monitor:str=None, best:bool=True, decides:bool=True)->list:
     "The aliases of a checkpoint's role: `best` and `best-<monitor>` for a best model, `last`, `interrupted`"
-    if reason == 'best': return ([best_alias(monitor)] if monitor else []) + (['best'] if decides else []) if best else []
+    if reason == 'best' and not best: return []  # worse than a model the run logged already
+    if reason == 'best': return ([best_alias(monitor)] if monitor else []) + (['best'] if decides else [])
     return [reason] if reason in ('last', 'interrupted') else []
 
 def best_alias(monitor:str)->str:
@@ -52,7 +53,7 @@ def logged_versions(run=None)->dict:
 def _note_logged(run, state:dict): run.summary[_STATE] = json.dumps(state)  # a string: W&B keeps it as it is
 
 def _same_files(files:dict, digest:str, json_digest:str)->dict|None:
-    "The description in the checkpoint `files` (artifact name -> local path), if they still hold the weights `digest` and the same `.json`"
+    "The description in checkpoint `files` (artifact name -> path), if they hold the weights `digest` and that `.json`"
     try:
         jp = next(Path(p) for n,p in files.items() if n.endswith('.json'))
         if file_digest(jp) != json_digest: return None
@@ -61,17 +62,18 @@ def _same_files(files:dict, digest:str, json_digest:str)->dict|None:
     except (CheckpointError, OSError, StopIteration): return None
 
 # %% ../nbs/04b_artifacts.ipynb #c009f
-_PART = re.compile(r'(?:offline-)?run-(\d{8}_\d{6})-(.+)')  # W&B's folder of one part of a run: `offline-run-<time>-<id>`
+_PART = re.compile(r'(?:offline-)?run-(\d{8}_\d{6})-(.+)')  # W&B's folder of a part of a run: `offline-run-<time>-<id>`
 
 def _earlier_parts(run)->list:
     "The folders of the earlier parts of `run` (its id, another folder) beside its own, oldest first"
     here = Path(run.dir).parent
-    found = [(m[1], p) for p in here.parent.iterdir() if p != here and (m := _PART.fullmatch(p.name)) and m[2] == run.id]
+    found = [(m[1], p) for p in here.parent.iterdir()
+             if p != here and (m := _PART.fullmatch(p.name)) and m[2] == run.id]
     return [p for _, p in sorted(found)]
 
 # %% ../nbs/04b_artifacts.ipynb #c009g
 def _restore_offline_state(run)->list|None:
-    "Offline, with no state in the summary: copy what the earlier parts of `run` logged into it; the parts found, else None"
+    "Offline, with no state in its summary: copy what `run`'s earlier parts logged into it; the parts found, else None"
     if run.summary.get(_STATE) is not None or not _offline(run): return None
     parts, state, summary = _earlier_parts(run), {}, {}
     for p in parts:
@@ -96,42 +98,57 @@ def _artifact_metadata(meta:dict)->dict:
 # %% ../nbs/04b_artifacts.ipynb #c009c
 class CheckpointReplacedError(CheckpointError): "The checkpoint at a path is no longer the one a caller meant to log"
 
+def _verified(path, digest:str=None)->tuple:
+    "`verify_checkpoint(path)`; `CheckpointReplacedError` if `path` no longer holds the weights `digest`"
+    try: weights, desc = verify_checkpoint(path)
+    except CheckpointError as e:  # gone: deleted by a policy (top k), or never written
+        if digest is not None and not json_path(pth_path(path)).exists():
+            raise CheckpointReplacedError(f'{path} was deleted') from e
+        raise
+    if digest is not None and desc['digest'] != digest:
+        raise CheckpointReplacedError(f'{weights} now holds another model ({desc["digest"]}) than the one to log '
+                                      f'({digest})')
+    return weights, desc
+
+def _files_to_log(weights, desc:dict, name:str, seen:dict|None, aliases:list)->tuple:
+    "`(files, metadata)` to log: the checkpoint's; for weights `seen` in the run, those logged then (None: changed)"
+    stem = Path(desc['weights']).stem
+    if seen is None:
+        w = Path(weights).absolute()  # found again from any folder
+        return {f'{stem}.pth': str(w), f'{stem}.json': str(json_path(w))}, desc['metadata']
+    logged = _same_files(seen['files'], desc['digest'], seen['json'])
+    if logged is not None: return seen['files'], logged['metadata']
+    new = [a for a in aliases if a not in seen['aliases']]
+    print(f"{weights}: its weights were logged in this run as {name}, from files that have changed since; "
+          f"aliases {new} not added (a new version would duplicate the weights).")
+    return None, None
+
+# %% ../nbs/04b_artifacts.ipynb #c009d
 def log_checkpoint(path, # a checkpoint's `.pth` or `.json`, written by `SaveModelCallback`
                    name:str=None, # the artifact's name; default `run-<id>-<tracker's fname>`, this run's own
-                   aliases:list=None, # the aliases of its role; default from its `.json`: `best` and `best-<monitor>`, `last`, `interrupted`
+                   aliases:list=None, # its role's; default from its `.json`: `best`, `best-<monitor>`, `last`...
                    description:str='trained model', # the artifact's description
                    epoch=None, # the epoch of its `epoch-<N>` alias, counted over the run; default: the checkpoint's own
-                   digest:str=None, # the weights the caller means: if the checkpoint at `path` holds others now (or is gone), raise `CheckpointReplacedError`
+                   digest:str=None, # the weights meant: if `path` holds others (or is gone), `CheckpointReplacedError`
                   ):
     "Log the checkpoint at `path` to the current W&B run as a `model` artifact whose metadata are its epoch's metrics"
     run = wandb.run
     if run is None: raise ValueError('log_checkpoint needs a W&B run: call `wandb.init(project=...)` first.')
-    try: weights, desc = verify_checkpoint(path)
-    except CheckpointError as e:  # gone: deleted by a policy (top k), or never written
-        if digest is not None and not json_path(pth_path(path)).exists(): raise CheckpointReplacedError(f'{path} was deleted') from e
-        raise
-    if digest is not None and desc['digest'] != digest:
-        raise CheckpointReplacedError(f'{weights} now holds another model ({desc["digest"]}) than the one to log ({digest})')
+    weights, desc = _verified(path, digest)
     meta, stem = desc['metadata'], Path(desc['weights']).stem
-    name = ifnone(name, f"run-{run.id}-{desc.get('tracker') or stem}")  # a tracker's best, top k and last: versions of one artifact
+    name = ifnone(name, f"run-{run.id}-{desc.get('tracker') or stem}")  # a tracker's best, top k, last: one artifact's
     aliases = list(ifnone(aliases, role_aliases(desc.get('reason') or 'best', desc.get('monitor'))))
-    aliases = list(dict.fromkeys(aliases + position_alias(ifnone(epoch, meta.get('epoch')), meta.get('iteration'), desc.get('reason'))))
+    at = position_alias(ifnone(epoch, meta.get('epoch')), meta.get('iteration'), desc.get('reason'))
+    aliases = list(dict.fromkeys(aliases + at))
     state = logged_versions(run)
-    seen = state.setdefault(name, {}).get(desc['digest'])
-    if seen is not None:  # these weights are a version already: give it the new aliases, by logging the same files again
-        new = [a for a in aliases if a not in seen['aliases']]
-        if not new: return None
-        logged = _same_files(seen['files'], desc['digest'], seen['json'])
-        if logged is None:
-            print(f"{weights}: its weights were logged in this run as {name}, from files that have changed since; "
-                  f"aliases {new} not added (a new version would duplicate the weights).")
-            return None
-        files, meta = seen['files'], logged['metadata']
-    else: files = {f'{stem}.pth': str(Path(weights).absolute()), f'{stem}.json': str(json_path(Path(weights).absolute()))}  # found again from any folder
-    run_epoch = ifnone(epoch, meta.get('epoch'))  # a second fit in the run counts its epochs from 0; W&B's charts and aliases do not
+    seen = state.setdefault(name, {}).get(desc['digest'])  # these weights are a version already: it gets the new
+    if seen is not None and all(a in seen['aliases'] for a in aliases): return None  # aliases by the same files again
+    files, meta = _files_to_log(weights, desc, name, seen, aliases)
+    if files is None: return None
+    run_epoch = ifnone(epoch, meta.get('epoch'))  # a second fit in the run counts epochs from 0; W&B's charts do not
     if run_epoch != meta.get('epoch') and 'run_epoch' not in meta: meta = {**meta, 'run_epoch': run_epoch}
     art = wandb.Artifact(name=name, type='model', metadata=_artifact_metadata(meta), description=description)
-    for n, p in files.items(): art.add_file(p, name=n)  # W&B copies each file now: a later save cannot change what is uploaded
+    for n, p in files.items(): art.add_file(p, name=n)  # W&B copies each file now: no later save changes the upload
     run.log_artifact(art, aliases=aliases)
     state[name][desc['digest']] = dict(aliases=sorted({*aliases, *(seen or {}).get('aliases', [])}), files=files,
                                        json=seen['json'] if seen else file_digest(files[f'{stem}.json']))
@@ -151,10 +168,11 @@ def download_checkpoint(ref:str, # a W&B model artifact: `entity/project/name`, 
         try:
             folder = Path(wandb.Api().artifact(r, type='model').download(root=root))
             jsons = [p for p in folder.glob('*.json')]
-            if len(jsons) != 1: raise CheckpointError(f'the artifact holds {len(jsons)} .json files, not one checkpoint description: '
-                                                      f'it was not logged by fastai_bestmodel')
+            if len(jsons) != 1: raise CheckpointError(f'the artifact holds {len(jsons)} .json files, not one checkpoint'
+                                                      f' description: it was not logged by fastai_bestmodel')
             return verify_checkpoint(jsons[0])[0]
-        except Exception as e: tried.append(f'W&B {r}: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ""}')
+        except Exception as e:
+            tried.append(f'W&B {r}: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ""}')
     raise CheckpointError(f"No checkpoint found for {ref!r}. Tried: {'; '.join(tried)}.")
 
 # %% ../nbs/04b_artifacts.ipynb #r001
@@ -165,15 +183,26 @@ class PruneError(Exception): "Pruning stopped partway: the message says which ve
 def _vnum(a)->int: return int(str(a.version).lstrip('v'))
 def _protected(aliases, protect)->list: return [a for a in aliases if any(fnmatch.fnmatchcase(a, p) for p in protect)]
 
+def _stopped(ref, at, e, res, doomed)->PruneError:
+    "The error that says where pruning `ref` stopped (at version `at`, by `e`), what it deleted and what remains"
+    left = [v for v,_ in res['kept']] + [b.version for b in doomed if b.version not in {v for v,_ in res['deleted']}]
+    return PruneError(f"Pruning {ref} stopped at {at} ({type(e).__name__}: {e}). Deleted: "
+                      f"{', '.join(v for v,_ in res['deleted']) or 'none'}; every version with a protected alias is "
+                      f"kept; still there: {', '.join(sorted(left, key=lambda v: int(v[1:])))}. Run it again to go on.")
+
+# %% ../nbs/04b_artifacts.ipynb #r001b
 def prune_versions(ref:str, # a model artifact: `entity/project/name`
                    keep:int, # how many of the newest versions to keep
                    protect=PROTECTED, # aliases (shell patterns) whose versions are kept whatever their age
                    api=None, # a `wandb.Api`; default a new one
                    dry_run:bool=False, # say what would be deleted, delete nothing
                   )->dict:
-    "Delete the versions of `ref` older than the newest `keep`, except those holding a protected alias; return what was kept and deleted"
-    if isinstance(keep, bool) or not isinstance(keep, int) or keep < 0: raise ValueError(f'prune_versions(keep={keep!r}): give a number >= 0.')
-    if ':' in ref: raise ValueError(f'prune_versions({ref!r}): name the artifact without a version or alias: {ref.split(":")[0]!r}.')
+    "Delete the versions of `ref` older than the newest `keep`, except those with a protected alias; say what was done"
+    if isinstance(keep, bool) or not isinstance(keep, int) or keep < 0:
+        raise ValueError(f'prune_versions(keep={keep!r}): give a number >= 0.')
+    if ':' in ref:
+        raise ValueError(f'prune_versions({ref!r}): name the artifact without a version or alias: '
+                         f'{ref.split(":")[0]!r}.')
     protect = (protect,) if isinstance(protect, str) else tuple(protect)
     api = api or wandb.Api()
     versions = sorted(api.artifacts('model', ref), key=_vnum, reverse=True)
@@ -182,14 +211,10 @@ def prune_versions(ref:str, # a model artifact: `entity/project/name`
     if dry_run: return {**res, 'deleted': [(a.version, list(a.aliases)) for a in doomed]}
     for a in doomed:
         try:
-            now = api.artifact(f'{ref}:{a.version}', type='model')  # its aliases now: another run may have moved `best` to it
+            now = api.artifact(f'{ref}:{a.version}', type='model')  # its aliases now: another run may have moved `best`
             if _protected(now.aliases, protect): res['skipped'].append((a.version, list(now.aliases))); continue
-            now.delete(delete_aliases=True)  # W&B refuses to delete a version with aliases otherwise; none of these is protected
-        except Exception as e:
-            left = [v for v,_ in res['kept']] + [b.version for b in doomed if b.version not in {v for v,_ in res['deleted']}]
-            raise PruneError(f"Pruning {ref} stopped at {a.version} ({type(e).__name__}: {e}). Deleted: "
-                             f"{', '.join(v for v,_ in res['deleted']) or 'none'}; every version with a protected alias is kept; "
-                             f"still there: {', '.join(sorted(left, key=lambda v: int(v[1:])))}. Run it again to go on.") from e
+            now.delete(delete_aliases=True)  # W&B refuses a version with aliases otherwise; none of these is protected
+        except Exception as e: raise _stopped(ref, a.version, e, res, doomed) from e
         res['deleted'].append((a.version, list(now.aliases)))
     return res
 
@@ -199,7 +224,7 @@ def link_to_registry(ref:str, # a logged model version: `entity/project/name:ali
                      aliases:list=None, # aliases in the registry besides W&B's own
                      api=None, # a `wandb.Api`; default a new one
                     ):
-    "Link the model version `ref` to the W&B registry collection `target` (needs the W&B server: an online run, or after `wandb sync`)"
+    "Link the model version `ref` to the W&B registry collection `target` (on the W&B server: online, or after sync)"
     return (api or wandb.Api()).artifact(ref, type='model').link(target, aliases=aliases)
 
 # %% ../nbs/04b_artifacts.ipynb #u001
@@ -207,44 +232,59 @@ def _checkpoints_at(path:Path)->list:
     "`(weights, description)` of each checkpoint at `path` (a file, or a folder of them), each digest checked"
     if not require_path(path).is_dir(): return [verify_checkpoint(path)]
     found = list_checkpoints(path)
-    for p in sorted(path.glob('*.pth')):  # `learn.save`'s files, or ours without their description: not checkpoints of ours
+    for p in sorted(path.glob('*.pth')):  # `learn.save`'s files, or ours without their description: not ours
         if not p.name.startswith('.') and not json_path(p).exists():
-            print(f'{p}: no .json beside it (not saved by fastai_bestmodel, or its description was removed): not logged.', file=sys.stderr)
-    if not found: raise NotACheckpointError(f'{path}: no checkpoints here (no .json written by fastai_bestmodel); give the folder '
-                                        f"that SaveModelCallback saved into (the learner's models folder), or a checkpoint's .pth.")
+            print(f'{p}: no .json beside it (not saved by fastai_bestmodel, or its description removed): not logged.',
+                  file=sys.stderr)
+    if not found: raise NotACheckpointError(f'{path}: no checkpoints here (no .json written by fastai_bestmodel); '
+                                            f"give the folder that SaveModelCallback saved into (the learner's models "
+                                            f"folder), or a checkpoint's .pth.")
     for jp, d in found:
         if not isinstance(d, dict): raise d
     return [verify_checkpoint(jp) for jp, _ in found]
 
+def _note_bests(run, bests:list):
+    "Write the summary of each tracker's best among the descriptions `bests`, as the callback writes it"
+    for d in bests:
+        if d.get('monitor'): run.summary[best_alias(d['monitor'])] = d['metadata']
+        if len(bests) == 1:
+            run.summary.update({f'best_{k}': v for k,v in d['metadata'].items() if k not in _POSITIONS})
+            run.summary['best_epoch'] = d['metadata'].get('epoch')
+
+def _say_logged(run, found:list):
+    "Say how many checkpoints were logged to `run`, and where it is"
+    here = Path(run.dir).parent
+    where = f'{run.entity}/{run.project}'
+    if _offline(run): where = f'the offline run {here}: upload it with `wandb sync {here}`'
+    n, w = len(found), len({d['digest'] for _,d in found})
+    print(f"{n} checkpoint{'s'[:n!=1]} ({w} distinct weights) logged to run {run.id} in {where}.")
+
+# %% ../nbs/04b_artifacts.ipynb #u001b
 def log_checkpoints(path, # a checkpoint's `.pth` or `.json`, or a folder of them
                     project:str=None, # the W&B project of a new run
                     entity:str=None, # its W&B entity (team or user)
-                    run_id:str=None, # resume this run (or start one with this id); default a new run, or the current one
+                    run_id:str=None, # resume this run (or start one with this id); default a new run, or the current
                     name:str=None, # the artifact's name; default `run-<id>-<tracker's fname>`
                     mode:str=None, # W&B's mode: 'online' or 'offline'; default W&B's own (`WANDB_MODE`)
-                    dir=None, # where W&B keeps the run's files; default W&B's own (`WANDB_DIR`, else the working folder)
+                    dir=None, # where W&B keeps the run's files; default W&B's (`WANDB_DIR`, else the working folder)
                    )->list:
     "Log the checkpoints at `path` to a W&B run, each with its own metadata and the aliases of its role and epoch"
-    found = sorted(_checkpoints_at(Path(path)), key=lambda c: (c[1]['metadata'].get('epoch') or 0, c[1].get('reason') != 'best'))
+    found = sorted(_checkpoints_at(Path(path)), key=lambda c: (c[1]['metadata'].get('epoch') or 0,
+                                                               c[1].get('reason') != 'best'))
     bests = [d for _,d in found if d.get('reason', 'best') == 'best']
     own = wandb.run is None or project or run_id
-    run = wandb.init(project=project, entity=entity, id=run_id, resume='allow' if run_id else None, mode=mode, dir=dir, job_type='upload') if own else wandb.run
+    run = wandb.init(project=project, entity=entity, id=run_id, resume='allow' if run_id else None, mode=mode, dir=dir,
+                     job_type='upload') if own else wandb.run
     res = []
     try:
         for weights, d in found:  # oldest first: W&B's `latest` ends on the newest
             aliases = role_aliases(d.get('reason') or 'best', d.get('monitor'), decides=len(bests) == 1)
             art = log_checkpoint(weights, name=name, aliases=aliases)
             res.append((weights, art))
-            print(f"{weights}: {'logged as ' + art.name if art else 'already logged'}, aliases "
-                  f"{aliases + position_alias(d['metadata'].get('epoch'), d['metadata'].get('iteration'), d.get('reason'))}")
-        for d in bests:  # the summary of each tracker's best, as the callback writes it
-            if d.get('monitor'): run.summary[best_alias(d['monitor'])] = d['metadata']
-            if len(bests) == 1:
-                run.summary.update({f'best_{k}': v for k,v in d['metadata'].items() if k not in _POSITIONS})
-                run.summary['best_epoch'] = d['metadata'].get('epoch')
-        where = f'{run.entity}/{run.project}' if not _offline(run) else f'the offline run {Path(run.dir).parent}: upload it with `wandb sync {Path(run.dir).parent}`'
-        n, w = len(found), len({d['digest'] for _,d in found})
-        print(f"{n} checkpoint{'s'[:n!=1]} ({w} distinct weights) logged to run {run.id} in {where}.")
+            at = position_alias(d['metadata'].get('epoch'), d['metadata'].get('iteration'), d.get('reason'))
+            print(f"{weights}: {'logged as ' + art.name if art else 'already logged'}, aliases {aliases + at}")
+        _note_bests(run, bests)
+        _say_logged(run, found)
     finally:
         if own: run.finish()
     return res
