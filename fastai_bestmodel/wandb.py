@@ -16,7 +16,7 @@ from fastai.callback.wandb import WandbCallback as _FastaiWandbCallback
 from fastai.callback.tracker import SaveModelCallback as _FastaiSaveModelCallback
 from .tracker import SaveModelCallback, deciding_tracker
 from .checkpoint import json_path, json_safe
-from . import artifacts as _art  # `_art.log_checkpoint`: a name imported here would not warn as moved (`__getattr__`)
+from . import artifacts as _art  # `_art.name`: a name imported here would skip `__getattr__`'s warning
 
 # %% auto #0
 __all__ = ['WandbCallback']
