@@ -13,7 +13,9 @@ from .checkpoint import *
 from .writer import *
 from .tracker import *
 from .offline import *
+from .artifacts import *
 from .wandb import *
 from .report import *
-from . import durable as _d, checkpoint as _c, writer as _wr, tracker as _t, offline as _o, wandb as _w, report as _r
-__all__ = [*_d.__all__, *_c.__all__, *_wr.__all__, *_t.__all__, *_o.__all__, *_w.__all__, *_r.__all__]
+from . import durable as _d, checkpoint as _c, writer as _wr, tracker as _t, offline as _o
+from . import artifacts as _a, wandb as _w, report as _r
+__all__ = [*_d.__all__, *_c.__all__, *_wr.__all__, *_t.__all__, *_o.__all__, *_a.__all__, *_w.__all__, *_r.__all__]

@@ -158,19 +158,19 @@ def _wandb_command(args)->int:
     "`log`, `prune` and `link`: what needs W&B (and, for `log`, torch to read the weights), imported only for them"
     with _libraries_quiet():
         import wandb
-        from fastai_bestmodel import wandb as w
+        from fastai_bestmodel import artifacts as a  # not fastai: the upload needs only W&B and torch
     if args.command == 'log':
-        try: w.log_checkpoints(args.path, args.project, args.entity, args.run_id, args.name, args.mode, args.dir)
+        try: a.log_checkpoints(args.path, args.project, args.entity, args.run_id, args.name, args.mode, args.dir)
         except wandb.errors.Error as e:  # no key, no server; our errors (no checkpoint there) reach `main`'s handlers
             return _fail(f'{args.path}: not logged: W&B failed ({type(e).__name__}: {e}); {_LOG_IN}.')
         return 0
     try:
         if args.command == 'prune':
-            res = w.prune_versions(args.ref, args.keep, args.protect or w.PROTECTED, dry_run=args.dry_run)
+            res = a.prune_versions(args.ref, args.keep, args.protect or a.PROTECTED, dry_run=args.dry_run)
             for v, aliases in res['deleted']: print(f"{'would delete' if args.dry_run else 'deleted'} {args.ref}:{v} {' '.join(aliases)}")
             for v, aliases in res['kept']: print(f"kept {args.ref}:{v} {' '.join(aliases)}")
         else:
-            w.link_to_registry(args.ref, args.target)
+            a.link_to_registry(args.ref, args.target)
             print(f'linked {args.ref} to {args.target}')
     except Exception as e: return _fail(f'{args.ref}: {type(e).__name__}: {e}')  # W&B's own errors: no key, no such artifact
     return 0

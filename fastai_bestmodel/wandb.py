@@ -6,7 +6,7 @@ Docs: https://github.com/fastai-bestmodel/fastai_bestmodel/wandb.html.md"""
 
 # %% ../nbs/05_wandb.ipynb #c003
 from __future__ import annotations
-import fnmatch, json, math, re, sys, warnings, weakref
+import math, warnings, weakref
 from pathlib import Path
 import wandb
 from fastcore.basics import ifnone, patch, init_args, store_attr
@@ -15,15 +15,11 @@ import fastai.callback.wandb as _fastai_wandb
 from fastai.callback.wandb import WandbCallback as _FastaiWandbCallback
 from fastai.callback.tracker import SaveModelCallback as _FastaiSaveModelCallback
 from .tracker import SaveModelCallback, deciding_tracker
-from .checkpoint import CheckpointError, NotACheckpointError
-from .checkpoint import verify_checkpoint, list_checkpoints, json_path, pth_path, json_safe, require_path
-from .durable import file_digest
-from .offline import read_offline_run
+from .checkpoint import json_path, json_safe
+from . import artifacts as _art  # `_art.name`: a name imported here would skip `__getattr__`'s warning
 
 # %% auto #0
-__all__ = ['PROTECTED', 'position_alias', 'role_aliases', 'best_alias', 'logged_versions', 'CheckpointReplacedError',
-           'log_checkpoint', 'download_checkpoint', 'WandbCallback', 'PruneError', 'prune_versions', 'link_to_registry',
-           'log_checkpoints']
+__all__ = ['WandbCallback']
 
 # %% ../nbs/05_wandb.ipynb #c006
 def _format_config_value(v, depth=0):
@@ -44,142 +40,15 @@ def _format_config(config, depth=0):
 
 _fastai_wandb._format_config_value, _fastai_wandb._format_config = _format_config_value, _format_config
 
-# %% ../nbs/05_wandb.ipynb #c009a
-def position_alias(epoch=None, iteration:int=None, reason:str=None)->list:
-    "`['epoch-<N>']` for a checkpoint of a whole epoch, `['step-<N>']` for one saved mid-epoch (periodic, interrupted)"
-    whole = isinstance(epoch, int) or (isinstance(epoch, float) and epoch.is_integer())
-    if whole and reason != 'interrupted': return [f'epoch-{int(epoch)}']
-    return [f'step-{iteration}'] if iteration is not None else []
+# %% ../nbs/05_wandb.ipynb #mv01
+_MOVED = tuple(_art.__all__)  # names this module had before `artifacts`: old imports of them keep working
 
-def role_aliases(reason:str, monitor:str=None, best:bool=True, decides:bool=True)->list:
-    "The aliases of a checkpoint's role: `best` and `best-<monitor>` for a best model, `last`, `interrupted`"
-    if reason == 'best': return ([best_alias(monitor)] if monitor else []) + (['best'] if decides else []) if best else []
-    return [reason] if reason in ('last', 'interrupted') else []
-
-def best_alias(monitor:str)->str:
-    "The W&B alias of a tracker's best model: `best-<monitor>`, with any character an alias cannot hold made `_`"
-    return 'best-' + re.sub(r'[^A-Za-z0-9_.-]', '_', monitor)
-
-# %% ../nbs/05_wandb.ipynb #c009b
-_POSITIONS = ('epoch', 'iteration', 'run_epoch')  # metadata keys that say where in training, not what was recorded
-_STATE = '_fastai_bestmodel'  # the run summary's key for what this package logged in the run
-
-def _offline(run)->bool: return run.settings.mode in ('offline', 'dryrun')
-
-def logged_versions(run=None)->dict:
-    "What was logged in `run` (default: the current one): `{artifact name: {weights digest: {aliases, files, json}}}`"
-    run = run or wandb.run
-    _restore_offline_state(run)
-    s = run.summary.get(_STATE)
-    return json.loads(s) if isinstance(s, str) else {}
-
-def _note_logged(run, state:dict): run.summary[_STATE] = json.dumps(state)  # a string: W&B keeps it as it is
-
-def _same_files(files:dict, digest:str, json_digest:str)->dict|None:
-    "The description in the checkpoint `files` (artifact name -> local path), if they still hold the weights `digest` and the same `.json`"
-    try:
-        jp = next(Path(p) for n,p in files.items() if n.endswith('.json'))
-        if file_digest(jp) != json_digest: return None
-        desc = verify_checkpoint(jp)[1]
-        return desc if desc['digest'] == digest else None
-    except (CheckpointError, OSError, StopIteration): return None
-
-# %% ../nbs/05_wandb.ipynb #c009f
-_PART = re.compile(r'(?:offline-)?run-(\d{8}_\d{6})-(.+)')  # W&B's folder of one part of a run: `offline-run-<time>-<id>`
-
-def _earlier_parts(run)->list:
-    "The folders of the earlier parts of `run` (its id, another folder) beside its own, oldest first"
-    here = Path(run.dir).parent
-    found = [(m[1], p) for p in here.parent.iterdir() if p != here and (m := _PART.fullmatch(p.name)) and m[2] == run.id]
-    return [p for _, p in sorted(found)]
-
-# %% ../nbs/05_wandb.ipynb #c009g
-def _restore_offline_state(run)->list|None:
-    "Offline, with no state in the summary: copy what the earlier parts of `run` logged into it; the parts found, else None"
-    if run.summary.get(_STATE) is not None or not _offline(run): return None
-    parts, state, summary = _earlier_parts(run), {}, {}
-    for p in parts:
-        try: s = read_offline_run(p, wait=0).summary  # a finished part: no waiting for its last record
-        except Exception: continue  # a log cut off before its first whole record holds nothing to take up
-        summary.update({k: v for k,v in s.items() if k.startswith(('best-', 'best_'))})
-        for name, versions in json.loads(s.get(_STATE) or '{}').items(): state.setdefault(name, {}).update(versions)
-    if parts:  # the key set, even to `{}`, ends the search for this run
-        run.summary.update({k: v for k,v in summary.items() if run.summary.get(k) is None})
-        _note_logged(run, state)
-    return parts
-
-# %% ../nbs/05_wandb.ipynb #c009l
-_MAX_KEYS = 100  # wandb 0.31 refuses an artifact with more top-level metadata keys
-
-def _artifact_metadata(meta:dict)->dict:
-    "A checkpoint's metadata as W&B takes them: as they are, or past 100 keys the recorded values under `metrics`"
-    if len(meta) <= _MAX_KEYS: return meta
-    top = {k: meta[k] for k in _POSITIONS if k in meta}  # where the checkpoint is in training: kept at the top
-    return {**top, 'metrics': {k: v for k,v in meta.items() if k not in top}}
-
-# %% ../nbs/05_wandb.ipynb #c009c
-class CheckpointReplacedError(CheckpointError): "The checkpoint at a path is no longer the one a caller meant to log"
-
-def log_checkpoint(path, # a checkpoint's `.pth` or `.json`, written by `SaveModelCallback`
-                   name:str=None, # the artifact's name; default `run-<id>-<tracker's fname>`, this run's own
-                   aliases:list=None, # the aliases of its role; default from its `.json`: `best` and `best-<monitor>`, `last`, `interrupted`
-                   description:str='trained model', # the artifact's description
-                   epoch=None, # the epoch of its `epoch-<N>` alias, counted over the run; default: the checkpoint's own
-                   digest:str=None, # the weights the caller means: if the checkpoint at `path` holds others now (or is gone), raise `CheckpointReplacedError`
-                  ):
-    "Log the checkpoint at `path` to the current W&B run as a `model` artifact whose metadata are its epoch's metrics"
-    run = wandb.run
-    if run is None: raise ValueError('log_checkpoint needs a W&B run: call `wandb.init(project=...)` first.')
-    try: weights, desc = verify_checkpoint(path)
-    except CheckpointError as e:  # gone: deleted by a policy (top k), or never written
-        if digest is not None and not json_path(pth_path(path)).exists(): raise CheckpointReplacedError(f'{path} was deleted') from e
-        raise
-    if digest is not None and desc['digest'] != digest:
-        raise CheckpointReplacedError(f'{weights} now holds another model ({desc["digest"]}) than the one to log ({digest})')
-    meta, stem = desc['metadata'], Path(desc['weights']).stem
-    name = ifnone(name, f"run-{run.id}-{desc.get('tracker') or stem}")  # a tracker's best, top k and last: versions of one artifact
-    aliases = list(ifnone(aliases, role_aliases(desc.get('reason') or 'best', desc.get('monitor'))))
-    aliases = list(dict.fromkeys(aliases + position_alias(ifnone(epoch, meta.get('epoch')), meta.get('iteration'), desc.get('reason'))))
-    state = logged_versions(run)
-    seen = state.setdefault(name, {}).get(desc['digest'])
-    if seen is not None:  # these weights are a version already: give it the new aliases, by logging the same files again
-        new = [a for a in aliases if a not in seen['aliases']]
-        if not new: return None
-        logged = _same_files(seen['files'], desc['digest'], seen['json'])
-        if logged is None:
-            print(f"{weights}: its weights were logged in this run as {name}, from files that have changed since; "
-                  f"aliases {new} not added (a new version would duplicate the weights).")
-            return None
-        files, meta = seen['files'], logged['metadata']
-    else: files = {f'{stem}.pth': str(Path(weights).absolute()), f'{stem}.json': str(json_path(Path(weights).absolute()))}  # found again from any folder
-    run_epoch = ifnone(epoch, meta.get('epoch'))  # a second fit in the run counts its epochs from 0; W&B's charts and aliases do not
-    if run_epoch != meta.get('epoch') and 'run_epoch' not in meta: meta = {**meta, 'run_epoch': run_epoch}
-    art = wandb.Artifact(name=name, type='model', metadata=_artifact_metadata(meta), description=description)
-    for n, p in files.items(): art.add_file(p, name=n)  # W&B copies each file now: a later save cannot change what is uploaded
-    run.log_artifact(art, aliases=aliases)
-    state[name][desc['digest']] = dict(aliases=sorted({*aliases, *(seen or {}).get('aliases', [])}), files=files,
-                                       json=seen['json'] if seen else file_digest(files[f'{stem}.json']))
-    _note_logged(run, state)
-    return art
-
-# %% ../nbs/05_wandb.ipynb #dl01
-def download_checkpoint(ref:str, # a W&B model artifact: `entity/project/name`, with or without `:alias`
-                        aliases=('best', 'latest'), # without an alias in `ref`, the aliases to try, in order
-                        root=None, # where to download; default: W&B's own artifact folder
-                        tried:list=None, # what was tried before (local paths), for the error message
-                       )->Path:
-    "Download the checkpoint logged as the model artifact `ref` and return its weights file, digest checked"
-    refs = [ref] if ':' in ref.rsplit('/', 1)[-1] else [f'{ref}:{a}' for a in aliases]
-    tried = list(tried or [])
-    for r in refs:
-        try:
-            folder = Path(wandb.Api().artifact(r, type='model').download(root=root))
-            jsons = [p for p in folder.glob('*.json')]
-            if len(jsons) != 1: raise CheckpointError(f'the artifact holds {len(jsons)} .json files, not one checkpoint description: '
-                                                      f'it was not logged by fastai_bestmodel')
-            return verify_checkpoint(jsons[0])[0]
-        except Exception as e: tried.append(f'W&B {r}: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ""}')
-    raise CheckpointError(f"No checkpoint found for {ref!r}. Tried: {'; '.join(tried)}.")
+def __getattr__(name):
+    "A name moved to `fastai_bestmodel.artifacts`, with a `DeprecationWarning`"
+    if name not in _MOVED: raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
+    warnings.warn(f'fastai_bestmodel.wandb.{name} moved to fastai_bestmodel.artifacts; import it from there',
+                  DeprecationWarning, stacklevel=2)
+    return getattr(_art, name)
 
 # %% ../nbs/05_wandb.ipynb #c012
 def _detach(learn, cb):
@@ -189,16 +58,16 @@ def _detach(learn, cb):
     cb.learn = None
 
 _MODES = {False: None, True: 'end', 'end': 'end', 'all': 'all', 'best_and_last': 'best_and_last'}
-PROTECTED = ('best', 'best-*', 'latest', 'production')  # aliases whose versions retention keeps, as shell patterns
 
 class WandbCallback(_FastaiWandbCallback):
     "fastai's `WandbCallback`, logging the best model with its own epoch's metrics and `best_*` in the summary"
     order = SaveModelCallback.order + 1
-    _stateattrs = ('_run_epochs', '_handled', '_logged', '_group')  # weak references and W&B artifacts: `learn.export()` leaves them out
+    # weak references and W&B artifacts: `learn.export()` leaves them out
+    _stateattrs = ('_run_epochs', '_cursor', '_handled', '_logged', '_group')
     def __init__(self,
                  log_model=False, # what to upload: False, True or 'end', 'all', 'best_and_last' (see the table)
                  keep_versions:int=None, # after the fit's uploads keep only the newest N versions, and those with a `protect`ed alias
-                 protect=PROTECTED, # aliases (shell patterns) whose versions are never deleted
+                 protect=_art.PROTECTED, # aliases (shell patterns) whose versions are never deleted
                  link_to:str=None, # a W&B registry collection (`wandb-registry-model/<name>`) to link the best model to
                  **kwargs): # fastai's `WandbCallback` arguments: `log_preds`, `model_name`, ...
         if not isinstance(log_model, (bool, str)) or log_model not in _MODES:
@@ -208,7 +77,7 @@ class WandbCallback(_FastaiWandbCallback):
         if isinstance(protect, str): protect = (protect,)
         if not isinstance(protect, (list, tuple)) or not all(isinstance(p, str) for p in protect):
             raise ValueError(f"WandbCallback(protect={protect!r}): give the aliases whose versions are kept, as a tuple of strings "
-                             f"(shell patterns), such as {PROTECTED!r}.")
+                             f"(shell patterns), such as {_art.PROTECTED!r}.")
         if link_to is not None and (not isinstance(link_to, str) or not 1 <= link_to.count('/') <= 2 or ':' in link_to):
             raise ValueError(f"WandbCallback(link_to={link_to!r}): give a registry collection as `wandb-registry-<registry>/<collection>`, "
                              f"such as 'wandb-registry-model/digits'.")
@@ -247,6 +116,7 @@ def before_fit(self:WandbCallback):
     "Check the W&B run, make sure a tracker saves the model, then do what fastai's callback does"
     self._trained, self._cbs, self._logged = False, [], {}  # `_logged`: artifact name -> this fit's logged versions
     if not hasattr(self, '_run_epochs'): self._run_epochs = weakref.WeakKeyDictionary()  # SaveRecord -> its epoch in the run
+    if not hasattr(self, '_cursor'): self._cursor = weakref.WeakKeyDictionary()  # tracker -> (its records, the next unread)
     if not hasattr(self, '_handled'): self._handled = weakref.WeakSet()  # the records logged, or passed over, by this callback
     if rank_distrib():  # in distributed training only rank 0 talks to W&B; every rank tracks, so all load the same best
         if self.mode and not hasattr(self.learn, 'lr_finder'): self._trackers(add=True)
@@ -255,7 +125,7 @@ def before_fit(self:WandbCallback):
     if wandb.run is None:
         raise ValueError('WandbCallback needs a W&B run: call `wandb.init(project=...)` before fitting '
                          '(with WANDB_MODE=offline it needs no account or network).')
-    self._no_earlier_part = _restore_offline_state(wandb.run) == []  # before `_handle` reads the `best-*` summary
+    self._no_earlier_part = _art._restore_offline_state(wandb.run) == []  # before `_handle` reads the `best-*` summary
     if not hasattr(self.learn, 'lr_finder') and not hasattr(self, 'gather_preds'):
         self._cbs = self._trackers(add=bool(self.mode))
         no_last = [cb.fname for cb in self._cbs if self.mode == 'best_and_last' and not cb.save_last]
@@ -267,9 +137,8 @@ def before_fit(self:WandbCallback):
         group = getattr(self.learn, '_fit_group', None)
         continues, self._group = group is not None and group is getattr(self, '_group', None), group
         for cb in self._cbs:
-            for rec in cb.records:
-                self._run_epochs.setdefault(rec, None)
-                if not continues: self._handled.add(rec)
+            self._read_records(cb, 'before_fit')
+            if not continues: self._handled.update(cb.records)
     _FastaiWandbCallback.before_fit(self)
 
 @patch
@@ -277,10 +146,8 @@ def before_train(self:WandbCallback):
     "Note that this fit trains (`validate` never does: it logs no model), and the epochs of checkpoints a tracker resumed"
     if not self._trained: self._start_epoch = self.epoch  # > 0 in a fit that `start_epoch` resumed
     self._trained = True
-    taken = [rec for cb in self._cbs for rec in cb.records if rec not in self._run_epochs]
+    taken = [rec for cb in self._cbs for rec in self._read_records(cb, 'before_train')]  # by `resume=True`
     if taken and self.mode: self._say_no_earlier_part(len(taken))
-    for cb in self._cbs:  # records that appear before a tracker's first epoch are an earlier run's, taken up with `resume=True`:
-        for rec in cb.records: self._run_epochs.setdefault(rec, rec.epoch)  # a resumed run numbers its epochs as that run did
 
 # %% ../nbs/05_wandb.ipynb #c014r
 @patch
@@ -293,18 +160,36 @@ def _say_no_earlier_part(self:WandbCallback, n:int):
           f"summary): if this run continues one, the {n} checkpoints SaveModelCallback(resume=True) took up are logged again, and "
           f"one moved aside since makes a second version of its weights. Give `wandb.init` the earlier part's `dir` to avoid it.")
 
+# %% ../nbs/05_wandb.ipynb #c014d
+@patch
+def _run_epoch(self:WandbCallback, cb, rec, event:str=None):
+    "The epoch W&B's charts count for `rec`: fixed in the `event` where this callback first read it in `cb.records`"
+    if rec in self._run_epochs: return self._run_epochs[rec]
+    if event == 'before_fit': return None  # an earlier fit's: logged then, where its run epoch was known
+    if event == 'before_train': return rec.epoch  # taken up by `resume=True`: numbered as the run it continues did
+    if event == 'after_epoch':  # fastai counts the epochs ended in the run; the tracker, since its reset. A fit resumed
+        # at `start_epoch` numbers them as the run it continues (an offline run resumed in a new process starts at 0)
+        return rec.epoch + (0 if self._start_epoch else round(self._wandb_epoch) - cb.epochs_done)
+    # never read at an epoch's end: saved after the last epoch (`at_end`, of that epoch), or mid-epoch by an exception
+    return round(self._wandb_epoch) - 1 if rec.reason == 'end' else None  # (its own epoch, a fraction: `step-<N>`)
+
+@patch
+def _read_records(self:WandbCallback, cb, event:str)->list:
+    "The records `cb` made since this callback last read them, each given its run epoch as of `event`"
+    records, i = self._cursor.get(cb, (None, 0))
+    if records is not cb.records: records, i = cb.records, 0  # a new list: the tracker's reset, or its resume
+    new = [r for r in records[min(i, len(records)):] if r not in self._run_epochs]  # `min`: the list may have shrunk
+    self._cursor[cb] = (records, len(records))
+    for r in new: self._run_epochs[r] = self._run_epoch(cb, r, event)  # a record moved aside keeps its weights' epoch
+    return new
+
 # %% ../nbs/05_wandb.ipynb #c014c
 @patch
 def after_epoch(self:WandbCallback):
     "Log the epoch's values, as fastai does, note the run's epoch of a checkpoint saved in it; with `log_model='all'`, log it"
     _FastaiWandbCallback.after_epoch(self)
     if not self._trained: return
-    for cb in self._cbs:
-        # fastai counts the epochs ended in the run; the tracker, since its reset. A fit resumed at `start_epoch` numbers its
-        # epochs as the run it continues did, whatever W&B's count (an offline run resumed in a new process starts at 0)
-        offset = 0 if self._start_epoch else round(self._wandb_epoch) - cb.epochs_done
-        for rec in cb.records:  # a checkpoint moved aside this epoch keeps the epoch of its weights
-            if rec not in self._run_epochs: self._run_epochs[rec] = rec.epoch + offset
+    for cb in self._cbs: self._read_records(cb, 'after_epoch')
     if self.mode == 'all':
         # Every checkpoint is to be uploaded before a later save replaces it: with `async_save`, wait for this epoch's writes
         for cb in self._cbs: cb.wait()
@@ -325,17 +210,15 @@ def _not_worse(cb, value, logged)->bool:
 def _handle(self:WandbCallback, cb, rec, decides:bool, upload:bool=True, quiet:bool=False):
     "Log `rec`'s checkpoint (if `upload`) with the aliases of its role and epoch, and write it to the summary if it is a best model"
     self._handled.add(rec)
-    # The run's epoch of the record, noted at its epoch's end; one made after the last epoch (`at_end`) is of that epoch;
-    # one made mid-epoch by an exception keeps its own (a fraction, and its alias is `step-<N>`)
-    epoch = self._run_epochs[rec] if rec in self._run_epochs else round(self._wandb_epoch) - 1 if rec.reason == 'end' else None
-    meta, summary, key = rec.metadata, wandb.run.summary, best_alias(cb.monitor)
+    epoch = self._run_epoch(cb, rec)
+    meta, summary, key = rec.metadata, wandb.run.summary, _art.best_alias(cb.monitor)
     sub = summary.get(key)
     logged = sub.get(cb.monitor) if sub is not None else None
     best = rec.reason == 'best' and _not_worse(cb, rec.value, logged)
     if upload:
         name = ifnone(self.model_name, f'run-{wandb.run.id}-{cb.fname}')
-        try: art = log_checkpoint(rec.path, name=name, aliases=role_aliases(rec.reason, cb.monitor, best, decides), epoch=epoch, digest=rec.digest)
-        except CheckpointReplacedError as e:  # a later save of this fit, or another process, replaced or deleted it before its upload
+        try: art = _art.log_checkpoint(rec.path, name=name, aliases=_art.role_aliases(rec.reason, cb.monitor, best, decides), epoch=epoch, digest=rec.digest)
+        except _art.CheckpointReplacedError as e:  # a later save of this fit, or another process, replaced or deleted it before its upload
             if not quiet: print(f'WandbCallback: {e}; not logged.')
             return
         except Exception as e:
@@ -347,7 +230,7 @@ def _handle(self:WandbCallback, cb, rec, decides:bool, upload:bool=True, quiet:b
     if best:
         summary[key] = json_safe({**meta, 'epoch': ifnone(epoch, meta['epoch'])})
         if decides:
-            summary.update(json_safe({f'best_{k}': v for k,v in meta.items() if k not in _POSITIONS}))
+            summary.update(json_safe({f'best_{k}': v for k,v in meta.items() if k not in _art._POSITIONS}))
             summary['best_epoch'] = ifnone(epoch, meta['epoch'])
     elif rec.reason == 'best' and not quiet:
         print(f"WandbCallback: this fit's best {cb.monitor} ({rec.value}, epoch {epoch}) is worse than {logged}, already "
@@ -419,7 +302,7 @@ def _after_uploads(self:WandbCallback):
     if not self._logged or (self.keep_versions is None and not self.link_to): return
     run = wandb.run
     refs = {name: f'{run.entity or "ENTITY"}/{run.project}/{name}' for name in self._logged}
-    if _offline(run):
+    if _art._offline(run):
         todo = [f'fastai-bestmodel prune {ref} --keep {self.keep_versions}' for ref in refs.values() if self.keep_versions is not None]
         todo += [f'fastai-bestmodel link {ref}:best {self.link_to}' for ref in refs.values() if self.link_to]
         if not getattr(self, '_told_offline', False):
@@ -433,98 +316,8 @@ def _after_uploads(self:WandbCallback):
         for arts in self._logged.values():
             for art in arts: art.wait()  # versions exist on the server only once committed
         for ref in refs.values():
-            if self.keep_versions is not None: prune_versions(ref, self.keep_versions, self.protect)
-            if self.link_to: link_to_registry(f'{ref}:best', self.link_to)
+            if self.keep_versions is not None: _art.prune_versions(ref, self.keep_versions, self.protect)
+            if self.link_to: _art.link_to_registry(f'{ref}:best', self.link_to)
     except Exception as e:
         warnings.warn(f'WandbCallback could not prune or link the model versions ({type(e).__name__}: {e}); every checkpoint and '
                       f'upload is intact. Run `fastai-bestmodel prune` / `fastai-bestmodel link` later.')
-
-# %% ../nbs/05_wandb.ipynb #r001
-class PruneError(Exception): "Pruning stopped partway: the message says which versions were deleted and which remain"
-
-def _vnum(a)->int: return int(str(a.version).lstrip('v'))
-def _protected(aliases, protect)->list: return [a for a in aliases if any(fnmatch.fnmatchcase(a, p) for p in protect)]
-
-def prune_versions(ref:str, # a model artifact: `entity/project/name`
-                   keep:int, # how many of the newest versions to keep
-                   protect=PROTECTED, # aliases (shell patterns) whose versions are kept whatever their age
-                   api=None, # a `wandb.Api`; default a new one
-                   dry_run:bool=False, # say what would be deleted, delete nothing
-                  )->dict:
-    "Delete the versions of `ref` older than the newest `keep`, except those holding a protected alias; return what was kept and deleted"
-    if isinstance(keep, bool) or not isinstance(keep, int) or keep < 0: raise ValueError(f'prune_versions(keep={keep!r}): give a number >= 0.')
-    if ':' in ref: raise ValueError(f'prune_versions({ref!r}): name the artifact without a version or alias: {ref.split(":")[0]!r}.')
-    protect = (protect,) if isinstance(protect, str) else tuple(protect)
-    api = api or wandb.Api()
-    versions = sorted(api.artifacts('model', ref), key=_vnum, reverse=True)
-    doomed = [a for a in versions[keep:] if not _protected(a.aliases, protect)]
-    res = dict(kept=[(a.version, list(a.aliases)) for a in versions if a not in doomed], deleted=[], skipped=[])
-    if dry_run: return {**res, 'deleted': [(a.version, list(a.aliases)) for a in doomed]}
-    for a in doomed:
-        try:
-            now = api.artifact(f'{ref}:{a.version}', type='model')  # its aliases now: another run may have moved `best` to it
-            if _protected(now.aliases, protect): res['skipped'].append((a.version, list(now.aliases))); continue
-            now.delete(delete_aliases=True)  # W&B refuses to delete a version with aliases otherwise; none of these is protected
-        except Exception as e:
-            left = [v for v,_ in res['kept']] + [b.version for b in doomed if b.version not in {v for v,_ in res['deleted']}]
-            raise PruneError(f"Pruning {ref} stopped at {a.version} ({type(e).__name__}: {e}). Deleted: "
-                             f"{', '.join(v for v,_ in res['deleted']) or 'none'}; every version with a protected alias is kept; "
-                             f"still there: {', '.join(sorted(left, key=lambda v: int(v[1:])))}. Run it again to go on.") from e
-        res['deleted'].append((a.version, list(now.aliases)))
-    return res
-
-# %% ../nbs/05_wandb.ipynb #r005
-def link_to_registry(ref:str, # a logged model version: `entity/project/name:alias`
-                     target:str, # the registry collection, as `wandb-registry-model/<collection>`
-                     aliases:list=None, # aliases in the registry besides W&B's own
-                     api=None, # a `wandb.Api`; default a new one
-                    ):
-    "Link the model version `ref` to the W&B registry collection `target` (needs the W&B server: an online run, or after `wandb sync`)"
-    return (api or wandb.Api()).artifact(ref, type='model').link(target, aliases=aliases)
-
-# %% ../nbs/05_wandb.ipynb #u001
-def _checkpoints_at(path:Path)->list:
-    "`(weights, description)` of each checkpoint at `path` (a file, or a folder of them), each digest checked"
-    if not require_path(path).is_dir(): return [verify_checkpoint(path)]
-    found = list_checkpoints(path)
-    for p in sorted(path.glob('*.pth')):  # `learn.save`'s files, or ours without their description: not checkpoints of ours
-        if not p.name.startswith('.') and not json_path(p).exists():
-            print(f'{p}: no .json beside it (not saved by fastai_bestmodel, or its description was removed): not logged.', file=sys.stderr)
-    if not found: raise NotACheckpointError(f'{path}: no checkpoints here (no .json written by fastai_bestmodel); give the folder '
-                                        f"that SaveModelCallback saved into (the learner's models folder), or a checkpoint's .pth.")
-    for jp, d in found:
-        if not isinstance(d, dict): raise d
-    return [verify_checkpoint(jp) for jp, _ in found]
-
-def log_checkpoints(path, # a checkpoint's `.pth` or `.json`, or a folder of them
-                    project:str=None, # the W&B project of a new run
-                    entity:str=None, # its W&B entity (team or user)
-                    run_id:str=None, # resume this run (or start one with this id); default a new run, or the current one
-                    name:str=None, # the artifact's name; default `run-<id>-<tracker's fname>`
-                    mode:str=None, # W&B's mode: 'online' or 'offline'; default W&B's own (`WANDB_MODE`)
-                    dir=None, # where W&B keeps the run's files; default W&B's own (`WANDB_DIR`, else the working folder)
-                   )->list:
-    "Log the checkpoints at `path` to a W&B run, each with its own metadata and the aliases of its role and epoch"
-    found = sorted(_checkpoints_at(Path(path)), key=lambda c: (c[1]['metadata'].get('epoch') or 0, c[1].get('reason') != 'best'))
-    bests = [d for _,d in found if d.get('reason', 'best') == 'best']
-    own = wandb.run is None or project or run_id
-    run = wandb.init(project=project, entity=entity, id=run_id, resume='allow' if run_id else None, mode=mode, dir=dir, job_type='upload') if own else wandb.run
-    res = []
-    try:
-        for weights, d in found:  # oldest first: W&B's `latest` ends on the newest
-            aliases = role_aliases(d.get('reason') or 'best', d.get('monitor'), decides=len(bests) == 1)
-            art = log_checkpoint(weights, name=name, aliases=aliases)
-            res.append((weights, art))
-            print(f"{weights}: {'logged as ' + art.name if art else 'already logged'}, aliases "
-                  f"{aliases + position_alias(d['metadata'].get('epoch'), d['metadata'].get('iteration'), d.get('reason'))}")
-        for d in bests:  # the summary of each tracker's best, as the callback writes it
-            if d.get('monitor'): run.summary[best_alias(d['monitor'])] = d['metadata']
-            if len(bests) == 1:
-                run.summary.update({f'best_{k}': v for k,v in d['metadata'].items() if k not in _POSITIONS})
-                run.summary['best_epoch'] = d['metadata'].get('epoch')
-        where = f'{run.entity}/{run.project}' if not _offline(run) else f'the offline run {Path(run.dir).parent}: upload it with `wandb sync {Path(run.dir).parent}`'
-        n, w = len(found), len({d['digest'] for _,d in found})
-        print(f"{n} checkpoint{'s'[:n!=1]} ({w} distinct weights) logged to run {run.id} in {where}.")
-    finally:
-        if own: run.finish()
-    return res

@@ -160,7 +160,7 @@ def test_offline_prune_hint_says_what_entity_to_give(tmp_path, capsys, entity):
 
 
 def test_aliases_added_later_from_another_folder_reach_the_version_already_logged(tmp_path, monkeypatch):
-    from fastai_bestmodel.wandb import log_checkpoint, logged_versions
+    from fastai_bestmodel.artifacts import log_checkpoint, logged_versions
     learn = synth_learner(n_trn=2, path='.', metrics=ScriptedMetric([0.5], 'accuracy'))  # fastai's default: a relative path
     monkeypatch.chdir(tmp_path)
     learn.fit(1, cbs=SaveModelCallback(monitor='accuracy'))
