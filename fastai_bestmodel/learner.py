@@ -176,7 +176,7 @@ def find_checkpoint(source, # a `.pth`/`.json`, a name without suffix, a folder,
         if pth_path(cand).exists() or json_path(pth_path(cand)).exists(): return pth_path(cand)
         tried.append(f'{cand}: no such checkpoint or folder')
     if _wandb_ref(str(source)):
-        from fastai_bestmodel.wandb import download_checkpoint  # imports wandb only when a W&B artifact is asked for
+        from fastai_bestmodel.artifacts import download_checkpoint  # imports wandb only when a W&B artifact is asked for
         return download_checkpoint(str(source), aliases=aliases, tried=tried)
     raise CheckpointError(f"No checkpoint found for {str(source)!r}. Tried: {'; '.join(tried)}.")
 

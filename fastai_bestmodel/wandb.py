@@ -9,12 +9,12 @@ from __future__ import annotations
 import math, warnings, weakref
 from pathlib import Path
 import wandb
-from fastcore.basics import ifnone, patch, init_args, store_attr
+from fastcore.basics import ifnone, patch, store_attr
 from fastai.torch_core import rank_distrib
-import fastai.callback.wandb as _fastai_wandb
 from fastai.callback.wandb import WandbCallback as _FastaiWandbCallback
 from fastai.callback.tracker import SaveModelCallback as _FastaiSaveModelCallback
 from .tracker import SaveModelCallback, deciding_tracker
+from .learner import change_fastai_wandb
 from .checkpoint import json_path, json_safe
 from . import artifacts as _art  # `_art.name`: a name imported here would skip `__getattr__`'s warning
 
@@ -22,23 +22,7 @@ from . import artifacts as _art  # `_art.name`: a name imported here would skip 
 __all__ = ['WandbCallback']
 
 # %% ../nbs/05_wandb.ipynb #c006
-def _format_config_value(v, depth=0):
-    if isinstance(v, (list, tuple)): return [_format_config_value(o, depth) for o in v]
-    if v is None or isinstance(v, (str, int, float, bool)): return v
-    if depth < 3 and hasattr(v, '__dict__') and not isinstance(v, type):
-        try: args = init_args(v)
-        except (TypeError, ValueError): args = None
-        if args: return {**_format_config(args, depth+1), '_name': type(v).__name__}
-    return str(v)[:200]  # wandb takes any object named `torch.*` for a tensor, and fails on modules
-
-def _format_config(config, depth=0):
-    "Format config parameters before logging them"
-    for k,v in config.items():
-        # nested dicts may be a callback's own attributes (ParamScheduler's `scheds`): format copies
-        config[k] = _format_config(dict(v), depth) if isinstance(v, dict) else _format_config_value(v, depth)
-    return config
-
-_fastai_wandb._format_config_value, _fastai_wandb._format_config = _format_config_value, _format_config
+change_fastai_wandb()  # fastai's config formatting fails on some callbacks' arguments: see `learner`
 
 # %% ../nbs/05_wandb.ipynb #mv01
 _MOVED = tuple(_art.__all__)  # names this module had before `artifacts`: old imports of them keep working
