@@ -18,171 +18,12 @@ from .checkpoint import finish_interrupted_saves, read_checkpoint, json_path, Ch
 from .writer import CheckpointWriter, AsyncCheckpointWriter
 from .policies import (SaveRecord, fill_template, TEMPLATE_FIELD, worseness, top_k_drop, same_epoch,
                                        newest_n_drop, save_due)
+from .options import monitor_direction, lower_by_name, check_comp, check_arguments, check_interval, check_policies
 from .learner import load_best_model, from_rank0, share_from_rank0
 from .resume import _ResumeState, _recorded_names, resume_payload, check_earlier_run
 
 # %% auto #0
-__all__ = ['monitor_direction', 'SaveModelCallback', 'TrainingTerminated', 'deciding_tracker']
-
-# %% ../nbs/03_tracker.ipynb #trk04
-import fastai.metrics as _fm
-# What fastai's lower-is-better metrics compute (a function, or a class); every other metric of `fastai.metrics` is higher-is-better
-_LOWER = (_fm.error_rate, _fm.mse, _fm.mae, _fm.msle, _fm.rmse.func, _fm.exp_rmspe.func, _fm.Perplexity, _fm.LossMetric)
-
-def _computes(metric):
-    "What the fastai `metric` computes: its function (unwrapped from `partial`s), or its class"
-    f = getattr(metric, 'func', None)
-    while isinstance(f, functools.partial): f = f.func
-    return f if callable(f) else type(metric)
-
-def _known_direction(f)->bool|None:
-    "True if lower is better for what `f` computes, False if higher is, None if neither fastai nor scikit-learn says"
-    if f in _LOWER: return True
-    mod, name = getattr(f, '__module__', None) or '', getattr(f, '__name__', '')
-    if mod.startswith('sklearn.'): return name.endswith(('_loss', '_error'))  # scikit-learn's own naming rule
-    return False if mod == 'fastai.metrics' else None
-
-# %% ../nbs/03_tracker.ipynb #trk05
-def _fastai_names()->dict:
-    "The names fastai records its ready-made metrics under, and whether lower is better for each"
-    res = {}
-    for n in _fm.__all__:
-        o = getattr(_fm, n)
-        if isinstance(o, _fm.Metric): res[o.name] = _known_direction(_computes(o))
-        elif inspect.isfunction(o) and (d := _known_direction(o)) is not None and n[0].islower(): res[n] = d
-    return {k: v for k,v in res.items() if v is not None}
-_FASTAI_NAMES = _fastai_names()
-
-def monitor_direction(learn, monitor:str)->tuple:
-    "Whether lower is better for `monitor` on `learn` (True, False, or None if nothing tells), and what says so"
-    if monitor in ('train_loss', 'valid_loss'): return True, 'a loss'
-    for m in getattr(learn, 'metrics', None) or []:
-        if monitor in (m.name, f'train_{m.name}', f'valid_{m.name}') and (d := _known_direction(_computes(m))) is not None:
-            return d, f"the metric {m.name!r} of the learner"
-    name = re.sub(r'^(train|valid)_', '', monitor)
-    if name in _FASTAI_NAMES: return _FASTAI_NAMES[name], f"the name of fastai's metric {name!r}"
-    return None, None
-
-# %% ../nbs/03_tracker.ipynb #trk09
-# Each comparison a user may pass, as numpy's: `*_equal` ones let a tie count as better, as in fastai
-_COMPS = {np.less: np.less, operator.lt: np.less, np.less_equal: np.less_equal, operator.le: np.less_equal,
-          np.greater: np.greater, operator.gt: np.greater, np.greater_equal: np.greater_equal, operator.ge: np.greater_equal}
-_NAMED = {'min': np.less, 'less': np.less, 'max': np.greater, 'greater': np.greater}
-
-def _lower_is_better(monitor): return 'loss' in monitor or 'error' in monitor
-
-def _check_comp(comp, monitor):
-    if comp is None: return np.less if _lower_is_better(monitor) else np.greater
-    if isinstance(comp, str) and comp in _NAMED: res = _NAMED[comp]
-    elif any(comp is c for c in _COMPS): res = _COMPS[comp]
-    else: raise ValueError(f"SaveModelCallback(comp={comp!r}): `comp` must be a comparison: np.less or 'min' (lower is better), "
-                           f"np.greater or 'max' (higher is better), or None to infer it from the monitor's name.")
-    if res in (np.greater, np.greater_equal) and _lower_is_better(monitor):
-        warnings.warn(f"SaveModelCallback(monitor={monitor!r}, comp={comp!r}): higher values will count as better, but "
-                      f"{monitor!r} is named like a loss or an error, where lower is better. Leave `comp=None` to infer it.")
-    return res
-
-# %% ../nbs/03_tracker.ipynb #trk10
-def _as_number(v, name):
-    "`v` as a float: a Python, numpy or one-element torch number"
-    if isinstance(v, torch.Tensor) and v.numel() == 1: v = v.item()
-    if isinstance(v, np.ndarray) and v.size == 1: v = v.item()
-    if isinstance(v, bool) or not isinstance(v, numbers.Real): raise TypeError(name)
-    return float(v)
-
-def _check_fname(fname):
-    if not isinstance(fname, str) or not fname or fname in ('.', '..') or '/' in fname or '\\' in fname or '..' in fname:
-        raise ValueError(f"SaveModelCallback(fname={fname!r}): `fname` must be a plain file name without a folder or '..', "
-                         f"such as 'model'; choose the folder with `Learner(path=..., model_dir=...)`.")
-    if '{' in fname or '}' in fname:
-        raise ValueError(f"SaveModelCallback(fname={fname!r}): `fname` is a plain name; templates with fields in braces go in `filename`.")
-    if fname.endswith(('.pth', '.json')):
-        raise ValueError(f"SaveModelCallback(fname={fname!r}): `fname` is the name without its extension, as in fastai: "
-                         f"{fname.rsplit('.', 1)[0]!r} saves {fname.rsplit('.', 1)[0]}.pth and its .json.")
-
-# %% ../nbs/03_tracker.ipynb #trk11
-def _check_args(monitor, min_delta, fname, every_epoch, at_end, async_save, save_last, **flags)->float:
-    "Check the arguments of `SaveModelCallback` but for its policies', and return `min_delta` as a float"
-    if not isinstance(monitor, str) or not monitor:
-        raise ValueError(f"SaveModelCallback(monitor={monitor!r}): `monitor` must be the name of a value the recorder logs, such as 'valid_loss' or 'accuracy'.")
-    try: delta = _as_number(min_delta, 'min_delta')
-    except TypeError: delta = float('nan')
-    if not math.isfinite(delta) or delta < 0:
-        raise ValueError(f"SaveModelCallback(min_delta={min_delta!r}): `min_delta` must be a finite number >= 0, the smallest improvement that counts; the direction comes from `comp`.")
-    _check_fname(fname)
-    if not isinstance(every_epoch, (bool, int)) or (not isinstance(every_epoch, bool) and every_epoch < 1):
-        raise ValueError(f"SaveModelCallback(every_epoch={every_epoch!r}): `every_epoch` must be True, False, or a number of epochs >= 1.")
-    if every_epoch and at_end:
-        raise ValueError("SaveModelCallback(every_epoch=..., at_end=True): `every_epoch` and `at_end` cannot both be set; pick one way of choosing what to save.")
-    if not isinstance(async_save, bool) and async_save != 'background':
-        raise ValueError(f"SaveModelCallback(async_save={async_save!r}): `async_save` must be True, False or 'background' (the fit "
-                         f"returns before its last checkpoint is written).")
-    if not isinstance(save_last, bool) and save_last != 'link':
-        raise ValueError(f"SaveModelCallback(save_last={save_last!r}): `save_last` must be True, False or 'link' (a link to the "
-                         f"last epoch's checkpoint where another policy saved one, instead of a second write).")
-    for n,v in dict(at_end=at_end, **flags).items():
-        if not isinstance(v, bool): raise ValueError(f"SaveModelCallback({n}={v!r}): `{n}` must be True or False.")
-    return delta
-
-# %% ../nbs/03_tracker.ipynb #trk12
-def _check_template(filename):
-    p = Path(filename)
-    if p.is_absolute() or '..' in p.parts or '\\' in filename or filename.endswith(('.pth', '.json')):
-        raise ValueError(f"SaveModelCallback(filename={filename!r}): `filename` is a name inside the model folder, without "
-                         f"'..', a leading '/' or an extension, such as '{{epoch:02d}}-{{valid_loss:.4f}}'.")
-    rest = TEMPLATE_FIELD.sub('', filename)
-    if not TEMPLATE_FIELD.search(filename) or '{' in rest or '}' in rest:
-        raise ValueError(f"SaveModelCallback(filename={filename!r}): `filename` needs at least one field in braces, such as "
-                         f"'{{epoch}}', and balanced braces; otherwise every checkpoint it names would get the same name.")
-
-def _check_whole(name, v, low=1):
-    if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < low):
-        raise ValueError(f"SaveModelCallback({name}={v!r}): `{name}` must be None or a whole number >= {low}.")
-
-# %% ../nbs/03_tracker.ipynb #trk13
-def _check_interval(train_time_interval)->float|None:
-    "`train_time_interval` in seconds, or None"
-    t = train_time_interval
-    interval = t.total_seconds() if isinstance(t, datetime.timedelta) else t
-    if interval is None: return None
-    try: interval = _as_number(interval, 'train_time_interval')
-    except TypeError: interval = float('nan')
-    if not math.isfinite(interval) or interval <= 0:
-        raise ValueError(f"SaveModelCallback(train_time_interval={t!r}): `train_time_interval` must be "
-                         f"None, a number of seconds > 0, or a `datetime.timedelta`.")
-    return interval
-
-# %% ../nbs/03_tracker.ipynb #trk14
-def _check_policies(save_top_k, filename, every_epoch, at_end, save_last, every_n_train_steps, interval,
-                    keep_last_n, save_on_exception):
-    "Check the options that choose what else to keep"
-    if isinstance(save_top_k, bool) or not isinstance(save_top_k, int) or save_top_k < -1:
-        raise ValueError(f"SaveModelCallback(save_top_k={save_top_k!r}): `save_top_k` must be 1 (keep the best, the default), "
-                         f"k > 1 (the k best), -1 (every epoch's model), or 0 (no best model, only the other checkpoints asked for).")
-    if save_top_k != 1 and (every_epoch or at_end):
-        raise ValueError(f"SaveModelCallback(save_top_k={save_top_k}, {'every_epoch' if every_epoch else 'at_end'}=...): "
-                         f"`every_epoch` and `at_end` save instead of the best, so there are no k best to keep. "
-                         f"`save_top_k=-1` keeps every epoch's model.")
-    if filename is not None:
-        if not isinstance(filename, str): raise ValueError(f"SaveModelCallback(filename={filename!r}): `filename` must be a string template.")
-        if save_top_k in (0, 1): raise ValueError(f"SaveModelCallback(filename={filename!r}, save_top_k={save_top_k}): `filename` names the checkpoints "
-                                                  f"kept besides the best (`<fname>.pth`), and with save_top_k={save_top_k} there are none. "
-                                                  f"Set `save_top_k` to k > 1, or -1.")
-        _check_template(filename)
-    _check_whole('every_n_train_steps', every_n_train_steps); _check_whole('keep_last_n', keep_last_n)
-    _check_schedules(save_top_k, every_epoch, save_last, every_n_train_steps, interval, keep_last_n, save_on_exception)
-
-# %% ../nbs/03_tracker.ipynb #trk15
-def _check_schedules(save_top_k, every_epoch, save_last, every_n_train_steps, interval, keep_last_n, save_on_exception):
-    schedules = [n for n,v in (('every_epoch', every_epoch), ('every_n_train_steps', every_n_train_steps), ('train_time_interval', interval)) if v]
-    if len(schedules) > 1: raise ValueError(f"SaveModelCallback({'=..., '.join(schedules)}=...): choose one schedule for periodic checkpoints.")
-    if keep_last_n is not None and not schedules:
-        raise ValueError(f"SaveModelCallback(keep_last_n={keep_last_n}): `keep_last_n` keeps the newest periodic checkpoints, and "
-                         f"none is scheduled: set `every_epoch`, `every_n_train_steps` or `train_time_interval` too.")
-    if not isinstance(save_on_exception, bool): raise ValueError(f"SaveModelCallback(save_on_exception={save_on_exception!r}): `save_on_exception` must be True or False.")
-    if save_top_k == 0 and not (schedules or save_last or save_on_exception):
-        raise ValueError("SaveModelCallback(save_top_k=0): nothing would be saved. Keep the best (`save_top_k=1`), or ask for "
-                         "another checkpoint: `save_last=True`, `every_n_train_steps=...`, `train_time_interval=...` or `save_on_exception=True`.")
+__all__ = ['SaveModelCallback', 'TrainingTerminated', 'deciding_tracker']
 
 # %% ../nbs/03_tracker.ipynb #trk17
 class SaveModelCallback(_FastaiSaveModelCallback):
@@ -230,13 +71,13 @@ class SaveModelCallback(_FastaiSaveModelCallback):
 @patch
 def _validate(self:SaveModelCallback):
     "Check the stored arguments, and set what follows from them: the comparison, the signed `min_delta`, the interval"
-    delta = _check_args(self.monitor, self.min_delta, self.fname, self.every_epoch, self.at_end, self.async_save,
+    delta = check_arguments(self.monitor, self.min_delta, self.fname, self.every_epoch, self.at_end, self.async_save,
                         self.save_last, load_best=self.load_best, resume=self.resume, auto_insert_metric_name=
                         self.auto_insert_metric_name, enable_version_counter=self.enable_version_counter)
-    self._interval = _check_interval(self.train_time_interval)
-    _check_policies(self.save_top_k, self.filename, self.every_epoch, self.at_end, self.save_last, self.every_n_train_steps,
+    self._interval = check_interval(self.train_time_interval)
+    check_policies(self.save_top_k, self.filename, self.every_epoch, self.at_end, self.save_last, self.every_n_train_steps,
                     self._interval, self.keep_last_n, self.save_on_exception)
-    comp = _check_comp(self.comp, self.monitor)
+    comp = check_comp(self.comp, self.monitor)
     self._comp_given = self._direction_settled = self.comp is not None  # `comp=None`: the learner's metric decides
     self.comp, self.lower_is_better, self.best, self.last_saved_path = comp, comp in (np.less, np.less_equal), None, None
     self.min_delta = -delta if self.lower_is_better else delta  # stored signed, as fastai does
@@ -341,7 +182,7 @@ def _decide_direction(self:SaveModelCallback):
     "Before the first batch: the monitor's direction from the learner's metric that records it, unless `comp` was given"
     lower, why = monitor_direction(self.learn, self.monitor)
     if self._comp_given:
-        if lower is not None and lower != self.lower_is_better and not (lower and _lower_is_better(self.monitor)):  # else said at init
+        if lower is not None and lower != self.lower_is_better and not (lower and lower_by_name(self.monitor)):  # else said at init
             warnings.warn(f"SaveModelCallback(monitor={self.monitor!r}, comp=...): {'higher' if lower else 'lower'} values count "
                           f"as better, but {why} is one where {'lower' if lower else 'higher'} is better. Leave `comp=None` to take its direction.")
     elif lower is not None: self._set_direction(lower); self._direction_settled = True
@@ -741,7 +582,7 @@ def _say_waited(self:SaveModelCallback):
 
 # %% ../nbs/03_tracker.ipynb #trkmoved
 _MOVED = {'load_best_model': 'learner', 'load_best_state': 'learner', 'find_checkpoint': 'learner',
-          'resume_training': 'resume', 'SaveRecord': 'policies', 'fill_template': 'policies'}
+          'resume_training': 'resume', 'SaveRecord': 'policies', 'fill_template': 'policies', 'monitor_direction': 'options'}
 
 def __getattr__(name):  # the names that left this module in version 0.1 still import from it, with a warning
     if name not in _MOVED: raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
