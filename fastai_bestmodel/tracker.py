@@ -18,8 +18,8 @@ from fastai.callback.tracker import SaveModelCallback as _FastaiSaveModelCallbac
 import fastai.callback.schedule  # defines `Learner.fine_tune`
 from fastai.learner import Learner, join_path_file, noop
 from fastai.torch_core import get_model, rank_distrib, num_distrib, distrib_barrier, to_cpu
-from .checkpoint import finish_interrupted_saves, wait_for_saves, read_checkpoint, load_checkpoint, list_checkpoints, delete_checkpoint, json_path, pth_path, CheckpointError
-from .writer import CheckpointWriter, AsyncCheckpointWriter
+from .checkpoint import finish_interrupted_saves, read_checkpoint, load_checkpoint, list_checkpoints, delete_checkpoint, json_path, pth_path, CheckpointError
+from .writer import CheckpointWriter, AsyncCheckpointWriter, wait_for_saves
 
 # %% auto #0
 __all__ = ['monitor_direction', 'fill_template', 'SaveModelCallback', 'SaveRecord', 'TrainingTerminated', 'find_checkpoint',
