@@ -222,11 +222,16 @@ def read_checkpoint(path)->dict:
                                              f'({f"format {fmt!r}" if isinstance(desc, dict) else f"it holds a {type(desc).__name__}, not an object"}; expected format {_FORMAT!r}).')
     bad = [k for k,t in _REQUIRED.items() if not isinstance(desc.get(k), t)]
     if bad: raise CheckpointError(f'{jp} is damaged: it has no valid {", ".join(map(repr, bad))}, which every checkpoint description records.')
-    if fmt != _FORMAT: return upgrade_description(desc, jp)
+    if fmt != _FORMAT: return _known_reason(upgrade_description(desc, jp), jp)
     if desc.get('description_digest') != (got := digest_description(desc)):
         raise CheckpointError(f"{jp} was changed after it was saved: its contents have the digest {got}, not the "
                               f"{desc.get('description_digest')} it records. Do not trust what it says of the weights: restore "
                               f"the original .json, or delete this checkpoint (.json and .pth) and save it again.")
+    return _known_reason(desc, jp)
+
+def _known_reason(desc, jp)->dict:
+    "`desc`, if its `reason` is one of `REASONS`, which every reader indexes by it"
+    if desc['reason'] not in REASONS: raise CheckpointError(f"{jp} is damaged: its reason {desc['reason']!r} is none of {', '.join(REASONS)}.")
     return desc
 
 # %% ../nbs/01_checkpoint.ipynb #c035
