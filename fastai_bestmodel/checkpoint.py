@@ -120,7 +120,8 @@ REASONS = {r.name: r for r in (
     Reason('interrupted', order=5))}
 
 def _check_reason(reason):
-    if reason not in REASONS: raise ValueError(f'{reason!r} is not a reason to save a checkpoint; give one of {", ".join(REASONS)}.')
+    if reason not in REASONS:
+        raise ValueError(f'{reason!r} is not a reason to save a checkpoint; give one of {", ".join(REASONS)}.')
     return reason
 
 # %% ../nbs/01_checkpoint.ipynb #dd01
@@ -154,13 +155,13 @@ def save_checkpoint(path, # where the weights go: a `.pth` file; the `.json` goe
                     metadata:dict, # what the weights are: epoch and metrics, as numbers
                     monitor:str=None, # the value that chose this checkpoint
                     comp:str=None, # `'less'` or `'greater'`: how `monitor` was compared
-                    reason:str=None, # why it was saved, a name in `REASONS`; default 'best' with a `monitor`, else 'end'
+                    reason:str=None, # why it was saved, one of `REASONS`; default 'best' with a `monitor`, else 'end'
                     holds:list=None, # what `state` holds: `['model']`, or `['model', 'opt']` for `{'model':..., 'opt':...}`
                     tracker:str=None, # the `fname` of the tracker that saved it, which finds its own checkpoints by it
                     background_unlink:bool=True, # free the replaced file's blocks in a thread
                     gate:threading.Event=None, # while this is clear, the write pauses (between 8 MB chunks)
                     provenance:dict=None, # what a reader needs to trust or reproduce it (see `training_provenance`)
-                    version_counter:bool=False, # if `path` is taken, save to the first free `<stem>-v1`, `<stem>-v2`, ...
+                    version_counter:bool=False, # if `path` is taken, save to the first free `<stem>-v1`, `-v2`, ...
                    )->dict:
     "Write `state` to `path` and its description to `path.with_suffix('.json')`, atomically, and return that description"
     import torch
@@ -225,13 +226,15 @@ def read_checkpoint(path)->dict:
     if fmt != _FORMAT: return _known_reason(upgrade_description(desc, jp), jp)
     if desc.get('description_digest') != (got := digest_description(desc)):
         raise CheckpointError(f"{jp} was changed after it was saved: its contents have the digest {got}, not the "
-                              f"{desc.get('description_digest')} it records. Do not trust what it says of the weights: restore "
-                              f"the original .json, or delete this checkpoint (.json and .pth) and save it again.")
+                              f"{desc.get('description_digest')} it records. Do not trust what it says of the "
+                              f"weights: restore the original .json, or delete this checkpoint (.json and .pth) "
+                              f"and save it again.")
     return _known_reason(desc, jp)
 
 def _known_reason(desc, jp)->dict:
     "`desc`, if its `reason` is one of `REASONS`, which every reader indexes by it"
-    if desc['reason'] not in REASONS: raise CheckpointError(f"{jp} is damaged: its reason {desc['reason']!r} is none of {', '.join(REASONS)}.")
+    if desc['reason'] not in REASONS:
+        raise CheckpointError(f"{jp} is damaged: its reason {desc['reason']!r} is none of {', '.join(REASONS)}.")
     return desc
 
 # %% ../nbs/01_checkpoint.ipynb #c035
@@ -270,9 +273,10 @@ def checkpoint_weights(path)->Path:
     return verify_checkpoint(path)[0]
 
 # %% ../nbs/01_checkpoint.ipynb #up01
-_FIELDS = ('format', 'weights', 'digest', 'bytes', 'holds', 'with_opt', 'reason', 'monitor', 'comp', 'tracker', 'metadata',
-           'saved_at', 'torch_version', 'provenance', 'description_digest')  # a description's, in the order saved
-_V1_DEFAULTS = dict(bytes=None, monitor=None, comp=None, saved_at=None, torch_version=None, provenance={}, description_digest=None)
+_FIELDS = ('format', 'weights', 'digest', 'bytes', 'holds', 'with_opt', 'reason', 'monitor', 'comp', 'tracker',
+           'metadata', 'saved_at', 'torch_version', 'provenance', 'description_digest')  # in the order saved
+_V1_DEFAULTS = dict(bytes=None, monitor=None, comp=None, saved_at=None, torch_version=None, provenance={},
+                    description_digest=None)
 
 def upgrade_description(desc:dict, json_file)->dict:
     "A version 1 description in version 2's form: each field it lacks given the value its readers used to assume"
@@ -318,7 +322,7 @@ def link_checkpoint(src, # the checkpoint to give another name: its `.pth` or `.
                     dst, # the new name's `.pth`
                     reason:str=None, # the new name's `reason`, if not `src`'s
                     desc:dict=None, # `src`'s description, if the caller has it
-                    version_counter:bool=False, # if `dst` is taken, link to the first free `<stem>-v1`, `<stem>-v2`, ...
+                    version_counter:bool=False, # if `dst` is taken, link to the first free `<stem>-v1`, `-v2`, ...
                    )->dict:
     "Make `dst` a checkpoint of `src`'s weights, hard-linked where possible, with its own `.json`, and return its description"
     src, dst = pth_path(src), pth_path(dst)

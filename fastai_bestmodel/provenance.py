@@ -1,4 +1,4 @@
-"""What a reader of a checkpoint needs to trust or reproduce it: the versions, model, optimizer, loss, data and commit that trained it.
+"""What a reader needs to trust or reproduce a checkpoint: the versions, model, optimizer, loss, data and commit.
 
 Docs: https://github.com/fastai-bestmodel/fastai_bestmodel/provenance.html.md"""
 

@@ -8,7 +8,8 @@ Docs: https://github.com/fastai-bestmodel/fastai_bestmodel/report.html.md"""
 from __future__ import annotations
 import math
 from pathlib import Path
-from .checkpoint import REASONS, list_checkpoints, verify_checkpoint, pth_path, CheckpointError, CheckpointMismatchError, NotACheckpointError
+from .checkpoint import list_checkpoints, verify_checkpoint, pth_path, CheckpointError, CheckpointMismatchError, NotACheckpointError
+from .checkpoint import REASONS
 from .writer import wait_for_saves
 
 # %% auto #0
@@ -138,7 +139,8 @@ def plot_checkpoints(learn, # the `Learner` after its fit
     seen = set()
     for r in (r for r in cb.records if not REASONS[r.reason].whole_epoch and r.epoch - 1 >= first - 1):
         # saved mid-epoch, at `r.epoch` epochs done: the end of epoch N, where its values are drawn, is N + 1 epochs done
-        ax.axvline(r.epoch - 1, ls=':', color='C5' if REASONS[r.reason].periodic else 'C3', lw=1, zorder=0, label=None if r.reason in seen else r.reason)
+        ax.axvline(r.epoch - 1, ls=':', color='C5' if REASONS[r.reason].periodic else 'C3', lw=1, zorder=0,
+                   label=None if r.reason in seen else r.reason)
         seen.add(r.reason)
     right = lambda x: x >= xs[-1] - 0.5 * max(1, len(xs) - 1) / 4  # a label near the right edge goes to the left of its point
     if best is not None and best.epoch >= first and cb.monitor in best.metadata:

@@ -232,15 +232,16 @@ _finishing = set()  # this process's background writers still writing after thei
 _WRITER_THREAD = 'fastai_bestmodel-writer'
 
 def wait_for_saves():
-    "Wait until the checkpoints this process is still writing in the background (after an `async_save` fit returned) are on disk"
+    "Wait until the checkpoints this process writes in the background (after an `async_save` fit returned) are on disk"
     if not _finishing or threading.current_thread().name == _WRITER_THREAD: return
     for w in list(_finishing): w.wait()
 
 # %% ../nbs/02_writer.ipynb #reg2
 def _say_waiting():
-    "At exit: say what it waits for, so that a script seemingly stuck is not stopped mid-write, and wait for the writers"
+    "At exit: say what it waits for (a script seemingly stuck is then not stopped mid-write), and wait for the writers"
     writers = [t for t in threading.enumerate() if t.name == _WRITER_THREAD]
-    if writers: print(f"fastai_bestmodel: waiting for {len(writers)} checkpoint write(s) to finish before exiting...", flush=True)
+    if writers: print(f"fastai_bestmodel: waiting for {len(writers)} checkpoint write(s) to finish before exiting...",
+                      flush=True)
     for t in writers: t.join()
 
 # Python joins non-daemon threads, then runs this, and only then stops daemon threads: the writers finish their writes
