@@ -12,7 +12,8 @@ from fastai.callback.core import Callback
 from fastai_bestmodel.tracker import SaveModelCallback
 from fastai_bestmodel.learner import load_best_model
 from fastai_bestmodel.resume import resume_training
-from fastai_bestmodel.checkpoint import read_checkpoint, wait_for_saves
+from fastai_bestmodel.checkpoint import read_checkpoint
+from fastai_bestmodel.writer import wait_for_saves
 from fastai_bestmodel.test_utils import digits_learner, KeepWeights, ScriptedMetric
 
 failed = []

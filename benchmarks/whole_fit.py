@@ -26,7 +26,7 @@ def _child(kind, batches, epochs, width, layers, bs, folder):
     from fastai.callback.core import Callback
     from fastai.callback.tracker import SaveModelCallback as FastaiSaveModelCallback
     from fastai_bestmodel.tracker import SaveModelCallback
-    from fastai_bestmodel.checkpoint import wait_for_saves
+    from fastai_bestmodel.writer import wait_for_saves
     from fastai_bestmodel.test_utils import ScriptedMetric
     dev = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
     torch.manual_seed(0)

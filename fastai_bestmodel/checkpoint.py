@@ -6,19 +6,22 @@ Docs: https://github.com/fastai-bestmodel/fastai_bestmodel/checkpoint.html.md"""
 
 # %% ../nbs/01_checkpoint.ipynb #c003
 from __future__ import annotations
-import os, re, json, math, time, errno, zipfile, threading, datetime
+import os, re, json, math, time, errno, zipfile, threading, datetime, warnings
+from dataclasses import dataclass
 from pathlib import Path
 import numpy as np
 from fastcore.basics import ifnone
 from fastcore.foundation import L
+import xxhash
 from .durable import (file_digest, fsync_dir, remove_file, write_tmp, replace_file, atomic_write_bytes,
                                      FolderLock, torch_save_without_crcs, UNLINK_THREAD)
 
 # %% auto #0
-__all__ = ['CheckpointError', 'CheckpointWriteError', 'NotACheckpointError', 'CheckpointMismatchError', 'like_dict',
-           'plain_state', 'json_safe', 'json_path', 'wait_for_saves', 'save_checkpoint', 'pth_path', 'require_path',
-           'read_checkpoint', 'verify_checkpoint', 'checkpoint_weights', 'load_checkpoint', 'list_checkpoints',
-           'link_checkpoint', 'delete_checkpoint', 'finish_interrupted_saves']
+__all__ = ['REASONS', 'CheckpointError', 'CheckpointWriteError', 'NotACheckpointError', 'CheckpointMismatchError', 'like_dict',
+           'plain_state', 'json_safe', 'json_path', 'Reason', 'digest_description', 'free_name', 'save_checkpoint',
+           'pth_path', 'require_path', 'read_checkpoint', 'verify_checkpoint', 'checkpoint_weights',
+           'upgrade_description', 'load_checkpoint', 'list_checkpoints', 'link_checkpoint', 'delete_checkpoint',
+           'finish_interrupted_saves']
 
 # %% ../nbs/01_checkpoint.ipynb #c010
 class CheckpointError(Exception):
@@ -71,17 +74,12 @@ def json_safe(o):
     return o
 
 # %% ../nbs/01_checkpoint.ipynb #c023
-_FORMAT = 'fastai_bestmodel.checkpoint/1'
+_FORMAT = 'fastai_bestmodel.checkpoint/2'
+_FORMATS = ('fastai_bestmodel.checkpoint/1', _FORMAT)  # what `read_checkpoint` reads
 
 def json_path(path)->Path:
     "The `.json` that describes the weights at `path`"
     return Path(path).with_suffix('.json')
-
-def _free(path:Path)->Path:
-    "`path`, or `<stem>-v1`, `-v2`... if a checkpoint is there"
-    stem, n = path.stem, 0
-    while path.exists() or json_path(path).exists(): n += 1; path = path.with_name(f'{stem}-v{n}.pth')
-    return path
 
 def _pending(path, digest)->Path:
     path = Path(path)
@@ -100,19 +98,56 @@ def _finish_interrupted(path, abandoned:bool=True):
         if p.suffix in ('.pending', '.tmp', '.old'): remove_file(p)
     for p in path.parent.glob(f'.{json_path(path).name}.*.tmp'): remove_file(p)
 
-# %% ../nbs/01_checkpoint.ipynb #reg1
-_finishing = set()  # this process's background writers still writing after their fit returned
-_WRITER_THREAD = 'fastai_bestmodel-writer'
+# %% ../nbs/01_checkpoint.ipynb #rsn1
+@dataclass(frozen=True)
+class Reason:
+    "Why a checkpoint was saved, and what that says of it"
+    name: str
+    ranked: bool = False # a monitored value ranked it
+    chosen: bool = False # fastai's `last_saved_path` names it: the model the tracker chose
+    periodic: bool = False # saved on a schedule
+    whole_epoch: bool = False # the weights at the end of an epoch: a run resumes from it exactly
+    order: int = 6 # its place in the report: best first
 
-def wait_for_saves():
-    "Wait until the checkpoints this process is still writing in the background (after an `async_save` fit returned) are on disk"
-    if not _finishing or threading.current_thread().name == _WRITER_THREAD: return
-    for w in list(_finishing): w.wait()
+# %% ../nbs/01_checkpoint.ipynb #rsn2
+REASONS = {r.name: r for r in (
+    Reason('best', ranked=True, chosen=True, whole_epoch=True, order=0),
+    Reason('top_k', ranked=True, whole_epoch=True, order=1),
+    Reason('every_epoch', chosen=True, periodic=True, whole_epoch=True, order=2),
+    Reason('end', chosen=True, whole_epoch=True, order=2),
+    Reason('last', whole_epoch=True, order=3),
+    Reason('periodic', periodic=True, order=4),
+    Reason('interrupted', order=5))}
 
-def _say_waiting():
-    "At exit, before Python waits for the writers' threads: say what it waits for, so that a script seemingly stuck is not stopped mid-write"
-    if _finishing: print(f"fastai_bestmodel: waiting for {len(_finishing)} checkpoint write(s) to finish before exiting...", flush=True)
-if hasattr(threading, '_register_atexit'): threading._register_atexit(_say_waiting)  # runs before non-daemon threads are joined
+def _check_reason(reason):
+    if reason not in REASONS:
+        raise ValueError(f'{reason!r} is not a reason to save a checkpoint; give one of {", ".join(REASONS)}.')
+    return reason
+
+# %% ../nbs/01_checkpoint.ipynb #dd01
+def digest_description(desc:dict)->str:
+    "The digest of `desc` without its `description_digest`, over canonical JSON, in the form of the weights' digest"
+    body = {k: v for k,v in desc.items() if k != 'description_digest'}
+    data = json.dumps(body, sort_keys=True, separators=(',', ':'), allow_nan=False).encode()
+    return f'xxh3_128:{xxhash.xxh3_128(data).hexdigest()}'
+
+def _write_description(jp, desc:dict)->dict:
+    "`desc` with its own digest, written atomically to `jp`"
+    desc = dict(desc, description_digest=None)
+    desc['description_digest'] = digest_description(desc)
+    atomic_write_bytes(jp, json.dumps(desc, indent=1, allow_nan=False).encode())
+    return desc
+
+# %% ../nbs/01_checkpoint.ipynb #vc01
+def free_name(stem:str, taken:set)->str:
+    "`stem` if no checkpoint in `taken` has it, else the first of `<stem>-v1`, `<stem>-v2`, ... that none has"
+    if stem not in taken: return stem
+    return next(n for i in range(1, len(taken) + 2) if (n := f'{stem}-v{i}') not in taken)
+
+def _free_path(path:Path)->Path:
+    "`path`, or its first free versioned name, from a listing of its folder: call it under the folder's lock"
+    taken = {p.stem for p in path.parent.iterdir() if p.suffix in ('.pth', '.json')}
+    return path.with_name(free_name(path.stem, taken) + path.suffix)
 
 # %% ../nbs/01_checkpoint.ipynb #c024
 def save_checkpoint(path, # where the weights go: a `.pth` file; the `.json` goes beside it
@@ -120,37 +155,37 @@ def save_checkpoint(path, # where the weights go: a `.pth` file; the `.json` goe
                     metadata:dict, # what the weights are: epoch and metrics, as numbers
                     monitor:str=None, # the value that chose this checkpoint
                     comp:str=None, # `'less'` or `'greater'`: how `monitor` was compared
-                    reason:str=None, # why it was saved, as the tracker's record says: 'best', 'top_k', 'last', 'every_epoch', 'periodic', 'interrupted', 'end'
+                    reason:str=None, # why it was saved, one of `REASONS`; default 'best' with a `monitor`, else 'end'
                     holds:list=None, # what `state` holds: `['model']`, or `['model', 'opt']` for `{'model':..., 'opt':...}`
                     tracker:str=None, # the `fname` of the tracker that saved it, which finds its own checkpoints by it
                     training:str=None, # the id of the training it belongs to, the same for each of its checkpoints
                     background_unlink:bool=True, # free the replaced file's blocks in a thread
                     gate:threading.Event=None, # while this is clear, the write pauses (between 8 MB chunks)
-                    version_counter:bool=False, # if `path` is taken, write `<stem>-v1`, `-v2`...: chosen under the lock
+                    provenance:dict=None, # what a reader needs to trust or reproduce it (see `training_provenance`)
+                    version_counter:bool=False, # if `path` is taken, save to the first free `<stem>-v1`, `-v2`, ...
                    )->dict:
     "Write `state` to `path` and its description to `path.with_suffix('.json')`, atomically, and return that description"
     import torch
-    wait_for_saves()
-    path = Path(path)
+    path, reason = Path(path), _check_reason(ifnone(reason, 'best' if monitor else 'end'))
     holds = list(ifnone(holds, ['model', 'opt'] if isinstance(state, dict) and set(state)=={'model','opt'} else ['model']))
     try: path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e: raise _write_error(path, e) from e
     with FolderLock(path.parent) as lock:
         try:
+            if version_counter: path = _free_path(path)  # under the lock: no other save can take the name meanwhile
             # Under the lock no other save runs here, so what a save left is abandoned; without a lock, keep it
             _finish_interrupted(path, abandoned=lock.locked)
-            if version_counter: path = _free(path)
             tmp, digest = write_tmp(path.parent, path.name, lambda f: torch_save_without_crcs(plain_state(state), f), gate=gate)
             try:
                 desc = dict(format=_FORMAT, weights=path.name, digest=digest, bytes=tmp.stat().st_size,
                             holds=holds, with_opt='opt' in holds, reason=reason,
                             monitor=monitor, comp=comp, tracker=tracker, training=training, metadata=json_safe(dict(metadata)),
                             saved_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
-                            torch_version=torch.__version__)
+                            torch_version=torch.__version__, provenance=json_safe(dict(provenance or {})))
                 pending = _pending(path, digest)
                 os.replace(tmp, pending)
             except BaseException: remove_file(tmp); raise
-            try: atomic_write_bytes(json_path(path), json.dumps(desc, indent=1, allow_nan=False).encode())
+            try: desc = _write_description(json_path(path), desc)
             except BaseException: remove_file(pending); raise
         except OSError as e: raise _write_error(path, e) from e
         # The `.json` is committed, and the folder's fsync that made it durable made `pending`'s name durable too.
@@ -180,16 +215,27 @@ def require_path(path)->Path:
 _REQUIRED = {'digest': str, 'weights': str, 'metadata': dict}
 
 def read_checkpoint(path)->dict:
-    "The description (`.json`) of the checkpoint at `path` (its `.pth`, its `.json`, or its name without suffix)"
-    wait_for_saves()
+    "The description (`.json`) of the checkpoint at `path` (its `.pth`, its `.json`, or its name without suffix), every field present"
     jp = json_path(pth_path(path))
     if not jp.is_file(): raise NotACheckpointError(f'No checkpoint description at {jp}: was it saved by fastai_bestmodel.SaveModelCallback?')
     desc = _read_json(jp)
     fmt = desc.get('format') if isinstance(desc, dict) else None
-    if fmt != _FORMAT: raise NotACheckpointError(f'{jp} is not a fastai_bestmodel checkpoint description '
+    if fmt not in _FORMATS: raise NotACheckpointError(f'{jp} is not a fastai_bestmodel checkpoint description '
                                              f'({f"format {fmt!r}" if isinstance(desc, dict) else f"it holds a {type(desc).__name__}, not an object"}; expected format {_FORMAT!r}).')
     bad = [k for k,t in _REQUIRED.items() if not isinstance(desc.get(k), t)]
     if bad: raise CheckpointError(f'{jp} is damaged: it has no valid {", ".join(map(repr, bad))}, which every checkpoint description records.')
+    if fmt != _FORMAT: return _known_reason(upgrade_description(desc, jp), jp)
+    if desc.get('description_digest') != (got := digest_description(desc)):
+        raise CheckpointError(f"{jp} was changed after it was saved: its contents have the digest {got}, not the "
+                              f"{desc.get('description_digest')} it records. Do not trust what it says of the "
+                              f"weights: restore the original .json, or delete this checkpoint (.json and .pth) "
+                              f"and save it again.")
+    return _known_reason(desc, jp)
+
+def _known_reason(desc, jp)->dict:
+    "`desc`, if its `reason` is one of `REASONS`, which every reader indexes by it"
+    if desc['reason'] not in REASONS:
+        raise CheckpointError(f"{jp} is damaged: its reason {desc['reason']!r} is none of {', '.join(REASONS)}.")
     return desc
 
 # %% ../nbs/01_checkpoint.ipynb #c035
@@ -227,6 +273,23 @@ def checkpoint_weights(path)->Path:
     "The weights file that `path`'s `.json` describes, its digest checked"
     return verify_checkpoint(path)[0]
 
+# %% ../nbs/01_checkpoint.ipynb #up01
+_FIELDS = ('format', 'weights', 'digest', 'bytes', 'holds', 'with_opt', 'reason', 'monitor', 'comp', 'tracker',
+           'metadata', 'saved_at', 'torch_version', 'provenance', 'description_digest')  # in the order saved
+_V1_DEFAULTS = dict(bytes=None, monitor=None, comp=None, saved_at=None, torch_version=None, provenance={},
+                    description_digest=None)
+
+def upgrade_description(desc:dict, json_file)->dict:
+    "A version 1 description in version 2's form: each field it lacks given the value its readers used to assume"
+    stem, d = Path(json_file).stem, {**_V1_DEFAULTS, **desc}
+    kind = next((r for r in ('last', 'interrupted') if stem.endswith(f'_{r}')), None)  # the tracker's names for them
+    d['reason'] = desc.get('reason') or kind or ('best' if d['monitor'] else 'end')
+    d['holds'] = desc.get('holds', ['model', 'opt'] if desc.get('with_opt') else ['model'])
+    d['with_opt'] = 'opt' in d['holds']
+    if 'tracker' not in desc: d['tracker'] = stem.removesuffix(f'_{kind}') if kind else stem  # older files: by name
+    d['format'] = _FORMAT
+    return {k: d[k] for k in dict.fromkeys([*_FIELDS, *d])}
+
 # %% ../nbs/01_checkpoint.ipynb #c039
 def load_checkpoint(path, device='cpu')->tuple:
     "The state and the description of the checkpoint at `path`, its digest checked, loaded with `weights_only=True`"
@@ -246,7 +309,6 @@ def _name_order(p:Path)->list:
 
 def list_checkpoints(folder, recurse:bool=False)->list:
     "`(json_file, description)` for each checkpoint in `folder` in name order; the `CheckpointError` for a damaged one"
-    wait_for_saves()  # before listing: a write in flight may be adding a file
     folder, found = Path(folder), []
     files = folder.rglob('*.json') if recurse else (p for p in folder.iterdir() if p.suffix == '.json')  # iterdir: an unreadable folder raises
     for p in sorted(files, key=lambda p: _name_order(p.relative_to(folder))):
@@ -261,24 +323,24 @@ def link_checkpoint(src, # the checkpoint to give another name: its `.pth` or `.
                     dst, # the new name's `.pth`
                     reason:str=None, # the new name's `reason`, if not `src`'s
                     desc:dict=None, # `src`'s description, if the caller has it
-                    version_counter:bool=False, # if `dst` is taken, name it `<stem>-v1`, `-v2`...
+                    version_counter:bool=False, # if `dst` is taken, link to the first free `<stem>-v1`, `-v2`, ...
                    )->dict:
     "Make `dst` a checkpoint of `src`'s weights, hard-linked where possible, with its own `.json`, and return its description"
-    wait_for_saves()
     src, dst = pth_path(src), pth_path(dst)
-    desc = dict(desc or read_checkpoint(src), weights=dst.name)
-    if reason is not None: desc['reason'] = reason
+    desc = dict(desc or read_checkpoint(src))
+    if reason is not None: desc['reason'] = _check_reason(reason)
     weights = src if src.exists() else _pending(src, desc['digest'])  # a save interrupted after its commit
     try:
         dst.parent.mkdir(parents=True, exist_ok=True)
         with FolderLock(dst.parent) as lock:
+            if version_counter: dst = _free_path(dst)
+            desc['weights'] = dst.name
             _finish_interrupted(dst, abandoned=lock.locked)
-            if version_counter: dst = _free(dst); desc['weights'] = dst.name
             pending = _pending(dst, desc['digest'])
             remove_file(pending)
             try: os.link(weights, pending)
             except OSError: replace_file(write_tmp(dst.parent, dst.name, lambda f: f.write(Path(weights).read_bytes()))[0], pending, background_unlink=False)
-            try: atomic_write_bytes(json_path(dst), json.dumps(desc, indent=1, allow_nan=False).encode())
+            try: desc = _write_description(json_path(dst), desc)
             except BaseException: remove_file(pending); raise
             replace_file(pending, dst, background_unlink=False, durable=False)
     except OSError as e: raise _write_error(dst, e) from e
@@ -289,7 +351,6 @@ def delete_checkpoint(path, # the checkpoint's `.pth` or `.json`
                       background:bool=False, # free the weights' blocks in a thread, as `replace_file` does
                      ):
     "Delete the checkpoint at `path`: its `.json` first, durably, then its weights"
-    wait_for_saves()
     path = pth_path(path)
     with FolderLock(path.parent):
         # First the weights become a save's committed pending file: a crash now leaves the checkpoint whole (loading
@@ -321,3 +382,12 @@ def finish_interrupted_saves(folder):
         if not lock.locked: return  # without a lock, another process's save may be writing them
         names = {m['name'] for p in folder.iterdir() if (m := _LEFT.fullmatch(p.name))}
         for n in sorted(names): _finish_interrupted(pth_path(folder/n))
+
+# %% ../nbs/01_checkpoint.ipynb #dep01
+def __getattr__(name):
+    "`wait_for_saves`, which moved to `writer`, from its old place, with a warning"
+    if name != 'wait_for_saves': raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
+    warnings.warn('`fastai_bestmodel.checkpoint.wait_for_saves` moved to `fastai_bestmodel.writer.wait_for_saves`.',
+                  DeprecationWarning, stacklevel=2)
+    from .writer import wait_for_saves
+    return wait_for_saves

@@ -15,8 +15,8 @@ from fastai.callback.core import CancelFitException
 import fastai.callback.schedule  # defines `Learner.fine_tune`
 from fastai.learner import Learner, noop
 from fastai.torch_core import get_model, rank_distrib, num_distrib
-from .checkpoint import (load_checkpoint, list_checkpoints, json_path, pth_path, CheckpointError,
-                                         wait_for_saves)
+from .checkpoint import load_checkpoint, list_checkpoints, json_path, pth_path, CheckpointError
+from .writer import wait_for_saves
 
 # %% auto #0
 __all__ = ['CHECKED', 'source_digest', 'fastai_original', 'change_fastai', 'fastai_changes', 'restore_fastai',

@@ -9,6 +9,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 from .checkpoint import list_checkpoints, verify_checkpoint, pth_path, CheckpointError, CheckpointMismatchError, NotACheckpointError
+from .checkpoint import REASONS
+from .writer import wait_for_saves
 
 # %% auto #0
 __all__ = ['digest_status', 'checkpoint_rows', 'checkpoint_table', 'best_vs_last', 'plot_checkpoints']
@@ -26,22 +28,20 @@ def digest_status(json_file)->str:
     return 'ok'
 
 # %% ../nbs/06_report.ipynb #c008
-_ORDER = {'best': 0, 'top_k': 1, 'every_epoch': 2, 'end': 2, 'last': 3, 'periodic': 4, 'interrupted': 5}
-
 def _rank(d:dict)->tuple:
     "Best first: by reason, then the better monitored value, then the newer epoch"
-    reason = d.get('reason') or ('best' if d.get('monitor') else 'end')
-    v = d['metadata'].get(d.get('monitor')) if d.get('monitor') else None
+    v = d['metadata'].get(d['monitor']) if d['monitor'] else None
     v = v if isinstance(v, (int, float)) and math.isfinite(v) else None
-    better = (-v if d.get('comp') == 'greater' else v) if v is not None else math.inf
+    better = (-v if d['comp'] == 'greater' else v) if v is not None else math.inf
     epoch = d['metadata'].get('epoch')
-    return (_ORDER.get(reason, 6), better, -(epoch if isinstance(epoch, (int, float)) else -1))
+    return (REASONS[d['reason']].order, better, -(epoch if isinstance(epoch, (int, float)) else -1))
 
 def checkpoint_rows(folder, # a folder of checkpoints: a learner's models folder
                     recurse:bool=False, # also the folders below it
                    )->list:
     "One dict per checkpoint in `folder`, best first: file, reason, epoch, monitor, value, every recorded value, bytes, digest"
     folder, rows = Path(folder), []
+    wait_for_saves()  # a write of this process's background fit may still be adding a file
     if not folder.is_dir(): raise NotACheckpointError(f"{folder}: no such folder; give the folder that SaveModelCallback saved into "
                                                       f"(the learner's models folder).")
     found = list_checkpoints(folder, recurse=recurse)
@@ -51,8 +51,8 @@ def checkpoint_rows(folder, # a folder of checkpoints: a learner's models folder
         if not isinstance(d, dict):
             rows.append(dict(file=str(weights.relative_to(folder)), reason=None, epoch=None, monitor=None, value=None, bytes=size, digest='DAMAGED (its .json)'))
             continue
-        meta, m = d['metadata'], d.get('monitor')
-        rows.append(dict(file=str(weights.relative_to(folder)), reason=d.get('reason') or ('best' if m else None),
+        meta, m = d['metadata'], d['monitor']
+        rows.append(dict(file=str(weights.relative_to(folder)), reason=d['reason'],
                          epoch=meta.get('epoch'), monitor=m, value=meta.get(m) if m else None,
                          **{k: v for k, v in meta.items() if k != 'epoch'}, bytes=size, digest=digest_status(jp)))
     return rows
@@ -83,9 +83,13 @@ def _recorded(cb)->tuple:
     names = list(dict.fromkeys(k for r in rows for k in r if k not in _POSITION))
     return names, [[float(r.get(n, float('nan'))) if not isinstance(r.get(n), list) else float('nan') for n in names] for r in rows]
 
+def _is_best(reason:str)->bool:
+    "Whether a save for `reason` is a tracker's best model: ranked by its value, and chosen"
+    return REASONS[reason].ranked and REASONS[reason].chosen
+
 def _best_record(cb):
     "The record of the tracker's best model: its latest `best` save (a tracker with `every_epoch` or `at_end` keeps none)"
-    return next((r for r in reversed(cb.records) if r.reason == 'best'), None)
+    return next((r for r in reversed(cb.records) if _is_best(r.reason)), None)
 
 def best_vs_last(learn, # the `Learner` after its fit
                  tracker=None, # the `SaveModelCallback` whose best to show; default the one that decides what `learn` holds
@@ -126,16 +130,18 @@ def plot_checkpoints(learn, # the `Learner` after its fit
     best, kept = _best_record(cb), {Path(p) for p in cb.best_k_models}
     latest = {Path(r.path): r for r in cb.records}  # what each file holds now: a later save to a path replaced the earlier
     drawn = [r for r in cb.records if isinstance(r.epoch, int) and r.epoch >= first]  # epochs the recorder has values of
-    now = [r for r in drawn if latest[Path(r.path)] is r and (r.reason != 'top_k' or Path(r.path) in kept)]
+    ranked_only = lambda r: REASONS[r.reason].ranked and not REASONS[r.reason].chosen  # kept only while in the top k
+    now = [r for r in drawn if latest[Path(r.path)] is r and (not ranked_only(r) or Path(r.path) in kept)]
     for reason, style in _STYLE.items():
         pts = [(r.epoch, r.metadata[cb.monitor]) for r in now if r.reason == reason and r is not best and cb.monitor in r.metadata]
         if pts: ax.plot(*zip(*pts), ls='none', zorder=2, **style)
-    earlier = [(r.epoch, r.value) for r in drawn if r.reason == 'best' and r is not best]
+    earlier = [(r.epoch, r.value) for r in drawn if _is_best(r.reason) and r is not best]
     if earlier: ax.plot(*zip(*earlier), ms=9, alpha=.5, label='earlier best', zorder=2, **_STAR)
     seen = set()
-    for r in (r for r in cb.records if r.reason in ('periodic', 'interrupted') and r.epoch - 1 >= first - 1):
+    for r in (r for r in cb.records if not REASONS[r.reason].whole_epoch and r.epoch - 1 >= first - 1):
         # saved mid-epoch, at `r.epoch` epochs done: the end of epoch N, where its values are drawn, is N + 1 epochs done
-        ax.axvline(r.epoch - 1, ls=':', color='C5' if r.reason == 'periodic' else 'C3', lw=1, zorder=0, label=None if r.reason in seen else r.reason)
+        ax.axvline(r.epoch - 1, ls=':', color='C5' if REASONS[r.reason].periodic else 'C3', lw=1, zorder=0,
+                   label=None if r.reason in seen else r.reason)
         seen.add(r.reason)
     right = lambda x: x >= xs[-1] - 0.5 * max(1, len(xs) - 1) / 4  # a label near the right edge goes to the left of its point
     if best is not None and best.epoch >= first and cb.monitor in best.metadata:

@@ -6,15 +6,15 @@ Docs: https://github.com/fastai-bestmodel/fastai_bestmodel/writer.html.md"""
 
 # %% ../nbs/02_writer.ipynb #w902
 from __future__ import annotations
-import os, time, threading, warnings
+import os, time, atexit, threading, warnings
 from pathlib import Path
 from fastcore.basics import patch, ifnone
 from fastcore.foundation import L
 from .durable import wait_for_unlinks
-from .checkpoint import _finishing, _WRITER_THREAD, save_checkpoint, read_checkpoint, link_checkpoint, delete_checkpoint, json_path, like_dict
+from .checkpoint import save_checkpoint, read_checkpoint, link_checkpoint, delete_checkpoint, json_path, like_dict
 
 # %% auto #0
-__all__ = ['CheckpointWriter', 'AsyncCheckpointWriter']
+__all__ = ['CheckpointWriter', 'AsyncCheckpointWriter', 'wait_for_saves']
 
 # %% ../nbs/02_writer.ipynb #w001
 def _path_of(p)->Path: return Path(getattr(p, 'path', p))  # a path, or a record whose name is settled when written
@@ -145,9 +145,9 @@ class AsyncCheckpointWriter:
         # `_running` changes only under the lock, so a thread about to exit never leaves a job behind
         if self._running: return
         self._running = True
-        # Not a daemon: if the training script dies of an exception, Python waits for the saves it announced
-        # ("Better model found") before exiting; a daemon thread would be killed mid-write.
-        threading.Thread(target=self._run, name=_WRITER_THREAD).start()
+        # A daemon, which `_say_waiting` joins at exit: if the training script dies of an exception, Python still
+        # finishes the saves it announced ("Better model found") before exiting.
+        threading.Thread(target=self._run, name=_WRITER_THREAD, daemon=True).start()
 
 # %% ../nbs/02_writer.ipynb #c049b
 @patch
@@ -243,3 +243,23 @@ def _tensors(o):
         for v in o.values(): yield from _tensors(v)
     elif isinstance(o, (list, tuple)):
         for v in o: yield from _tensors(v)
+
+# %% ../nbs/02_writer.ipynb #reg1
+_finishing = set()  # this process's background writers still writing after their fit returned
+_WRITER_THREAD = 'fastai_bestmodel-writer'
+
+def wait_for_saves():
+    "Wait until the checkpoints this process writes in the background (after an `async_save` fit returned) are on disk"
+    if not _finishing or threading.current_thread().name == _WRITER_THREAD: return
+    for w in list(_finishing): w.wait()
+
+# %% ../nbs/02_writer.ipynb #reg2
+def _say_waiting():
+    "At exit: say what it waits for (a script seemingly stuck is then not stopped mid-write), and wait for the writers"
+    writers = [t for t in threading.enumerate() if t.name == _WRITER_THREAD]
+    if writers: print(f"fastai_bestmodel: waiting for {len(writers)} checkpoint write(s) to finish before exiting...",
+                      flush=True)
+    for t in writers: t.join()
+
+# Python joins non-daemon threads, then runs this, and only then stops daemon threads: the writers finish their writes
+atexit.register(_say_waiting)

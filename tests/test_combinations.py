@@ -493,7 +493,7 @@ class SlowDisk(Callback):
 
 
 def test_listing_a_folder_waits_for_the_file_a_background_write_adds(tmp_path):
-    from fastai_bestmodel.checkpoint import list_checkpoints
+    from fastai_bestmodel.report import checkpoint_rows as list_checkpoints  # a reader that waits for background saves
     learn = synth_learner(n_trn=2, path=tmp_path, metrics=ScriptedMetric([0.1, 0.2, 0.3], 'accuracy'))
     cb = SaveModelCallback(monitor='accuracy', async_save='background', save_top_k=3)
     with learn.no_bar(), learn.no_logging(): learn.fit(3, 1e-2, cbs=[cb, SlowDisk(cb, 1.5)])

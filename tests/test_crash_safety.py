@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest, torch
 from fastai_bestmodel.durable import file_digest
 from fastai_bestmodel.checkpoint import (save_checkpoint, load_checkpoint, read_checkpoint, checkpoint_weights,
-                                         CheckpointError, CheckpointWriteError, json_path)
+                                         CheckpointError, CheckpointWriteError, json_path, digest_description)
 from conftest import python_env
 
 HERE = Path(__file__).parent
@@ -127,6 +127,7 @@ def test_a_crafted_pickle_does_not_run(tmp_path):
     save_checkpoint(tmp_path / 'good.pth', {'w': torch.ones(2)}, {'epoch': 0})
     desc = read_checkpoint(tmp_path / 'good.pth')
     desc.update(weights='model.pth', digest=file_digest(tmp_path / 'model.pth'))
+    desc['description_digest'] = digest_description(desc)  # the .json's own digest is no secret either
     (tmp_path / 'model.json').write_text(json.dumps(desc))
     with pytest.raises(CheckpointError, match='could run code, so it was refused'):
         load_checkpoint(tmp_path / 'model.pth')

@@ -163,7 +163,6 @@ def test_epochs_of_one_training_are_unique_across_export_and_a_resumed_fit(tmp_p
     assert all(t is not None for t, _ in pairs), f"a .json without its training: {found}"
 
 
-@_seam(19, "the digest covers only the weights, so a .json edited by hand loads without complaint")
 def test_a_json_with_a_hand_edited_metric_is_refused(tmp_path):
     learn = synth_learner(n_trn=2, path=tmp_path, metrics=ScriptedMetric([0.5, 0.9], 'score'))
     with learn.no_bar(), learn.no_logging(): learn.fit(2, lr=1e-2, cbs=SaveModelCallback(monitor='score'))
