@@ -136,9 +136,9 @@ def log_checkpoint(path, # a checkpoint's `.pth` or `.json`, written by `SaveMod
     if run is None: raise ValueError('log_checkpoint needs a W&B run: call `wandb.init(project=...)` first.')
     weights, desc = _verified(path, digest)
     meta, stem = desc['metadata'], Path(desc['weights']).stem
-    name = ifnone(name, f"run-{run.id}-{desc.get('tracker') or stem}")  # a tracker's best, top k, last: one artifact's
-    aliases = list(ifnone(aliases, role_aliases(desc.get('reason') or 'best', desc.get('monitor'))))
-    at = position_alias(ifnone(epoch, meta.get('epoch')), meta.get('iteration'), desc.get('reason'))
+    name = ifnone(name, f"run-{run.id}-{desc['tracker'] or stem}")  # a tracker's best, top k, last: one artifact's
+    aliases = list(ifnone(aliases, role_aliases(desc['reason'], desc['monitor'])))
+    at = position_alias(ifnone(epoch, meta.get('epoch')), meta.get('iteration'), desc['reason'])
     aliases = list(dict.fromkeys(aliases + at))
     state = logged_versions(run)
     seen = state.setdefault(name, {}).get(desc['digest'])  # these weights are a version already: it gets the new
@@ -246,7 +246,7 @@ def _checkpoints_at(path:Path)->list:
 def _note_bests(run, bests:list):
     "Write the summary of each tracker's best among the descriptions `bests`, as the callback writes it"
     for d in bests:
-        if d.get('monitor'): run.summary[best_alias(d['monitor'])] = d['metadata']
+        if d['monitor']: run.summary[best_alias(d['monitor'])] = d['metadata']
         if len(bests) == 1:
             run.summary.update({f'best_{k}': v for k,v in d['metadata'].items() if k not in _POSITIONS})
             run.summary['best_epoch'] = d['metadata'].get('epoch')
@@ -270,18 +270,18 @@ def log_checkpoints(path, # a checkpoint's `.pth` or `.json`, or a folder of the
                    )->list:
     "Log the checkpoints at `path` to a W&B run, each with its own metadata and the aliases of its role and epoch"
     found = sorted(_checkpoints_at(Path(path)), key=lambda c: (c[1]['metadata'].get('epoch') or 0,
-                                                               c[1].get('reason') != 'best'))
-    bests = [d for _,d in found if d.get('reason', 'best') == 'best']
+                                                               c[1]['reason'] != 'best'))
+    bests = [d for _,d in found if d['reason'] == 'best']
     own = wandb.run is None or project or run_id
     run = wandb.init(project=project, entity=entity, id=run_id, resume='allow' if run_id else None, mode=mode, dir=dir,
                      job_type='upload') if own else wandb.run
     res = []
     try:
         for weights, d in found:  # oldest first: W&B's `latest` ends on the newest
-            aliases = role_aliases(d.get('reason') or 'best', d.get('monitor'), decides=len(bests) == 1)
+            aliases = role_aliases(d['reason'], d['monitor'], decides=len(bests) == 1)
             art = log_checkpoint(weights, name=name, aliases=aliases)
             res.append((weights, art))
-            at = position_alias(d['metadata'].get('epoch'), d['metadata'].get('iteration'), d.get('reason'))
+            at = position_alias(d['metadata'].get('epoch'), d['metadata'].get('iteration'), d['reason'])
             print(f"{weights}: {'logged as ' + art.name if art else 'already logged'}, aliases {aliases + at}")
         _note_bests(run, bests)
         _say_logged(run, found)

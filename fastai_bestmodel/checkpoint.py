@@ -275,8 +275,8 @@ def checkpoint_weights(path)->Path:
 
 # %% ../nbs/01_checkpoint.ipynb #up01
 _FIELDS = ('format', 'weights', 'digest', 'bytes', 'holds', 'with_opt', 'reason', 'monitor', 'comp', 'tracker',
-           'metadata', 'saved_at', 'torch_version', 'provenance', 'description_digest')  # in the order saved
-_V1_DEFAULTS = dict(bytes=None, monitor=None, comp=None, saved_at=None, torch_version=None, provenance={},
+           'training', 'metadata', 'saved_at', 'torch_version', 'provenance', 'description_digest')  # in the order saved
+_V1_DEFAULTS = dict(bytes=None, monitor=None, comp=None, training=None, saved_at=None, torch_version=None, provenance={},
                     description_digest=None)
 
 def upgrade_description(desc:dict, json_file)->dict:

@@ -147,13 +147,13 @@ for _key, _new in (('Learner.fine_tune', _fine_tune), ('Learner._do_fit', _do_fi
 def _best_in_folder(folder:Path)->Path:
     "The best checkpoint in `folder`, by what its `.json`s say"
     found = [(jp, d) for jp, d in list_checkpoints(folder) if isinstance(d, dict)]
-    best = found if len(found) == 1 else [(jp, d) for jp, d in found if d.get('reason', 'best' if d.get('monitor') else None) == 'best']
+    best = found if len(found) == 1 else [(jp, d) for jp, d in found if d['reason'] == 'best']
     if len(best) == 1: return pth_path(best[0][0])
     if not best:
         hint = f" fastai saves them in the learner's models folder: try {folder/'models'}." if (folder/'models').is_dir() and not found else ''
         raise CheckpointError(f"{folder} holds no best model: {len(found)} checkpoints, none saved as a tracker's best. "
                               f"Name one of them: {', '.join(pth_path(jp).name for jp,_ in found) or 'there are none'}.{hint}")
-    which = ', '.join(f"{pth_path(jp).name} ({d.get('monitor')})" for jp, d in best)
+    which = ', '.join(f"{pth_path(jp).name} ({d['monitor']})" for jp, d in best)
     raise CheckpointError(f"{folder} holds the best models of {len(best)} trackers: {which}; "
                           f"name the one to load, such as {pth_path(best[0][0])}.")
 
@@ -218,7 +218,7 @@ def load_best_model(learn, # the `Learner` to load into
 # %% ../nbs/02c_learner.ipynb #lrn34
 def load_into(learn, path, state, desc, with_opt=None, strict=True):
     "Load the checkpoint `state` (read from `path`, described by `desc`) into `learn`'s model, and optimizer if `with_opt`"
-    has_opt = 'opt' in desc.get('holds', ['model', 'opt'] if desc.get('with_opt') else ['model'])  # older files: `with_opt`
+    has_opt = 'opt' in desc['holds']
     if ifnone(with_opt, has_opt) and not has_opt: raise CheckpointError(f'{path} holds no optimizer state: it was saved with `with_opt=False`.')
     weights = state['model'] if has_opt else state
     own = get_model(learn.model).state_dict()

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np, torch
 from fastai.callback.core import Callback
 from fastai.torch_core import rank_distrib, to_cpu
-from .checkpoint import list_checkpoints, read_checkpoint, delete_checkpoint, load_checkpoint, CheckpointError
+from .checkpoint import list_checkpoints, delete_checkpoint, load_checkpoint, CheckpointError, REASONS
 from .policies import SaveRecord, epoch_rows, worseness
 from .learner import find_checkpoint, load_into, from_rank0
 
@@ -95,7 +95,7 @@ def resume_training(learn, # the `Learner` to resume, built as the run's was
     "Put back the model, optimizer and (as the next fit starts training) random states a checkpoint saved; return `start_epoch`"
     path = find_checkpoint(source, Path(learn.path)/learn.model_dir)
     state, desc = load_checkpoint(path, device=getattr(learn.dls, 'device', None) or 'cpu')
-    resume = state.get('opt', {}).get('resume') if 'opt' in desc.get('holds', []) else None
+    resume = state['opt'].get('resume') if 'opt' in desc['holds'] else None
     if resume is None: raise CheckpointError(f"{path} cannot resume a run: it was saved without the optimizer state. Save with "
                                              f"`SaveModelCallback(with_opt=True)` (and `save_last=True` for the latest epoch).")
     if not isinstance(resume.get('epoch'), int):
@@ -114,15 +114,14 @@ def earlier_checkpoints(cb, own:bool=False)->list:
     "`(record, description)` of each checkpoint of tracker `cb`'s `fname` in its folder, but those it wrote unless `own`"
     folder = Path(cb.path)/cb.model_dir
     if rank_distrib() or not folder.is_dir(): return []
-    own_names, found = (cb.fname, f'{cb.fname}_last', f'{cb.fname}_interrupted'), []
+    found = []
     for jp, d in list_checkpoints(folder, recurse=bool(cb.filename and '/' in cb.filename)):
         if not isinstance(d, dict) or (d['digest'] in cb._wrote and not own): continue
-        if d.get('tracker', jp.stem if jp.stem in own_names else None) != cb.fname: continue  # older files: by name
-        m, ranked = d['metadata'], d.get('reason', 'best') in ('best', 'top_k')
-        reason = d.get('reason') or ('best' if jp.stem == cb.fname else 'last')
-        mon = d.get('monitor') if ranked else None
-        found.append((SaveRecord(jp.with_suffix('.pth'), reason, m.get('epoch'), m.get('iteration'), m, mon,
-                                 _from_json(m.get(mon)) if ranked else None, d['digest'], 'written', d.get('training')), d))
+        if d['tracker'] != cb.fname: continue
+        m, ranked = d['metadata'], REASONS[d['reason']].ranked
+        mon = d['monitor'] if ranked else None
+        found.append((SaveRecord(jp.with_suffix('.pth'), d['reason'], m.get('epoch'), m.get('iteration'), m, mon,
+                                 _from_json(m.get(mon)) if ranked else None, d['digest'], 'written', d['training']), d))
     return found
 
 # %% ../nbs/02d_resume.ipynb #res17
@@ -137,7 +136,7 @@ def check_earlier_run(cb):
     if not cb.resume:
         if best is not None and not rank_distrib(): _say_replaced(cb, best, other_monitor)
         return
-    if best is not None: _resume_direction(cb, best, desc.get('comp'))
+    if best is not None: _resume_direction(cb, best, desc['comp'])
     take_up(cb, [r for r, _ in found], best)
     if cb.epoch and not any(isinstance(c, _ResumeState) for c in cb.learn.cbs) and not rank_distrib():
         warnings.warn(f"SaveModelCallback(resume=True): this fit starts at epoch {cb.epoch} (`start_epoch`), but the model and "
@@ -179,7 +178,7 @@ def take_up(cb, found:list, best):
     found = [r for r in found if r not in dup + extra]
     cb.records = sorted(found, key=lambda r: (r.epoch or 0, r.reason != 'best'))
     cb._kept = [r for r in ranked if r not in extra]
-    cb._periodic = sorted((r for r in found if r.reason in ('periodic', 'every_epoch')), key=lambda r: r.epoch or 0)
+    cb._periodic = sorted((r for r in found if REASONS[r.reason].periodic), key=lambda r: r.epoch or 0)
     _go_on_counting(cb, found, best)
     if best is None: return
     cb.best, cb.best_epoch, cb.last_saved_path, cb.last_saved_metadata = best.value, best.epoch, cb._path(cb.fname), best.metadata
@@ -192,7 +191,7 @@ def _go_on_counting(cb, found:list, best):
     "Take the training of the checkpoints `found`, and count this fit's epochs after theirs unless `start_epoch` does"
     trainings = [r.training for r in ([best] if best else []) + found if r.training]
     if trainings: cb.training_id = trainings[0]
-    whole = [r for r in found if isinstance(r.epoch, int)]
+    whole = [r for r in found if REASONS[r.reason].whole_epoch and isinstance(r.epoch, int)]
     if cb.epoch or not whole: return  # a fit at `start_epoch` numbers its epochs as the run it continues did
     last = max(whole, key=lambda r: r.epoch)
     cb._epochs_done, cb._iters_done = last.epoch + 1, last.iteration or 0

@@ -14,8 +14,9 @@ from fastcore.foundation import L
 from fastai.callback.tracker import SaveModelCallback as _FastaiSaveModelCallback
 from fastai.learner import join_path_file
 from fastai.torch_core import get_model, rank_distrib, to_cpu
-from .checkpoint import finish_interrupted_saves, read_checkpoint, json_path, CheckpointError
-from .writer import CheckpointWriter, AsyncCheckpointWriter
+from .checkpoint import finish_interrupted_saves, read_checkpoint, json_path, CheckpointError, REASONS
+from .writer import CheckpointWriter, AsyncCheckpointWriter, wait_for_saves
+from .provenance import training_provenance
 from .policies import (SaveRecord, fill_template, TEMPLATE_FIELD, worseness, top_k_drop, same_epoch,
                                        newest_n_drop, save_due)
 from .options import monitor_direction, lower_by_name, check_comp, check_arguments, check_interval, check_policies
@@ -84,6 +85,7 @@ def _validate(self:SaveModelCallback):
     self.last_saved_metadata, self.best_epoch, self._tracking, self.records, self.epoch_values = None, None, False, [], []
     self._kept, self._periodic, self._sigterm, self._wrote = [], [], False, set()  # `_wrote`: digests of what it saved
     self._epochs_before, self._epochs_done, self._iters_before, self._iters_done, self.training_id = 0, 0, 0, 0, None
+    self._provenance, self._seconds_before, self._fit_start = {}, 0., time.monotonic()
     self._init_state()
 
 # %% ../nbs/03_tracker.ipynb #trk21
@@ -105,6 +107,7 @@ _RESERVED = ('epoch', 'iteration', 'values_of_epoch', 'exception')  # metadata k
 def _start_tracking(self:SaveModelCallback):
     "Check the names and the other trackers, and reset what this fit tracks unless it continues the last"
     if self._writer is not None: self.wait(); self._writer = None  # the last fit's last write (`async_save`), before reading the folder
+    wait_for_saves()  # and any other background write of this process: the folder is read next
     if not rank_distrib(): finish_interrupted_saves(Path(self.path)/self.model_dir)  # what a killed process left
     self._check_names(_recorded_names(self.recorder))
     self._check_other_trackers()
@@ -115,6 +118,7 @@ def _start_tracking(self:SaveModelCallback):
     if (self.reset_on_fit and not continues) or self.best is None: self._reset_fit()
     self._group, self._epochs_before, self._iters_before, self._tracking = group, self._epochs_done, self._iters_done, True
     self._nonfinite, self._unrecorded, self._clock = [], [], time.monotonic()
+    self._provenance, self._fit_start = training_provenance(self.learn), self._clock  # what a reader needs to trust a model
     if self._writer is None: self._writer = AsyncCheckpointWriter() if self.async_save else CheckpointWriter()
     self._catch_sigterm()  # also without `save_on_exception`: a write under way then finishes, or leaves no temporary file
 
@@ -128,7 +132,7 @@ def _reset_fit(self:SaveModelCallback):
     self.last_saved_metadata, self.best_epoch, self.last_saved_path, self.records, self.epoch_values = None, None, None, [], []
     self._kept, self._periodic, self._epochs_done, self._last_meta = [], [], 0, None
     self._iters_done = self.epoch * len(self.dls.train)  # a fit resumed at `start_epoch` counts the batches it skipped
-    self.training_id = uuid.uuid4().hex[:12]
+    self.training_id, self._seconds_before = uuid.uuid4().hex[:12], 0.
     check_earlier_run(self)  # `resume=True` takes up the training it finds, and its epochs
     self.training_id = from_rank0(self.training_id)
     self._say_direction()
@@ -273,20 +277,17 @@ def _save_if_best(self:SaveModelCallback, epoch, meta):
 def _worseness(self:SaveModelCallback, value)->float: return worseness(value, self.lower_is_better)
 
 # %% ../nbs/03_tracker.ipynb #trk36
-_RANKED, _CHOSEN = ('best', 'top_k'), ('best', 'every_epoch', 'end')  # ranked by the monitor; the model the tracker chose
-_WHOLE = ('best', 'top_k', 'last', 'every_epoch', 'end')  # the weights at the end of an epoch: a run resumes from them
-
 @patch
 def _save(self:SaveModelCallback, rec:SaveRecord, moved:SaveRecord=None, drop=(), version_counter=False)->SaveRecord:
     "Record the save `rec` and hand it to the writer, with the checkpoint `moved` aside first and the records `drop` deleted after"
     self.records += [r for r in (moved, rec) if r is not None]
     drop = [r for r in drop if Path(r.path).resolve() != self._resumed_from]
     # fastai's names, which its loggers read, stay on the model chosen: the best, or the one `every_epoch`/`at_end` saved
-    if rec.reason in _CHOSEN: self.last_saved_metadata, self.last_saved_path = rec.metadata, rec.path
+    if REASONS[rec.reason].chosen: self.last_saved_metadata, self.last_saved_path = rec.metadata, rec.path
     if rank_distrib(): return rec  # only rank 0 writes
     state = self._state(rec)
-    kw = dict(monitor=self.monitor, comp='less' if self.lower_is_better else 'greater') if rec.reason in _RANKED else {}
-    kw.update(reason=rec.reason, holds=['model', 'opt'] if isinstance(state, dict) and 'opt' in state and 'model' in state
+    kw = dict(monitor=self.monitor, comp='less' if self.lower_is_better else 'greater') if REASONS[rec.reason].ranked else {}
+    kw.update(provenance=self._provenance_now(), reason=rec.reason, holds=['model', 'opt'] if isinstance(state, dict) and 'opt' in state and 'model' in state
               else ['model'], tracker=self.fname, training=rec.training, version_counter=version_counter)
     keep = (moved.path, moved.reason, moved.digest, self.enable_version_counter) if moved else None
     self._writer.submit(rec.path, state, rec.metadata, keep_previous_as=keep, delete=drop,
@@ -298,11 +299,16 @@ def _save(self:SaveModelCallback, rec:SaveRecord, moved:SaveRecord=None, drop=()
 def _state(self:SaveModelCallback, rec:SaveRecord):
     "What to save for `rec`: the model's state dict, or with the optimizer's, which carries what resuming needs"
     model = get_model(self.model).state_dict()
-    if rec.reason in _CHOSEN: self._chosen_marks = (self._steps, _state_marks(model))
+    if REASONS[rec.reason].chosen: self._chosen_marks = (self._steps, _state_marks(model))
     if not (self.with_opt and self.opt is not None): return model
     # What resuming needs rides in the optimizer's state, which fastai's `Optimizer.load_state_dict` reads around
-    resume = resume_payload(self.learn, rec.epoch if rec.reason in _WHOLE else None, self._iters_done, self.records)
+    resume = resume_payload(self.learn, rec.epoch if REASONS[rec.reason].whole_epoch else None, self._iters_done, self.records)
     return {'model': model, 'opt': {**self.opt.state_dict(), 'resume': resume}}
+
+@patch
+def _provenance_now(self:SaveModelCallback)->dict:
+    "What the checkpoint's `.json` says of how the model was trained (see `training_provenance`), with the time so far"
+    return {**self._provenance, 'train_seconds': round(self._seconds_before + time.monotonic() - self._fit_start, 3)}
 
 @patch
 def _link(self:SaveModelCallback, src:SaveRecord, path, reason)->SaveRecord:
@@ -336,7 +342,7 @@ def _job_done(self:SaveModelCallback, rec:SaveRecord, moved:SaveRecord=None, dro
 @patch(as_prop=True)
 def chosen_record(self:SaveModelCallback)->SaveRecord:
     "The record of the model this tracker chose, which `last_saved_path` names: the best, or what `every_epoch`/`at_end` saved"
-    return next((r for r in reversed(self.records) if r.reason in _CHOSEN), None)
+    return next((r for r in reversed(self.records) if REASONS[r.reason].chosen), None)
 
 @patch
 def written_records(self:SaveModelCallback)->list:
@@ -479,6 +485,7 @@ def _finish_saving(self:SaveModelCallback, at_end:bool=True, block:bool=True):
     if at_end and self.at_end:
         meta = ifnone(self._last_meta, {'epoch': self._epochs_done - 1, 'iteration': self._iters_done})
         self._save(SaveRecord(self._path(self.fname), 'end', meta['epoch'], self._iters_done, meta, training=self.training_id))
+    self._seconds_before += time.monotonic() - self._fit_start  # a `fine_tune`'s second fit goes on counting
     w = self._writer
     self.write_waits = (w.waited, w.waits, w.saves) if isinstance(w, AsyncCheckpointWriter) else (0, 0, 0)
     if block or not isinstance(w, AsyncCheckpointWriter):

@@ -25,8 +25,9 @@ def test_a_resumed_run_keeps_the_earlier_best_unless_it_beats_it(tmp_path):
     before = (tmp_path / 'models' / 'model.pth').read_bytes()
     second = _run(tmp_path, run=2, scores=[0.6, 0.85, 0.7], save_top_k=2, filename='{epoch}-{accuracy:.2f}', resume=True)
     assert (tmp_path / 'models' / 'model.pth').read_bytes() == before  # 0.85 < 0.9: the first run's best stays
-    assert second['kept'] == {'model.pth': 0.9, 'epoch=1-accuracy=0.85.pth': 0.85}  # 0.85 pushed the first run's 0.8 out
-    assert _on_disk(tmp_path) == {'model.pth': 101.0, 'epoch=1-accuracy=0.85.pth': 201.0}
+    # 0.85 pushed the first run's 0.8 out; the second run goes on counting the training's epochs: 3, 4, 5
+    assert second['kept'] == {'model.pth': 0.9, 'epoch=4-accuracy=0.85.pth': 0.85}
+    assert _on_disk(tmp_path) == {'model.pth': 101.0, 'epoch=4-accuracy=0.85.pth': 201.0}
     assert (second['best'], second['best_epoch'], second['holds']) == (0.9, 1, 101.0)  # the learner holds the best of both runs
     assert not second['warnings']
 
