@@ -1,4 +1,4 @@
-"""`from fastai_bestmodel.all import *` brings every public name, as fastai's `*.all` modules do.
+"""`from fastai_bestmodel.all import *` brings what a user writes in a notebook, as fastai's `*.all` modules do.
 
 Docs: https://github.com/fastai-bestmodel/fastai_bestmodel/all.html.md"""
 
@@ -8,14 +8,33 @@ Docs: https://github.com/fastai-bestmodel/fastai_bestmodel/all.html.md"""
 __all__ = []
 
 # %% ../nbs/08_all.ipynb #c003
-from .durable import *
-from .checkpoint import *
-from .writer import *
-from .tracker import *
-from .offline import *
-from .artifacts import *
-from .wandb import *
-from .report import *
-from . import durable as _d, checkpoint as _c, writer as _wr, tracker as _t, offline as _o
-from . import artifacts as _a, wandb as _w, report as _r
-__all__ = [*_d.__all__, *_c.__all__, *_wr.__all__, *_t.__all__, *_o.__all__, *_a.__all__, *_w.__all__, *_r.__all__]
+from .tracker import SaveModelCallback, TrainingTerminated, deciding_tracker
+from .learner import load_best_model, load_best_state, find_checkpoint
+from .resume import resume_training
+from .report import checkpoint_table, best_vs_last, plot_checkpoints
+from .checkpoint import read_checkpoint, load_checkpoint, list_checkpoints, verify_checkpoint, CheckpointError
+from .writer import wait_for_saves
+from .artifacts import log_checkpoint, log_checkpoints, download_checkpoint, prune_versions, link_to_registry
+from .wandb import WandbCallback
+__all__ = ['SaveModelCallback', 'TrainingTerminated', 'deciding_tracker', 'load_best_model', 'load_best_state',
+           'find_checkpoint', 'resume_training', 'checkpoint_table', 'best_vs_last', 'plot_checkpoints', 'read_checkpoint',
+           'load_checkpoint', 'list_checkpoints', 'verify_checkpoint', 'CheckpointError', 'wait_for_saves',
+           'log_checkpoint', 'log_checkpoints', 'download_checkpoint', 'prune_versions', 'link_to_registry', 'WandbCallback']
+
+# %% ../nbs/08_all.ipynb #c003d
+_LEFT = {'durable': 'UNLINK_THREAD file_digest fsync_dir remove_file torch_save_without_crcs write_tmp replace_file '
+                    'wait_for_unlinks atomic_write_bytes FolderLock',
+         'checkpoint': 'CheckpointWriteError NotACheckpointError CheckpointMismatchError like_dict plain_state json_safe json_path '
+                       'save_checkpoint pth_path require_path checkpoint_weights link_checkpoint delete_checkpoint '
+                       'finish_interrupted_saves', 'writer': 'CheckpointWriter AsyncCheckpointWriter',
+         'options': 'monitor_direction', 'policies': 'fill_template SaveRecord', 'offline': 'wandb_records OfflineRun read_offline_run',
+         'artifacts': 'PROTECTED position_alias role_aliases best_alias logged_versions CheckpointReplacedError PruneError',
+         'report': 'digest_status checkpoint_rows'}
+_LEFT = {n: m for m, names in _LEFT.items() for n in names.split()}
+
+def __getattr__(name):
+    if name not in _LEFT: raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib, warnings
+    warnings.warn(f"fastai_bestmodel.all.{name}: no longer in `fastai_bestmodel.all`; import it from "
+                  f"fastai_bestmodel.{_LEFT[name]}.", DeprecationWarning, stacklevel=2)
+    return getattr(importlib.import_module(f'fastai_bestmodel.{_LEFT[name]}'), name)
