@@ -1,4 +1,5 @@
-"""Write and read one self-describing checkpoint: weights, a `.json` beside them, atomically, with a digest checked on load.
+"""The format of one checkpoint: weights and a `.json` beside them, written atomically, read by one normalising
+reader, a digest checked on load; the table of reasons a checkpoint is saved for.
 
 Docs: https://github.com/fastai-bestmodel/fastai_bestmodel/checkpoint.html.md"""
 

@@ -1,4 +1,5 @@
-"""The file-system helpers every checkpoint write goes through: temporary files, fsync, a digest computed while writing, atomic replacement, a folder lock.
+"""The file-system helpers every checkpoint write goes through: temporary files, fsync, a digest computed while
+writing, atomic replacement, a folder lock.
 
 Docs: https://github.com/fastai-bestmodel/fastai_bestmodel/durable.html.md"""
 

@@ -1,4 +1,5 @@
-"""Hand a checkpoint save to a writer: in the calling thread, or in the background while training goes on; none is ever dropped.
+"""Hand a checkpoint save to a writer: in the calling thread, or in the background while training goes on; none is
+ever dropped, and each job tells its caller what it wrote.
 
 Docs: https://github.com/fastai-bestmodel/fastai_bestmodel/writer.html.md"""
 
