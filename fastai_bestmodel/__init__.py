@@ -19,4 +19,4 @@ Modules:
 - `fastai_bestmodel.wandb`: `WandbCallback`: fastai's, logging the best model with the metrics of the epoch whose weights it holds, read from the trackers' records.
 - `fastai_bestmodel.writer`: Hand a checkpoint save to a writer: in the calling thread, or in the background while training goes on; none is ever dropped, and each job tells its caller what it wrote."""
 
-__version__ = "0.0.1"
+__version__ = "0.1.0"
