@@ -14,6 +14,7 @@ from fastcore.basics import ifnone
 from .checkpoint import CheckpointError, NotACheckpointError
 from .checkpoint import verify_checkpoint, list_checkpoints, json_path, pth_path, require_path
 from .durable import file_digest
+from .policies import POSITIONS
 from .offline import read_offline_run
 
 # %% auto #0
@@ -39,7 +40,6 @@ def best_alias(monitor:str)->str:
     return 'best-' + re.sub(r'[^A-Za-z0-9_.-]', '_', monitor)
 
 # %% ../nbs/07_artifacts.ipynb #c009b
-_POSITIONS = ('epoch', 'iteration', 'run_epoch')  # metadata keys that say where in training, not what was recorded
 _STATE = '_fastai_bestmodel'  # the run summary's key for what this package logged in the run
 
 def _offline(run)->bool: return run.settings.mode in ('offline', 'dryrun')
@@ -93,7 +93,7 @@ _MAX_KEYS = 100  # wandb 0.31 refuses an artifact with more top-level metadata k
 def _artifact_metadata(meta:dict)->dict:
     "A checkpoint's metadata as W&B takes them: as they are, or past 100 keys the recorded values under `metrics`"
     if len(meta) <= _MAX_KEYS: return meta
-    top = {k: meta[k] for k in _POSITIONS if k in meta}  # where the checkpoint is in training: kept at the top
+    top = {k: meta[k] for k in POSITIONS if k in meta}  # where the checkpoint is in training: kept at the top
     return {**top, 'metrics': {k: v for k,v in meta.items() if k not in top}}
 
 # %% ../nbs/07_artifacts.ipynb #c009c
@@ -249,7 +249,7 @@ def _note_bests(run, bests:list):
     for d in bests:
         if d['monitor']: run.summary[best_alias(d['monitor'])] = d['metadata']
         if len(bests) == 1:
-            run.summary.update({f'best_{k}': v for k,v in d['metadata'].items() if k not in _POSITIONS})
+            run.summary.update({f'best_{k}': v for k,v in d['metadata'].items() if k not in POSITIONS})
             run.summary['best_epoch'] = d['metadata'].get('epoch')
 
 def _say_logged(run, found:list):

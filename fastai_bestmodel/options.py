@@ -10,10 +10,14 @@ from __future__ import annotations
 import datetime, functools, inspect, math, numbers, operator, re, warnings
 from pathlib import Path
 import numpy as np, torch
-from .policies import TEMPLATE_FIELD
+from fastai.callback.tracker import SaveModelCallback as _FastaiSaveModelCallback
+from fastai.torch_core import rank_distrib
+from .policies import TEMPLATE_FIELD, POSITIONS, fill_template
 
 # %% auto #0
-__all__ = ['monitor_direction', 'lower_by_name', 'check_comp', 'check_arguments', 'check_interval', 'check_policies']
+__all__ = ['monitor_direction', 'lower_by_name', 'check_comp', 'check_arguments', 'check_interval', 'check_policies',
+           'recorded_names', 'logged_names', 'check_names', 'check_validation', 'check_other_trackers',
+           'decide_direction', 'say_direction']
 
 # %% ../nbs/05_options.ipynb #trk04
 import fastai.metrics as _fm
@@ -174,3 +178,80 @@ def _check_schedules(save_top_k, every_epoch, save_last, every_n_train_steps, in
     if save_top_k == 0 and not (schedules or save_last or save_on_exception):
         raise ValueError("SaveModelCallback(save_top_k=0): nothing would be saved. Keep the best (`save_top_k=1`), or ask for "
                          "another checkpoint: `save_last=True`, `every_n_train_steps=...`, `train_time_interval=...` or `save_on_exception=True`.")
+
+# %% ../nbs/05_options.ipynb #optb02
+def recorded_names(recorder)->list:
+    "The names of the values in a full row of `recorder.values`"
+    names = list(recorder.metric_names[1:])
+    return names[:-1] if recorder.add_time and names and names[-1] == 'time' else names
+
+def logged_names(recorder, trained:bool, validated:bool)->list:
+    "The names of the values the recorder logged this epoch, in order"
+    names = recorded_names(recorder)
+    n_train = 1 + (len(recorder.metrics) if recorder.train_metrics else 0)
+    return (names[:n_train] if trained else []) + (names[n_train:] if validated else [])
+
+# %% ../nbs/05_options.ipynb #optb03
+def check_names(cb, names:list):
+    "Check tracker `cb`'s monitor and `filename` template against the `names` the recorder logs"
+    if cb.monitor not in names:
+        raise ValueError(f"SaveModelCallback(monitor={cb.monitor!r}): the learner records no value of that name. It records: "
+                         f"{', '.join(names)}. Pass one of those as `monitor`, or add the metric to `Learner(metrics=...)`.")
+    if clash := [n for n in names if n in POSITIONS]:
+        raise ValueError(f"SaveModelCallback: a metric is named {clash[0]!r}, which the checkpoint's metadata uses for its "
+                         f"own {clash[0]}. Rename the metric (for a fastai `Metric`, give it another `name`).")
+    if cb.filename is None: return
+    try: fill_template(cb.filename, {'epoch': 0, 'step': 0, 'iteration': 0, **{n: 0.0 for n in names}})
+    except KeyError as e: raise ValueError(f"SaveModelCallback(filename={cb.filename!r}): the learner records no value "
+                                           f"named {e.args[0]!r}. A template may name epoch, step, or: {', '.join(names)}.") from None
+    except ValueError as e: raise ValueError(f"SaveModelCallback(filename={cb.filename!r}): a format in it does not fit a "
+                                             f"number ({e}).") from None
+
+# %% ../nbs/05_options.ipynb #optb04
+def check_validation(cb):
+    "Refuse to rank by a validation value of a learner whose validation set is empty: it would never be recorded"
+    if cb.every_epoch or cb.at_end or not cb.save_top_k: return  # those save by schedule, whatever the monitor says
+    try: empty = len(cb.dls.valid) == 0
+    except (IndexError, AttributeError, TypeError): empty = True  # DataLoaders without a validation loader
+    validated = logged_names(cb.recorder, trained=False, validated=True)
+    if empty and len(cb.dls.train) and cb.monitor in validated:  # (`load_learner`'s learner has no data at all)
+        raise ValueError(f"SaveModelCallback(monitor={cb.monitor!r}): the learner's validation set is empty, so "
+                         f"{cb.monitor!r} is never recorded and no model would be saved. Give the DataLoaders a validation "
+                         f"set (such as `valid_pct=0.2`), or monitor a training value: "
+                         f"{', '.join(logged_names(cb.recorder, True, False))}.")
+
+# %% ../nbs/05_options.ipynb #optb05
+def check_other_trackers(cb):
+    "Refuse a second tracker on the learner that would write `cb`'s files"
+    for o in cb.learn.cbs:
+        if o is cb or not isinstance(o, _FastaiSaveModelCallback): continue
+        if cb.filename and getattr(o, 'filename', None) == cb.filename and o.save_top_k not in (0, 1):
+            raise ValueError(f"Two SaveModelCallbacks on this learner name their top-k checkpoints by the same `filename` "
+                             f"({cb.filename!r}, monitors {o.monitor!r} and {cb.monitor!r}), and would replace and delete "
+                             f"each other's. Give each its own template, such as one that starts with its `fname`.")
+        if o.fname == cb.fname:
+            raise ValueError(f"Two SaveModelCallbacks on this learner save to {cb.path/cb.model_dir/cb.fname}.pth (monitors "
+                             f"{o.monitor!r} and {cb.monitor!r}), and each would overwrite the other's model. Give each its "
+                             f"own `fname`, or remove one (`learn.remove_cb`); a tracker passed to `Learner(cbs=...)` or "
+                             f"`learn.add_cb` stays for every later fit.")
+
+# %% ../nbs/05_options.ipynb #optb06
+def decide_direction(cb):
+    "Set tracker `cb`'s direction from the learner's metric that records its monitor, unless `comp` was given"
+    lower, why = monitor_direction(cb.learn, cb.monitor)
+    if not cb._comp_given:
+        if lower is not None: cb._set_direction(lower); cb._direction_settled = True
+        return
+    if lower is not None and lower != cb.lower_is_better and not (lower and lower_by_name(cb.monitor)):  # else said at init
+        warnings.warn(f"SaveModelCallback(monitor={cb.monitor!r}, comp=...): {'higher' if lower else 'lower'} values count "
+                      f"as better, but {why} is one where {'lower' if lower else 'higher'} is better. Leave `comp=None` "
+                      f"to take its direction.")
+
+def say_direction(cb):
+    "Say once which direction was chosen for a monitor nothing tells of, and how to change it"
+    if cb._direction_settled or rank_distrib(): return
+    cb._direction_settled = True
+    better, other = ('lower', 'max') if cb.lower_is_better else ('higher', 'min')
+    warnings.warn(f"SaveModelCallback(monitor={cb.monitor!r}): nothing tells whether higher or lower {cb.monitor!r} is "
+                  f"better (it is not a loss, nor one of fastai's metrics), so {better} values count as better, from its "
+                  f"name. If that is wrong, pass `comp='{other}'`; `comp='{'min' if other == 'max' else 'max'}'` says it is right.")

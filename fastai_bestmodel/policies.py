@@ -12,10 +12,12 @@ from dataclasses import dataclass, asdict
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['STATUSES', 'TEMPLATE_FIELD', 'SaveRecord', 'epoch_rows', 'fill_template', 'worseness', 'top_k_drop', 'same_epoch',
-           'newest_n_drop', 'save_due']
+__all__ = ['POSITIONS', 'STATUSES', 'TEMPLATE_FIELD', 'SaveRecord', 'epoch_rows', 'fill_template', 'worseness', 'top_k_drop',
+           'same_epoch', 'newest_n_drop', 'save_due']
 
 # %% ../nbs/04_policies.ipynb #pol08
+# The metadata's keys that say where in training a checkpoint is, not what was recorded: no metric may take them
+POSITIONS = ('epoch', 'iteration', 'run_epoch', 'values_of_epoch', 'exception')
 STATUSES = ('pending', 'written', 'replaced', 'deleted', 'failed')  # what became of a save, set by the writer
 
 @dataclass(eq=False)

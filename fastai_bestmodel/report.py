@@ -12,6 +12,7 @@ from pathlib import Path
 from .checkpoint import list_checkpoints, verify_checkpoint, pth_path, CheckpointError, CheckpointMismatchError, NotACheckpointError
 from .checkpoint import REASONS
 from .writer import wait_for_saves
+from .policies import POSITIONS
 
 # %% auto #0
 __all__ = ['digest_status', 'checkpoint_rows', 'checkpoint_table', 'best_vs_last', 'plot_checkpoints']
@@ -74,14 +75,13 @@ def _tracker(learn, tracker):
                                     "(callbacks passed to `fit` leave the learner when it ends), or train with one.")
     return cb
 
-_POSITION = ('epoch', 'iteration', 'values_of_epoch', 'exception')  # what says where in training, not a recorded value
 
 def _recorded(cb)->tuple:
     "The names of the values the tracker `cb` saw recorded (losses and metrics), and its rows: one per epoch of its training"
     rows = getattr(cb, 'epoch_values', None)
     if not rows: raise ValueError("The tracker has seen no epoch end: use the tracker you trained with (`tracker=`), after a fit; "
                                   "`checkpoint_table(folder)` reads what was saved from the files.")
-    names = list(dict.fromkeys(k for r in rows for k in r if k not in _POSITION))
+    names = list(dict.fromkeys(k for r in rows for k in r if k not in POSITIONS))
     return names, [[float(r.get(n, float('nan'))) if not isinstance(r.get(n), list) else float('nan') for n in names] for r in rows]
 
 def _is_best(reason:str)->bool:

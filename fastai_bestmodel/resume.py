@@ -14,6 +14,7 @@ from fastai.callback.core import Callback
 from fastai.torch_core import rank_distrib, to_cpu
 from .checkpoint import list_checkpoints, delete_checkpoint, load_checkpoint, CheckpointError, REASONS
 from .policies import SaveRecord, epoch_rows, worseness
+from .options import recorded_names
 from .learner import find_checkpoint, load_into, from_rank0
 
 # %% auto #0
@@ -64,7 +65,7 @@ class _ResumeState(Callback):
         # fastai's `start_epoch` still ends each epoch it skips, with an empty row: give it the run's own values, so
         # that `EarlyStoppingCallback` and the recorder's plots see the epochs as they were
         if self.trained or not self.recorder.values: return
-        meta, names = self.rows.get(self.epoch), _recorded_names(self.recorder)
+        meta, names = self.rows.get(self.epoch), recorded_names(self.recorder)
         if meta is None: warnings.warn(f"resume_training: no record of epoch {self.epoch}'s values (save with `save_last=True` "
                                        f"to keep every epoch's); the recorder shows NaN for it.")
         self.recorder.values[-1] = [float('nan') if meta is None else meta.get(n, float('nan')) for n in names]
@@ -83,11 +84,6 @@ def _rows(resume:dict)->dict:
     "Each epoch's recorded values: `rows`, or (a checkpoint of version 1) from the records it carried"
     if 'rows' in resume: return {int(k): v for k, v in resume['rows'].items()}
     return {r['epoch']: r['metadata'] for r in resume.get('records', []) if isinstance(r['epoch'], int) and r['reason'] != 'periodic'}
-
-def _recorded_names(recorder)->list:
-    "The names of the values in a full row of `recorder.values`"
-    names = list(recorder.metric_names[1:])
-    return names[:-1] if recorder.add_time and names and names[-1] == 'time' else names
 
 # %% ../nbs/09_resume.ipynb #res13
 def resume_training(learn, # the `Learner` to resume, built as the run's was

@@ -18,11 +18,12 @@ from fastai.torch_core import get_model, rank_distrib, to_cpu
 from .checkpoint import finish_interrupted_saves, read_checkpoint, json_path, CheckpointError, REASONS
 from .writer import CheckpointWriter, AsyncCheckpointWriter, wait_for_saves
 from .provenance import training_provenance
-from .policies import (SaveRecord, fill_template, TEMPLATE_FIELD, worseness, top_k_drop, same_epoch,
+from .policies import (SaveRecord, POSITIONS, fill_template, TEMPLATE_FIELD, worseness, top_k_drop, same_epoch,
                                        newest_n_drop, save_due)
-from .options import monitor_direction, lower_by_name, check_comp, check_arguments, check_interval, check_policies
+from .options import (check_comp, check_arguments, check_interval, check_policies, recorded_names, logged_names, check_names,
+                      check_validation, check_other_trackers, decide_direction, say_direction)
 from .learner import load_best_model, from_rank0, share_from_rank0
-from .resume import _ResumeState, _recorded_names, resume_payload, check_earlier_run
+from .resume import _ResumeState, resume_payload, check_earlier_run
 
 # %% auto #0
 __all__ = ['SaveModelCallback', 'TrainingTerminated', 'deciding_tracker']
@@ -102,16 +103,14 @@ def _set_direction(self:SaveModelCallback, lower:bool):
     self.min_delta = -abs(self.min_delta) if lower else abs(self.min_delta)  # stored signed, as fastai does
 
 # %% ../nbs/10_tracker.ipynb #trk23
-_RESERVED = ('epoch', 'iteration', 'values_of_epoch', 'exception')  # metadata keys that are not recorded values
-
 @patch
 def _start_tracking(self:SaveModelCallback):
     "Check the names and the other trackers, and reset what this fit tracks unless it continues the last"
     if self._writer is not None: self.wait(); self._writer = None  # the last fit's last write (`async_save`), before reading the folder
     wait_for_saves()  # and any other background write of this process: the folder is read next
     if not rank_distrib(): finish_interrupted_saves(Path(self.path)/self.model_dir)  # what a killed process left
-    self._check_names(_recorded_names(self.recorder))
-    self._check_other_trackers()
+    check_names(self, recorded_names(self.recorder))
+    check_other_trackers(self)
     group = getattr(self.learn, '_fit_group', None)
     continues = group is not None and group is self._group
     # The checkpoint `resume_training` loaded: no policy deletes it, as Lightning keeps the one a run resumed from
@@ -127,8 +126,8 @@ def _start_tracking(self:SaveModelCallback):
 @patch
 def _reset_fit(self:SaveModelCallback):
     "Start a new training: its direction settled, its best and records empty, an id of its own; or take up an earlier one"
-    self._decide_direction()
-    self._check_validation()
+    decide_direction(self)
+    check_validation(self)
     self.best = float('inf') if self.lower_is_better else -float('inf')
     self.last_saved_metadata, self.best_epoch, self.last_saved_path, self.records, self.epoch_values = None, None, None, [], []
     self._kept, self._periodic, self._epochs_done, self._last_meta = [], [], 0, None
@@ -136,71 +135,7 @@ def _reset_fit(self:SaveModelCallback):
     self.training_id, self._seconds_before = uuid.uuid4().hex[:12], 0.
     check_earlier_run(self)  # `resume=True` takes up the training it finds, and its epochs
     self.training_id = from_rank0(self.training_id)
-    self._say_direction()
-
-# %% ../nbs/10_tracker.ipynb #trk26
-@patch
-def _check_names(self:SaveModelCallback, names):
-    "Check the monitor and the `filename` template against the names the recorder logs"
-    if self.monitor not in names:
-        raise ValueError(f"SaveModelCallback(monitor={self.monitor!r}): the learner records no value of that name. "
-                         f"It records: {', '.join(names)}. Pass one of those as `monitor`, or add the metric to `Learner(metrics=...)`.")
-    if clash := [n for n in names if n in _RESERVED]:
-        raise ValueError(f"SaveModelCallback: a metric is named {clash[0]!r}, which the checkpoint's metadata uses for its own "
-                         f"{clash[0]}. Rename the metric (for a fastai `Metric`, give it another `name`).")
-    if self.filename is None: return
-    try: fill_template(self.filename, {'epoch': 0, 'step': 0, 'iteration': 0, **{n: 0.0 for n in names}})
-    except KeyError as e: raise ValueError(f"SaveModelCallback(filename={self.filename!r}): the learner records no value named {e.args[0]!r}. "
-                                           f"A template may name epoch, step, or: {', '.join(names)}.") from None
-    except ValueError as e: raise ValueError(f"SaveModelCallback(filename={self.filename!r}): a format in it does not fit a number ({e}).") from None
-
-# %% ../nbs/10_tracker.ipynb #trk27
-@patch
-def _check_validation(self:SaveModelCallback):
-    "Refuse to rank by a validation value of a learner whose validation set is empty: it would never be recorded"
-    if self.every_epoch or self.at_end or not self.save_top_k: return  # those save by schedule, whatever the monitor says
-    try: empty = len(self.dls.valid) == 0
-    except (IndexError, AttributeError, TypeError): empty = True  # DataLoaders without a validation loader
-    validated = _logged_names(self.recorder, trained=False, validated=True)
-    if empty and len(self.dls.train) and self.monitor in validated:  # (`load_learner`'s learner has no data at all)
-        raise ValueError(f"SaveModelCallback(monitor={self.monitor!r}): the learner's validation set is empty, so {self.monitor!r} "
-                         f"is never recorded and no model would be saved. Give the DataLoaders a validation set (such as "
-                         f"`valid_pct=0.2`), or monitor a training value: {', '.join(_logged_names(self.recorder, True, False))}.")
-
-# %% ../nbs/10_tracker.ipynb #trk28
-@patch
-def _check_other_trackers(self:SaveModelCallback):
-    for cb in self.learn.cbs:
-        if cb is not self and isinstance(cb, SaveModelCallback) and self.filename and cb.filename == self.filename and cb.save_top_k not in (0, 1):
-            raise ValueError(f"Two SaveModelCallbacks on this learner name their top-k checkpoints by the same `filename` "
-                             f"({self.filename!r}, monitors {cb.monitor!r} and {self.monitor!r}), and would replace and delete each "
-                             f"other's. Give each its own template, such as one that starts with its `fname`.")
-        if cb is not self and isinstance(cb, _FastaiSaveModelCallback) and cb.fname == self.fname:
-            raise ValueError(f"Two SaveModelCallbacks on this learner save to {self.path/self.model_dir/self.fname}.pth "
-                             f"(monitors {cb.monitor!r} and {self.monitor!r}), and each would overwrite the other's model. "
-                             f"Give each its own `fname`, or remove one (`learn.remove_cb`); a tracker passed to `Learner(cbs=...)` "
-                             f"or `learn.add_cb` stays for every later fit.")
-
-# %% ../nbs/10_tracker.ipynb #trk29
-@patch
-def _decide_direction(self:SaveModelCallback):
-    "Before the first batch: the monitor's direction from the learner's metric that records it, unless `comp` was given"
-    lower, why = monitor_direction(self.learn, self.monitor)
-    if self._comp_given:
-        if lower is not None and lower != self.lower_is_better and not (lower and lower_by_name(self.monitor)):  # else said at init
-            warnings.warn(f"SaveModelCallback(monitor={self.monitor!r}, comp=...): {'higher' if lower else 'lower'} values count "
-                          f"as better, but {why} is one where {'lower' if lower else 'higher'} is better. Leave `comp=None` to take its direction.")
-    elif lower is not None: self._set_direction(lower); self._direction_settled = True
-
-@patch
-def _say_direction(self:SaveModelCallback):
-    "Say once which direction was chosen for a monitor nothing tells of, and how to change it"
-    if self._direction_settled or rank_distrib(): return
-    self._direction_settled = True
-    better = 'lower' if self.lower_is_better else 'higher'
-    warnings.warn(f"SaveModelCallback(monitor={self.monitor!r}): nothing tells whether higher or lower {self.monitor!r} is better "
-                  f"(it is not a loss, nor one of fastai's metrics), so {better} values count as better, from its name. If that is "
-                  f"wrong, pass `comp='{'max' if self.lower_is_better else 'min'}'`; `comp='{'min' if self.lower_is_better else 'max'}'` says it is right.")
+    say_direction(self)
 
 # %% ../nbs/10_tracker.ipynb #trk31
 _OMIT = object()
@@ -214,17 +149,11 @@ def _stored(v):
         return float(a.reshape(())) if a.size == 1 else a.tolist()
     except (TypeError, ValueError): return _OMIT
 
-def _logged_names(recorder, trained:bool, validated:bool)->list:
-    "The names of the values the recorder logged this epoch, in order"
-    names = _recorded_names(recorder)
-    n_train = 1 + (len(recorder.metrics) if recorder.train_metrics else 0)
-    return (names[:n_train] if trained else []) + (names[n_train:] if validated else [])
-
 # %% ../nbs/10_tracker.ipynb #trk32
 @patch
 def _epoch_row(self:SaveModelCallback)->dict:
     "This epoch's recorded values by name (rank 0's in distributed training)"
-    names, values = _logged_names(self.recorder, *self._logged), self.recorder.values[-1]
+    names, values = logged_names(self.recorder, *self._logged), self.recorder.values[-1]
     if len(names) == len(values): row = {n: _stored(v) for n,v in zip(names, values)}
     else:
         warnings.warn(f"SaveModelCallback cannot tell which value is which in the recorder's row {values} "
@@ -411,7 +340,7 @@ def _meta_now(self:SaveModelCallback, **extra)->dict:
     n, it = len(self.dls.train) or 1, self._iters_before + self.train_iter
     meta = {'epoch': round(it / n, 6), 'iteration': it, **extra}
     if self._last_meta is not None:
-        meta.update(values_of_epoch=self._last_meta['epoch'], **{k: v for k,v in self._last_meta.items() if k not in _RESERVED})
+        meta.update(values_of_epoch=self._last_meta['epoch'], **{k: v for k,v in self._last_meta.items() if k not in POSITIONS})
     return meta
 
 @patch

@@ -16,6 +16,7 @@ from fastai.callback.wandb import WandbCallback as _FastaiWandbCallback
 from fastai.callback.tracker import SaveModelCallback as _FastaiSaveModelCallback
 from .tracker import SaveModelCallback, deciding_tracker
 from .learner import change_fastai_wandb
+from .policies import POSITIONS
 from .checkpoint import json_path, json_safe
 from . import artifacts as _art  # `_art.name`: a name imported here would skip `__getattr__`'s warning
 
@@ -215,7 +216,7 @@ def _handle(self:WandbCallback, cb, rec, decides:bool, upload:bool=True, quiet:b
     if best:
         summary[key] = json_safe({**meta, 'epoch': ifnone(epoch, meta['epoch'])})
         if decides:
-            summary.update(json_safe({f'best_{k}': v for k,v in meta.items() if k not in _art._POSITIONS}))
+            summary.update(json_safe({f'best_{k}': v for k,v in meta.items() if k not in POSITIONS}))
             summary['best_epoch'] = ifnone(epoch, meta['epoch'])
     elif rec.reason == 'best' and not quiet:
         print(f"WandbCallback: this fit's best {cb.monitor} ({rec.value}, epoch {epoch}) is worse than {logged}, already "
