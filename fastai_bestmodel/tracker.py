@@ -7,19 +7,17 @@ Docs: https://github.com/fastai-bestmodel/fastai_bestmodel/tracker.html.md"""
 
 # %% ../nbs/10_tracker.ipynb #trk01
 from __future__ import annotations
-import datetime, functools, inspect, math, numbers, operator, os, re, signal, threading, time, uuid, warnings
+import math, signal, threading, time, uuid, warnings
 from pathlib import Path
 import numpy as np, torch
 from fastcore.basics import store_attr, ifnone, patch
-from fastcore.foundation import L
 from fastai.callback.tracker import SaveModelCallback as _FastaiSaveModelCallback
 from fastai.learner import join_path_file
-from fastai.torch_core import get_model, rank_distrib, to_cpu
+from fastai.torch_core import get_model, rank_distrib
 from .checkpoint import finish_interrupted_saves, read_checkpoint, json_path, CheckpointError, REASONS
 from .writer import CheckpointWriter, AsyncCheckpointWriter, wait_for_saves
 from .provenance import training_provenance
-from .policies import (SaveRecord, POSITIONS, fill_template, TEMPLATE_FIELD, worseness, top_k_drop, same_epoch,
-                                       newest_n_drop, save_due)
+from .policies import SaveRecord, POSITIONS, fill_template, worseness, top_k_drop, same_epoch, newest_n_drop, save_due
 from .options import (check_comp, check_arguments, check_interval, check_policies, recorded_names, logged_names, check_names,
                       check_validation, check_other_trackers, decide_direction, say_direction)
 from .learner import load_best_model, from_rank0, share_from_rank0
@@ -75,19 +73,19 @@ class SaveModelCallback(_FastaiSaveModelCallback):
 def _validate(self:SaveModelCallback):
     "Check the stored arguments, and set what follows from them: the comparison, the signed `min_delta`, the interval"
     delta = check_arguments(self.monitor, self.min_delta, self.fname, self.every_epoch, self.at_end, self.async_save,
-                        self.save_last, load_best=self.load_best, resume=self.resume, auto_insert_metric_name=
-                        self.auto_insert_metric_name, enable_version_counter=self.enable_version_counter)
+                            self.save_last, load_best=self.load_best, resume=self.resume,
+                            auto_insert_metric_name=self.auto_insert_metric_name,
+                            enable_version_counter=self.enable_version_counter)
     self._interval = check_interval(self.train_time_interval)
-    check_policies(self.save_top_k, self.filename, self.every_epoch, self.at_end, self.save_last, self.every_n_train_steps,
-                    self._interval, self.keep_last_n, self.save_on_exception)
+    check_policies(self.save_top_k, self.filename, self.every_epoch, self.at_end, self.save_last,
+                   self.every_n_train_steps, self._interval, self.keep_last_n, self.save_on_exception)
     comp = check_comp(self.comp, self.monitor)
     self._comp_given = self._direction_settled = self.comp is not None  # `comp=None`: the learner's metric decides
-    self.comp, self.lower_is_better, self.best, self.last_saved_path = comp, comp in (np.less, np.less_equal), None, None
+    self.comp, self.lower_is_better, self.best = comp, comp in (np.less, np.less_equal), None
     self.min_delta = -delta if self.lower_is_better else delta  # stored signed, as fastai does
-    self.last_saved_metadata, self.best_epoch, self._tracking, self.records, self.epoch_values = None, None, False, [], []
-    self._kept, self._periodic, self._sigterm, self._wrote = [], [], False, set()  # `_wrote`: digests of what it saved
-    self._epochs_before, self._epochs_done, self._iters_before, self._iters_done, self.training_id = 0, 0, 0, 0, None
-    self._provenance, self._seconds_before, self._fit_start = {}, 0., time.monotonic()
+    self._tracking, self._sigterm, self._wrote = False, False, set()  # `_wrote`: digests of what it saved, in any fit
+    self._epochs_before, self._iters_before, self._provenance, self._fit_start = 0, 0, {}, time.monotonic()
+    self._clear_training()
     self._init_state()
 
 # %% ../nbs/10_tracker.ipynb #trk21
@@ -124,15 +122,21 @@ def _start_tracking(self:SaveModelCallback):
 
 # %% ../nbs/10_tracker.ipynb #trk25
 @patch
+def _clear_training(self:SaveModelCallback):
+    "What the tracker knows of one training, empty: its saves, rows, kept checkpoints, counts and id"
+    self.last_saved_metadata, self.best_epoch, self.last_saved_path, self.records, self.epoch_values = None, None, None, [], []
+    self._kept, self._periodic, self._epochs_done, self._iters_done, self._last_meta = [], [], 0, 0, None
+    self.training_id, self._seconds_before = None, 0.
+
+@patch
 def _reset_fit(self:SaveModelCallback):
     "Start a new training: its direction settled, its best and records empty, an id of its own; or take up an earlier one"
     decide_direction(self)
     check_validation(self)
+    self._clear_training()
     self.best = float('inf') if self.lower_is_better else -float('inf')
-    self.last_saved_metadata, self.best_epoch, self.last_saved_path, self.records, self.epoch_values = None, None, None, [], []
-    self._kept, self._periodic, self._epochs_done, self._last_meta = [], [], 0, None
     self._iters_done = self.epoch * len(self.dls.train)  # a fit resumed at `start_epoch` counts the batches it skipped
-    self.training_id, self._seconds_before = uuid.uuid4().hex[:12], 0.
+    self.training_id = uuid.uuid4().hex[:12]
     check_earlier_run(self)  # `resume=True` takes up the training it finds, and its epochs
     self.training_id = from_rank0(self.training_id)
     say_direction(self)
