@@ -8,6 +8,7 @@ Docs: https://github.com/fastai-bestmodel/fastai_bestmodel/learner.html.md"""
 # %% ../nbs/08_learner.ipynb #lrn05
 from __future__ import annotations
 import functools, hashlib, inspect, re, textwrap, warnings
+from dataclasses import dataclass
 from pathlib import Path
 import torch
 from fastcore.basics import ifnone, init_args
@@ -20,16 +21,21 @@ from .checkpoint import load_checkpoint, list_checkpoints, json_path, pth_path, 
 from .writer import wait_for_saves
 
 # %% auto #0
-__all__ = ['CHECKED', 'source_digest', 'fastai_original', 'change_fastai', 'fastai_changes', 'restore_fastai',
+__all__ = ['CHANGES', 'Change', 'source_digest', 'fastai_original', 'change_fastai', 'fastai_changes', 'restore_fastai',
            'change_fastai_wandb', 'find_checkpoint', 'load_best_state', 'load_best_model', 'load_into', 'from_rank0',
            'share_from_rank0']
 
 # %% ../nbs/08_learner.ipynb #lrn08
-# fastai's function -> the digests of its source in the fastai versions it was checked with
-CHECKED = {'Learner.fine_tune': {'2.8.12': '7565e3ce1d150323'}, 'Learner._do_fit': {'2.8.12': '11ba62b5eebcca61'},
-           'Learner._with_events': {'2.8.12': 'b15928625a4cb136'}, 'Learner.save': {'2.8.12': '6e7cbc8dfa6f53b3'},
-           'Learner.load': {'2.8.12': '94432abd9d4c687d'}, 'wandb._format_config': {'2.8.12': '42e2c2df3b2301c9'}}
-_CHANGED = {}  # name -> whether the replacement is in place
+@dataclass(frozen=True)
+class Change:
+    "One change to fastai: where fastai's function is, what replaces it, what is lost without it, the versions checked"
+    owner: object # a callable returning the class or module that holds fastai's function (imported when called)
+    name: str # the function's name there
+    new: object # the replacement, which calls fastai's as its `__wrapped__`
+    lost: str # what this package does without it, said in the warning when fastai's function is not a checked one
+    checked: dict # fastai version -> the digest of that version's source of the function
+
+_CHANGED = {}  # key -> whether the replacement is in place
 
 def source_digest(f)->str|None:
     "A digest of `f`'s source, or None where Python has none"
@@ -42,17 +48,19 @@ def fastai_original(owner, name:str):
     f = getattr(owner, name)
     return f.__wrapped__ if getattr(f, '_fastai_bestmodel', False) else f
 
-def change_fastai(owner, name:str, key:str, new, lost:str)->bool:
-    "Replace fastai's `owner.name` by `new` if fastai's is one it was checked with; else keep it, warn of what is `lost`"
-    orig = fastai_original(owner, name)
-    if source_digest(orig) not in CHECKED[key].values():
+def change_fastai(key:str)->bool:
+    "Make the change `CHANGES[key]` if fastai's function is one it was checked with; else keep fastai's, and warn"
+    c = CHANGES[key]
+    owner = c.owner()
+    orig = fastai_original(owner, c.name)
+    if source_digest(orig) not in c.checked.values():
         warnings.warn(f"fastai_bestmodel: fastai's {key} is not the one this version was checked with (fastai "
-                      f"{', '.join(CHECKED[key])}), so it is left as fastai's: {lost}. Install a checked fastai to get it.")
+                      f"{', '.join(c.checked)}), so it is left as fastai's: {c.lost}. Install a checked fastai to get it.")
         _CHANGED[key] = False
         return False
-    functools.update_wrapper(new, orig)  # its name, docstring and signature, and `__wrapped__`: fastai's
-    new._fastai_bestmodel = True
-    setattr(owner, name, new)
+    functools.update_wrapper(c.new, orig)  # its name, docstring and signature, and `__wrapped__`: fastai's
+    c.new._fastai_bestmodel = True
+    setattr(owner, c.name, c.new)
     _CHANGED[key] = True
     return True
 
@@ -64,7 +72,7 @@ def fastai_changes()->dict:
 def restore_fastai():
     "Put fastai's own functions back, undoing every change of this package (for tests, and for debugging)"
     for key in [k for k, v in _CHANGED.items() if v]:
-        owner, name = _OWNERS[key]()
+        owner, name = CHANGES[key].owner(), CHANGES[key].name
         setattr(owner, name, fastai_original(owner, name))
         _CHANGED[key] = False
 
@@ -97,13 +105,13 @@ def _with_events(self, f, event_type, ex, final=noop):
         raise
 
 # %% ../nbs/08_learner.ipynb #lrn18
-def _save(self, file, **kwargs):
+def _learner_save(self, file, **kwargs):
     wait_for_saves()
-    return _save.__wrapped__(self, file, **kwargs)
+    return _learner_save.__wrapped__(self, file, **kwargs)
 
-def _load(self, file, device=None, **kwargs):
+def _learner_load(self, file, device=None, **kwargs):
     wait_for_saves()
-    return _load.__wrapped__(self, file, device=device, **kwargs)
+    return _learner_load.__wrapped__(self, file, device=device, **kwargs)
 
 # %% ../nbs/08_learner.ipynb #lrn20
 def _format_config_value(v, depth=0):
@@ -124,25 +132,30 @@ def _format_config(config, depth=0):
 # %% ../nbs/08_learner.ipynb #lrn21
 def change_fastai_wandb()->bool:
     "Replace fastai's W&B config formatting (called by `fastai_bestmodel.wandb` as it is imported)"
-    import fastai.callback.wandb as fw
-    if not change_fastai(fw, '_format_config', 'wandb._format_config', _format_config, "callbacks' arguments that "
-                         "wandb cannot take (modules, tensors) may fail the run's config"): return False
-    fw._format_config_value = _format_config_value  # a helper only fastai's `_format_config` calls
+    if not change_fastai('wandb._format_config'): return False
+    CHANGES['wandb._format_config'].owner()._format_config_value = _format_config_value  # only fastai's calls it
     return True
 
 # %% ../nbs/08_learner.ipynb #lrn23
-_OWNERS = {'Learner.fine_tune': lambda: (Learner, 'fine_tune'), 'Learner._do_fit': lambda: (Learner, '_do_fit'),
-           'Learner._with_events': lambda: (Learner, '_with_events'), 'Learner.save': lambda: (Learner, 'save'),
-           'Learner.load': lambda: (Learner, 'load'),
-           'wandb._format_config': lambda: (__import__('fastai.callback.wandb', fromlist=['_']), '_format_config')}
-_LOST = {'Learner.fine_tune': "the two fits of `fine_tune` are two trainings: each keeps its own best, and W&B "
-                              "uploads after each", 'Learner._do_fit': "the fits of `fine_tune` are told apart no more",
-         'Learner._with_events': "no checkpoint is saved on an exception (`save_on_exception`), nor logged to W&B then",
-         'Learner.save': "`learn.save` may land before a background write of the same file",
-         'Learner.load': "`learn.load` may read a checkpoint still being written in the background"}
-for _key, _new in (('Learner.fine_tune', _fine_tune), ('Learner._do_fit', _do_fit),
-                   ('Learner._with_events', _with_events), ('Learner.save', _save), ('Learner.load', _load)):
-    change_fastai(*_OWNERS[_key](), _key, _new, _LOST[_key])
+def _fastai_wandb():
+    import fastai.callback.wandb as fw  # imports wandb: only when `fastai_bestmodel.wandb` is
+    return fw
+
+CHANGES = {  # every change this package makes to fastai, with the fastai versions each was checked with
+    'Learner.fine_tune': Change(lambda: Learner, 'fine_tune', _fine_tune, "the two fits of `fine_tune` are two "
+                                "trainings: each keeps its own best, and W&B uploads after each", {'2.8.12': '7565e3ce1d150323'}),
+    'Learner._do_fit': Change(lambda: Learner, '_do_fit', _do_fit, "the fits of `fine_tune` are told apart no more",
+                              {'2.8.12': '11ba62b5eebcca61'}),
+    'Learner._with_events': Change(lambda: Learner, '_with_events', _with_events, "no checkpoint is saved on an "
+                                   "exception (`save_on_exception`), nor logged to W&B then", {'2.8.12': 'b15928625a4cb136'}),
+    'Learner.save': Change(lambda: Learner, 'save', _learner_save, "`learn.save` may land before a background write "
+                           "of the same file", {'2.8.12': '6e7cbc8dfa6f53b3'}),
+    'Learner.load': Change(lambda: Learner, 'load', _learner_load, "`learn.load` may read a checkpoint still being "
+                           "written in the background", {'2.8.12': '94432abd9d4c687d'}),
+    'wandb._format_config': Change(_fastai_wandb, '_format_config', _format_config, "callbacks' arguments that wandb "
+                                   "cannot take (modules, tensors) may fail the run's config", {'2.8.12': '42e2c2df3b2301c9'})}
+for _key in CHANGES:
+    if not _key.startswith('wandb.'): change_fastai(_key)  # fastai's W&B callback: when `fastai_bestmodel.wandb` is imported
 
 # %% ../nbs/08_learner.ipynb #lrn30
 def _best_in_folder(folder:Path)->Path:

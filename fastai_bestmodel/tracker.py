@@ -294,7 +294,7 @@ def _path(self:SaveModelCallback, name)->Path: return join_path_file(name, self.
 
 @patch
 def _top_k_path(self:SaveModelCallback, meta)->Path:
-    "The name wanted for the top-k checkpoint of `meta`'s epoch: its `filename` (the writer adds `-v1`... if it is taken)"
+    "The name wanted for the top-k checkpoint of `meta`'s epoch: its `filename` (`save_checkpoint` adds `-v1`... if taken)"
     template = ifnone(self.filename, self.fname + '-{epoch}-{' + self.monitor + ':.4f}')
     values = {**meta, 'step': meta['iteration'], 'iteration': meta['iteration']}
     return self._path(fill_template(template, values, self.auto_insert_metric_name))
