@@ -20,7 +20,8 @@ from .provenance import training_provenance
 from .policies import SaveRecord, POSITIONS, fill_template, worseness, top_k_drop, same_epoch, newest_n_drop, save_due
 from .options import (check_comp, check_arguments, check_interval, check_policies, recorded_names, logged_names, check_names,
                       check_validation, check_other_trackers, decide_direction, say_direction)
-from .learner import load_best_model, from_rank0, share_from_rank0
+from .learner import from_rank0, share_from_rank0
+from . import learner as _learner  # `load_best_model` through it: the name left this module
 from .resume import _ResumeState, resume_payload, check_earlier_run
 
 # %% auto #0
@@ -96,6 +97,13 @@ def _init_state(self:SaveModelCallback):  # also called when unpickled, as in `l
     self._chosen_marks, self.write_waits = None, (0, 0, 0)  # marks of tensors in this process only; the last fit's waits
 
 @patch
+def _clear_training(self:SaveModelCallback):
+    "What the tracker knows of one training, empty: its saves, rows, kept checkpoints, counts and id"
+    self.last_saved_metadata, self.best_epoch, self.last_saved_path, self.records, self.epoch_values = None, None, None, [], []
+    self._kept, self._periodic, self._epochs_done, self._iters_done, self._last_meta = [], [], 0, 0, None
+    self.training_id, self._seconds_before = None, 0.
+
+@patch
 def _set_direction(self:SaveModelCallback, lower:bool):
     self.comp, self.lower_is_better = (np.less if lower else np.greater), lower
     self.min_delta = -abs(self.min_delta) if lower else abs(self.min_delta)  # stored signed, as fastai does
@@ -121,13 +129,6 @@ def _start_tracking(self:SaveModelCallback):
     self._catch_sigterm()  # also without `save_on_exception`: a write under way then finishes, or leaves no temporary file
 
 # %% ../nbs/10_tracker.ipynb #trk25
-@patch
-def _clear_training(self:SaveModelCallback):
-    "What the tracker knows of one training, empty: its saves, rows, kept checkpoints, counts and id"
-    self.last_saved_metadata, self.best_epoch, self.last_saved_path, self.records, self.epoch_values = None, None, None, [], []
-    self._kept, self._periodic, self._epochs_done, self._iters_done, self._last_meta = [], [], 0, 0, None
-    self.training_id, self._seconds_before = None, 0.
-
 @patch
 def _reset_fit(self:SaveModelCallback):
     "Start a new training: its direction settled, its best and records empty, an id of its own; or take up an earlier one"
@@ -473,7 +474,7 @@ def _fit_ended(self:SaveModelCallback):
     load = not rank_distrib() and self.load_best and decides and not self._holds_chosen()
     if load: self.wait()
     if not from_rank0(load and self._is_own_checkpoint()): return
-    if not rank_distrib(): load_best_model(self.learn, Path(self.last_saved_path).absolute(), with_opt=self.with_opt)
+    if not rank_distrib(): _learner.load_best_model(self.learn, Path(self.last_saved_path).absolute(), with_opt=self.with_opt)
     share_from_rank0(self.learn, self.with_opt and self.opt is not None)
 
 # %% ../nbs/10_tracker.ipynb #trk60

@@ -13,6 +13,7 @@ from fastai_bestmodel.test_utils import ScriptedMetric
 from fastai_bestmodel.wandb import WandbCallback
 from fastai_bestmodel.offline import read_offline_run
 from fastai_bestmodel.checkpoint import read_checkpoint, load_checkpoint, verify_checkpoint
+from fastai_bestmodel.writer import wait_for_saves
 from conftest import KeepWeights, assert_same_weights, python_env
 
 HERE = Path(__file__).parent
@@ -356,8 +357,9 @@ def test_weights_changed_between_epochs_never_reach_the_epochs_checkpoint(tmp_pa
     learn.model.ballast = nn.Parameter(torch.zeros(5_000_000))  # 20 MB: the write outlasts the change
     keep, cb = KeepWeights(), SaveModelCallback(monitor='accuracy', every_epoch=True, async_save=async_save)
     with learn.no_bar(), learn.no_logging(): learn.fit(4, lr=1e-2, cbs=[cb, keep, Perturb()])
+    wait_for_saves()  # 'background': the fit returned before its last write ended (the format's readers do not wait)
     for e in range(4):
-        state, desc = load_checkpoint(tmp_path / 'models' / f'model_{e}.pth')  # waits for a write still going
+        state, desc = load_checkpoint(tmp_path / 'models' / f'model_{e}.pth')
         assert desc['metadata']['epoch'] == e
         assert_same_weights(state, keep.weights[e])
         assert not torch.equal(state['a'], keep.weights[e]['a'] + 0.5)
@@ -400,6 +402,7 @@ def _every_epochs_checkpoint(folder, async_save, model=SparseNet):
     learn.model = model()
     cb = SaveModelCallback(monitor='accuracy', every_epoch=True, async_save=async_save)
     with learn.no_bar(), learn.no_logging(): learn.fit(4, lr=1e-3, wd=0.1, cbs=cb)  # weight decay changes every weight at each step
+    wait_for_saves()  # 'background': the fit returned before its last write ended (the format's readers do not wait)
     return [load_checkpoint(folder / 'models' / f'model_{e}.pth')[0] for e in range(4)]
 
 
@@ -443,6 +446,7 @@ def test_sparse_tensors_in_the_state_are_saved(tmp_path, async_save):
     learn.model = SparseState()
     cb = SaveModelCallback(every_epoch=True, with_opt=True, async_save=async_save)
     with learn.no_bar(), learn.no_logging(): learn.fit(2, lr=1e-3, cbs=cb)
+    wait_for_saves()  # 'background': the fit returned before its last write ended (the format's readers do not wait)
     state, desc = load_checkpoint(tmp_path / 'models' / 'model_1.pth')
     assert desc['metadata']['epoch'] == 1
     assert torch.equal(state['model']['adjacency'].to_dense(), torch.eye(3))
@@ -455,7 +459,8 @@ def test_weights_changed_right_after_the_fit_never_reach_its_at_end_checkpoint(t
     learn.model = SparseNet()
     with learn.no_bar(), learn.no_logging(): learn.fit(2, lr=1e-3, cbs=SaveModelCallback(at_end=True, async_save=async_save))
     with torch.no_grad(): learn.model.emb.weight.mul_(2.)  # at once, as a script's next line may (doubling is exact)
-    state, desc = load_checkpoint(tmp_path / 'models' / 'model.pth')  # waits for the write
+    wait_for_saves()  # 'background': the fit returned before its last write ended (the format's readers do not wait)
+    state, desc = load_checkpoint(tmp_path / 'models' / 'model.pth')
     assert desc['reason'] == 'end'
     assert torch.equal(state['emb.weight'], learn.model.emb.weight / 2)
 
@@ -471,6 +476,7 @@ def test_background_saves_combine_with_fine_tune_get_preds_and_a_second_fit(tmp_
         best = cb.best_epoch
         learn.fit(1, 1e-4, cbs=[SaveModelCallback(monitor='accuracy', fname='second', async_save=async_save), KeepAll()])
     assert preds.shape[0] == len(learn.dls.valid_ds)
+    wait_for_saves()  # 'background': the fit returned before its last write ended (the format's readers do not wait)
     state, desc = load_checkpoint(tmp_path / 'models' / 'model.pth')
     assert desc['metadata']['epoch'] == best
     assert_same_weights(state, keep.weights[best])
