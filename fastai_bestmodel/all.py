@@ -14,12 +14,11 @@ from .learner import load_best_model, load_best_state, find_checkpoint
 from .resume import resume_training
 from .report import checkpoint_table, best_vs_last, plot_checkpoints
 from .checkpoint import read_checkpoint, load_checkpoint, list_checkpoints, verify_checkpoint, CheckpointError
-from .writer import wait_for_saves
 from .artifacts import log_checkpoint, log_checkpoints, download_checkpoint, prune_versions, link_to_registry
 from .wandb import WandbCallback
 __all__ = ['SaveModelCallback', 'TrainingTerminated', 'deciding_tracker', 'load_best_model', 'load_best_state',
            'find_checkpoint', 'resume_training', 'checkpoint_table', 'best_vs_last', 'plot_checkpoints', 'read_checkpoint',
-           'load_checkpoint', 'list_checkpoints', 'verify_checkpoint', 'CheckpointError', 'wait_for_saves',
+           'load_checkpoint', 'list_checkpoints', 'verify_checkpoint', 'CheckpointError',
            'log_checkpoint', 'log_checkpoints', 'download_checkpoint', 'prune_versions', 'link_to_registry', 'WandbCallback']
 
 # %% ../nbs/15_all.ipynb #c003d

@@ -12,7 +12,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from .checkpoint import read_checkpoint, verify_checkpoint, list_checkpoints, json_path, pth_path, CheckpointError, CheckpointMismatchError, NotACheckpointError, require_path
 from .report import checkpoint_rows, digest_status
-from .writer import wait_for_saves
 
 # %% auto #0
 __all__ = ['demo', 'main', 'show', 'show_folder', 'ls']
@@ -187,7 +186,6 @@ def show(path)->dict|list:
     "Print the checkpoint at `path` and check its weights' digest; for a folder, every checkpoint in it"
     if path == '': raise NotACheckpointError("'': an empty path; give a checkpoint's .pth, its .json, or the folder that holds them.")
     path = require_path(path)
-    wait_for_saves()  # called in a process whose background fit may still be writing it
     if path.is_dir(): return show_folder(path)
     if _undescribed(path):
         raise NotACheckpointError(f'{path}: not a checkpoint of fastai_bestmodel: no .json beside it describes it '
@@ -215,7 +213,6 @@ def _aligned(rows)->list:
 def show_folder(folder)->list:
     "Print one line for each checkpoint in `folder`: name, epoch, monitored value, digest check; raise if any fails"
     folder = Path(folder)
-    wait_for_saves()
     found = _listed(folder, list_checkpoints)
     if not found: raise NotACheckpointError(_no_checkpoints(folder))
     rows = [(jp.with_suffix('.pth').name, f"epoch {d['metadata'].get('epoch', '?')}", _monitored(d), f'digest {digest_status(jp)}')

@@ -18,7 +18,6 @@ import fastai.callback.schedule  # defines `Learner.fine_tune`
 from fastai.learner import Learner, noop
 from fastai.torch_core import get_model, rank_distrib, num_distrib
 from .checkpoint import load_checkpoint, list_checkpoints, json_path, pth_path, CheckpointError
-from .writer import wait_for_saves
 
 # %% auto #0
 __all__ = ['CHANGES', 'Change', 'source_digest', 'fastai_original', 'change_fastai', 'fastai_changes', 'restore_fastai',
@@ -104,15 +103,6 @@ def _with_events(self, f, event_type, ex, final=noop):
             if callable(getattr(type(cb), '_after_exception', None)): cb._after_exception(e)
         raise
 
-# %% ../nbs/08_learner.ipynb #lrn18
-def _learner_save(self, file, **kwargs):
-    wait_for_saves()
-    return _learner_save.__wrapped__(self, file, **kwargs)
-
-def _learner_load(self, file, device=None, **kwargs):
-    wait_for_saves()
-    return _learner_load.__wrapped__(self, file, device=device, **kwargs)
-
 # %% ../nbs/08_learner.ipynb #lrn20
 def _format_config_value(v, depth=0):
     if isinstance(v, (list, tuple)): return [_format_config_value(o, depth) for o in v]
@@ -148,10 +138,6 @@ CHANGES = {  # every change this package makes to fastai, with the fastai versio
                               {'2.8.12': '11ba62b5eebcca61'}),
     'Learner._with_events': Change(lambda: Learner, '_with_events', _with_events, "no checkpoint is saved on an "
                                    "exception (`save_on_exception`), nor logged to W&B then", {'2.8.12': 'b15928625a4cb136'}),
-    'Learner.save': Change(lambda: Learner, 'save', _learner_save, "`learn.save` may land before a background write "
-                           "of the same file", {'2.8.12': '6e7cbc8dfa6f53b3'}),
-    'Learner.load': Change(lambda: Learner, 'load', _learner_load, "`learn.load` may read a checkpoint still being "
-                           "written in the background", {'2.8.12': '94432abd9d4c687d'}),
     'wandb._format_config': Change(_fastai_wandb, '_format_config', _format_config, "callbacks' arguments that wandb "
                                    "cannot take (modules, tensors) may fail the run's config", {'2.8.12': '42e2c2df3b2301c9'})}
 for _key in CHANGES:
@@ -181,7 +167,6 @@ def find_checkpoint(source, # a `.pth`/`.json`, a name without suffix, a folder,
                     aliases=('best', 'latest'), # for a W&B artifact named without an alias, the aliases to try, in order
                    )->Path:
     "The weights file of the checkpoint `source` names (a W&B artifact is downloaded first)"
-    wait_for_saves()  # a background write of the checkpoint named may be under way
     tried, src = [], Path(source)
     # A bare name (`'model'`, as `learn.load` takes) is only looked for in `folder`, never in the working folder
     bare = folder is not None and len(src.parts) == 1 and src.suffix not in ('.pth', '.json') and src.name not in ('.', '..')

@@ -11,7 +11,6 @@ import math
 from pathlib import Path
 from .checkpoint import list_checkpoints, verify_checkpoint, pth_path, CheckpointError, CheckpointMismatchError, NotACheckpointError
 from .checkpoint import REASONS
-from .writer import wait_for_saves
 from .policies import POSITIONS
 
 # %% auto #0
@@ -43,7 +42,6 @@ def checkpoint_rows(folder, # a folder of checkpoints: a learner's models folder
                    )->list:
     "One dict per checkpoint in `folder`, best first: file, reason, epoch, monitor, value, every recorded value, bytes, digest"
     folder, rows = Path(folder), []
-    wait_for_saves()  # a write of this process's background fit may still be adding a file
     if not folder.is_dir(): raise NotACheckpointError(f"{folder}: no such folder; give the folder that SaveModelCallback saved into "
                                                       f"(the learner's models folder).")
     found = list_checkpoints(folder, recurse=recurse)

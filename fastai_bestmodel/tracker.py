@@ -15,7 +15,7 @@ from fastai.callback.tracker import SaveModelCallback as _FastaiSaveModelCallbac
 from fastai.learner import join_path_file
 from fastai.torch_core import get_model, rank_distrib
 from .checkpoint import finish_interrupted_saves, read_checkpoint, json_path, CheckpointError, REASONS
-from .writer import CheckpointWriter, AsyncCheckpointWriter, wait_for_saves
+from .writer import CheckpointWriter, AsyncCheckpointWriter
 from .provenance import training_provenance
 from .policies import SaveRecord, POSITIONS, fill_template, worseness, top_k_drop, same_epoch, newest_n_drop, save_due
 from .options import (check_comp, check_arguments, check_interval, check_policies, recorded_names, logged_names, check_names,
@@ -62,7 +62,6 @@ class SaveModelCallback(_FastaiSaveModelCallback):
     def before_epoch(self): self._logged = [False, False]
     def after_train(self): self._logged[0] = not self.recorder.cancel_train
     def after_validate(self): self._logged[1] = not self.recorder.cancel_valid
-    def before_step(self): self._steps += 1  # counted before it runs: a step cancelled after still counts
     def after_batch(self):
         if self._tracking: self._batch_ended()
     def after_epoch(self):
@@ -77,6 +76,11 @@ def _validate(self:SaveModelCallback):
                             self.save_last, load_best=self.load_best, resume=self.resume,
                             auto_insert_metric_name=self.auto_insert_metric_name,
                             enable_version_counter=self.enable_version_counter)
+    if self.async_save == 'background':
+        warnings.warn("SaveModelCallback(async_save='background') is gone since 0.1.0 (it saved a fit about 2% of its time, "
+                      "measured in benchmarks/mechanisms.py); it now means async_save=True: the fit returns once its "
+                      "checkpoints are written.", DeprecationWarning, stacklevel=3)
+        self.async_save = True
     self._interval = check_interval(self.train_time_interval)
     check_policies(self.save_top_k, self.filename, self.every_epoch, self.at_end, self.save_last,
                    self.every_n_train_steps, self._interval, self.keep_last_n, self.save_on_exception)
@@ -92,9 +96,8 @@ def _validate(self:SaveModelCallback):
 # %% ../nbs/10_tracker.ipynb #trk21
 @patch
 def _init_state(self:SaveModelCallback):  # also called when unpickled, as in `load_learner`
-    self._writer, self._group, self._steps = None, None, 0  # `_steps`: optimizer steps that may have run, for `_holds_chosen`
+    self._writer, self._group, self.write_waits = None, None, (0, 0, 0)  # the last fit's waits for the writer
     self._resumed_from = None  # the checkpoint `resume_training` loaded for this fit, which no policy deletes
-    self._chosen_marks, self.write_waits = None, (0, 0, 0)  # marks of tensors in this process only; the last fit's waits
 
 @patch
 def _clear_training(self:SaveModelCallback):
@@ -113,7 +116,6 @@ def _set_direction(self:SaveModelCallback, lower:bool):
 def _start_tracking(self:SaveModelCallback):
     "Check the names and the other trackers, and reset what this fit tracks unless it continues the last"
     if self._writer is not None: self.wait(); self._writer = None  # the last fit's last write (`async_save`), before reading the folder
-    wait_for_saves()  # and any other background write of this process: the folder is read next
     if not rank_distrib(): finish_interrupted_saves(Path(self.path)/self.model_dir)  # what a killed process left
     check_names(self, recorded_names(self.recorder))
     check_other_trackers(self)
@@ -234,7 +236,6 @@ def _save(self:SaveModelCallback, rec:SaveRecord, moved:SaveRecord=None, drop=()
 def _state(self:SaveModelCallback, rec:SaveRecord):
     "What to save for `rec`: the model's state dict, or with the optimizer's, which carries what resuming needs"
     model = get_model(self.model).state_dict()
-    if REASONS[rec.reason].chosen: self._chosen_marks = (self._steps, _state_marks(model))
     if not (self.with_opt and self.opt is not None): return model
     # What resuming needs rides in the optimizer's state, which fastai's `Optimizer.load_state_dict` reads around
     resume = resume_payload(self.learn, rec.epoch if REASONS[rec.reason].whole_epoch else None, self._iters_done, self.records)
@@ -411,23 +412,20 @@ def _after_exception(self:SaveModelCallback, e:BaseException):
 # %% ../nbs/10_tracker.ipynb #trk54
 @patch
 def wait(self:SaveModelCallback):
-    "Wait until the checkpoints this callback saved are on disk (with `async_save='background'` a fit returns before)"
+    "Wait until the checkpoints this callback saved are on disk (a fit does, before it returns)"
     if self._writer is not None: self._writer.wait()
 
 @patch
-def _finish_saving(self:SaveModelCallback, at_end:bool=True, block:bool=True):
-    "Save at the end if `at_end`; wait for the writes, or, with `async_save` and not `block`, let the last finish after the fit"
+def _finish_saving(self:SaveModelCallback, at_end:bool=True):
+    "Save at the end if `at_end`; wait for the writes, and let the writer go"
     if at_end and self.at_end:
         meta = ifnone(self._last_meta, {'epoch': self._epochs_done - 1, 'iteration': self._iters_done})
         self._save(SaveRecord(self._path(self.fname), 'end', meta['epoch'], self._iters_done, meta, training=self.training_id))
     self._seconds_before += time.monotonic() - self._fit_start  # a `fine_tune`'s second fit goes on counting
     w = self._writer
     self.write_waits = (w.waited, w.waits, w.saves) if isinstance(w, AsyncCheckpointWriter) else (0, 0, 0)
-    if block or not isinstance(w, AsyncCheckpointWriter):
-        try: self.wait()
-        finally: self._writer = None  # the writer and its buffers do not outlive the fit
-        return
-    w.close()  # kept for `wait`; its buffers go once written
+    try: self.wait()
+    finally: self._writer = None  # the writer and its buffers do not outlive the fit
 
 # %% ../nbs/10_tracker.ipynb #trk55
 @patch
@@ -465,14 +463,12 @@ def _fit_ended(self:SaveModelCallback):
     if not self._tracking: return
     decides = deciding_tracker(self.learn) is self
     self._tracking = False
-    self._finish_saving(block=self.async_save != 'background')
+    self._finish_saving()
     self._say_waited()
     if self.at_end or self.every_epoch or not self.save_top_k: return
     if self.last_saved_path is None: return self._say_nothing_saved()
-    # Only rank 0 wrote, and only it reads: the others may be other machines, without its folder. Nothing to load where
-    # the learner holds the chosen weights still (the last epoch was the best): their write may go on after the fit
-    load = not rank_distrib() and self.load_best and decides and not self._holds_chosen()
-    if load: self.wait()
+    # Only rank 0 wrote, and only it reads: the others may be other machines, without its folder
+    load = not rank_distrib() and self.load_best and decides
     if not from_rank0(load and self._is_own_checkpoint()): return
     if not rank_distrib(): _learner.load_best_model(self.learn, Path(self.last_saved_path).absolute(), with_opt=self.with_opt)
     share_from_rank0(self.learn, self.with_opt and self.opt is not None)
@@ -488,31 +484,7 @@ def _say_nothing_saved(self:SaveModelCallback):
            f"`reset_on_fit=False`, or set by hand)" if self._epochs_done > self._epochs_before else "no epoch finished")
     warnings.warn(f"SaveModelCallback saved no model in this fit: {why}; nothing was loaded.")
 
-# %% ../nbs/10_tracker.ipynb #trk62
-def _storage(t)->int: return t.data_ptr() if t.layout == torch.strided else id(t)  # a sparse tensor has no single storage
-
-def _state_marks(state:dict)->tuple:
-    "Each tensor of `state` by its storage and in-place version: equal marks, unchanged tensors (but for writes through `.data`)"
-    return tuple((k, _storage(t), t._version) for k,t in state.items() if isinstance(t, torch.Tensor))
-
-_VETTED = ('fastai.', 'fastai_bestmodel.', 'wandb.')  # modules whose callbacks change weights only in ways PyTorch counts
-
-def _may_change_weights(cb)->bool:
-    "Whether `cb` has a handler from outside `_VETTED` that runs between the last save and the end of a fit"
-    if isinstance(cb, SaveModelCallback): return False
-    events = ('after_epoch', 'after_fit', 'after_cancel_fit', 'after_cancel_epoch')
-    if any(callable(vars(cb).get(e)) for e in events): return True  # fastai's `Callback(after_fit=f)`: a handler of the instance
-    if type(cb).__module__.startswith(_VETTED): return False
-    return any(callable(getattr(type(cb), e, None)) for e in events)
-
 # %% ../nbs/10_tracker.ipynb #trk63
-@patch
-def _holds_chosen(self:SaveModelCallback)->bool:
-    "Whether the learner's model holds the weights of the chosen checkpoint still, so that loading it is needless"
-    marks = getattr(self, '_chosen_marks', None)
-    if marks is None or any(_may_change_weights(cb) for cb in self.learn.cbs): return False
-    return marks == (self._steps, _state_marks(get_model(self.model).state_dict()))
-
 @patch
 def _say_waited(self:SaveModelCallback):
     "With `async_save`, say when the loop waited for the writer: saves came faster than it could write them"

@@ -112,7 +112,7 @@ class AsyncCheckpointWriter:
         self._spare, self.last_written, self.written = [], None, {}  # `written`: path -> description of its last save
         self._gate = threading.Event()  # cleared while the caller copies a snapshot: the writer pauses meanwhile
         self._gate.set()
-        self._closed, self.waited, self.waits, self.saves = False, 0., 0, 0  # seconds and saves `submit` waited for room; saves
+        self.waited, self.waits, self.saves = 0., 0, 0  # seconds and saves `submit` waited for room; saves
 
     def submit(self, path, state, metadata, keep_previous_as=None, delete=(), on_done=None, **kwargs):
         "Snapshot `state` and queue it as `CheckpointWriter.submit` would save it, replacing a plain save to `path` not yet started"
@@ -146,8 +146,8 @@ class AsyncCheckpointWriter:
         # `_running` changes only under the lock, so a thread about to exit never leaves a job behind
         if self._running: return
         self._running = True
-        # A daemon, which `_say_waiting` joins at exit: if the training script dies of an exception, Python still
-        # finishes the saves it announced ("Better model found") before exiting.
+        # A daemon, which `_say_waiting` joins at exit: if the training script dies while one is being written (a
+        # second Ctrl-C during the wait at the end of fit), Python still finishes it before exiting.
         threading.Thread(target=self._run, name=_WRITER_THREAD, daemon=True).start()
 
 # %% ../nbs/02_writer.ipynb #c049b
@@ -190,7 +190,6 @@ def _run(self:AsyncCheckpointWriter):
         with self._cond:
             if not self._pending:
                 self._running = False
-                _finishing.discard(self)
                 return
             job = self._busy = self._pending.pop(next(iter(self._pending)))
             self._cond.notify_all()  # a `submit` waiting for room can go on
@@ -198,24 +197,12 @@ def _run(self:AsyncCheckpointWriter):
             if job['done'] is not None: job['done'].synchronize()  # the copy from the GPU has landed in the buffers
             self.last_written = _write_job(job, self.written, gate=self._gate, background_unlink=False)
         except BaseException as e:
-            with self._cond:
-                closed = self._closed  # read once: a `close` between two reads would both raise and warn it
-                if not closed: self._error = e  # raised at the next `submit`, `wait` or `close`
-            if closed: warnings.warn(f"{e} The fit had returned; the checkpoints written before are intact.")
+            with self._cond: self._error = e  # raised at the next `submit` or `wait`
         finally:
             with self._cond:
                 self._busy = None
-                if not self._closed and job['link_from'] is None: self._spare.append(job['state'])  # a closed writer frees each copy once written
-                if not self._pending: _finishing.discard(self)  # before `wait` can return: nothing of it is left to wait for
+                if job['link_from'] is None: self._spare.append(job['state'])  # its buffers, for the next save
                 self._cond.notify_all()
-
-@patch
-def close(self:AsyncCheckpointWriter):
-    "Let the saves submitted finish in the background, freeing their buffers; raise the error of one that failed already"
-    with self._cond:
-        self._closed, self._spare, self.sets = True, [], 0
-        if self._pending or self._busy is not None: _finishing.add(self)  # `wait_for_saves` waits for it; an error is warned of
-    self.raise_error()
 
 @patch(as_prop=True)
 def idle(self:AsyncCheckpointWriter)->bool:
@@ -246,13 +233,12 @@ def _tensors(o):
         for v in o: yield from _tensors(v)
 
 # %% ../nbs/02_writer.ipynb #reg1
-_finishing = set()  # this process's background writers still writing after their fit returned
 _WRITER_THREAD = 'fastai_bestmodel-writer'
 
 def wait_for_saves():
-    "Wait until the checkpoints this process writes in the background (after an `async_save` fit returned) are on disk"
-    if not _finishing or threading.current_thread().name == _WRITER_THREAD: return
-    for w in list(_finishing): w.wait()
+    "Deprecated, and does nothing: a fit returns once its checkpoints are written, `async_save` or not"
+    warnings.warn("wait_for_saves() is no longer needed: since 0.1.0 a fit returns once its checkpoints are written "
+                  "(`async_save='background'` is gone). Remove the call.", DeprecationWarning, stacklevel=2)
 
 # %% ../nbs/02_writer.ipynb #reg2
 def _say_waiting():

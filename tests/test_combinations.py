@@ -13,7 +13,6 @@ from fastai_bestmodel.test_utils import ScriptedMetric
 from fastai_bestmodel.wandb import WandbCallback
 from fastai_bestmodel.offline import read_offline_run
 from fastai_bestmodel.checkpoint import read_checkpoint, load_checkpoint, verify_checkpoint
-from fastai_bestmodel.writer import wait_for_saves
 from conftest import KeepWeights, assert_same_weights, python_env
 
 HERE = Path(__file__).parent
@@ -351,13 +350,12 @@ class Perturb(KeepWeights):
         for p in self.model.parameters(): p.data.add_(0.5)
 
 
-@pytest.mark.parametrize('async_save', [False, True, 'background'])
+@pytest.mark.parametrize('async_save', [False, True])
 def test_weights_changed_between_epochs_never_reach_the_epochs_checkpoint(tmp_path, async_save):
     learn = synth_learner(n_trn=2, path=tmp_path, metrics=ScriptedMetric([0.1, 0.2, 0.3, 0.4], 'accuracy'))
     learn.model.ballast = nn.Parameter(torch.zeros(5_000_000))  # 20 MB: the write outlasts the change
     keep, cb = KeepWeights(), SaveModelCallback(monitor='accuracy', every_epoch=True, async_save=async_save)
     with learn.no_bar(), learn.no_logging(): learn.fit(4, lr=1e-2, cbs=[cb, keep, Perturb()])
-    wait_for_saves()  # 'background': the fit returned before its last write ended (the format's readers do not wait)
     for e in range(4):
         state, desc = load_checkpoint(tmp_path / 'models' / f'model_{e}.pth')
         assert desc['metadata']['epoch'] == e
@@ -365,7 +363,7 @@ def test_weights_changed_between_epochs_never_reach_the_epochs_checkpoint(tmp_pa
         assert not torch.equal(state['a'], keep.weights[e]['a'] + 0.5)
 
 
-@pytest.mark.parametrize('async_save', [True, 'background'])
+@pytest.mark.parametrize('async_save', [True])
 def test_log_model_all_with_async_saves_uploads_every_best_before_the_next_replaces_it(tmp_path, offline_run, async_save):
     learn = synth_learner(n_trn=1, n_val=1, path=tmp_path, metrics=ScriptedMetric([0.1, 0.2, 0.3, 0.25, 0.4, 0.35], 'accuracy'))
     learn.model.ballast = nn.Parameter(torch.zeros(6_250_000), requires_grad=False)  # 25 MB: writes outlast epochs
@@ -374,12 +372,12 @@ def test_log_model_all_with_async_saves_uploads_every_best_before_the_next_repla
     assert [a['metadata']['epoch'] for a in _models(_logged(offline_run))] == [0, 1, 2, 4]  # each best, as with synchronous saves
 
 
-def test_log_model_all_with_background_saves_uploads_every_checkpoint(tmp_path, offline_run):
+def test_log_model_all_with_async_saves_uploads_every_checkpoint(tmp_path, offline_run):
     learn = synth_learner(n_trn=1, n_val=1, path=tmp_path, metrics=ScriptedMetric([0.1, 0.2, 0.3, 0.4, 0.5], 'accuracy'))
     learn.model.ballast = nn.Parameter(torch.zeros(12_500_000), requires_grad=False)  # 50 MB: writes outlast epochs
     keep = KeepWeights()
     with learn.no_bar(), learn.no_logging():
-        learn.fit(5, lr=1e-2, cbs=[SaveModelCallback(monitor='accuracy', every_epoch=True, async_save='background'),
+        learn.fit(5, lr=1e-2, cbs=[SaveModelCallback(monitor='accuracy', every_epoch=True, async_save=True),
                                    WandbCallback(log_model='all', log_preds=False), keep])
     uploaded = sorted(a['metadata']['epoch'] for a in _models(_logged(offline_run)))
     assert uploaded == [0, 1, 2, 3, 4]
@@ -402,11 +400,10 @@ def _every_epochs_checkpoint(folder, async_save, model=SparseNet):
     learn.model = model()
     cb = SaveModelCallback(monitor='accuracy', every_epoch=True, async_save=async_save)
     with learn.no_bar(), learn.no_logging(): learn.fit(4, lr=1e-3, wd=0.1, cbs=cb)  # weight decay changes every weight at each step
-    wait_for_saves()  # 'background': the fit returned before its last write ended (the format's readers do not wait)
     return [load_checkpoint(folder / 'models' / f'model_{e}.pth')[0] for e in range(4)]
 
 
-@pytest.mark.parametrize('async_save', [True, 'background'])
+@pytest.mark.parametrize('async_save', [True])
 def test_each_epochs_checkpoint_equals_the_same_fit_saved_synchronously(tmp_path, async_save):
     # Same seed, same weights at each epoch's end. A copy of the state for the writer that let the next batch start
     # before it ended (as copying beside the loop on the CPU did, in a version tried and removed) would fail this
@@ -425,7 +422,7 @@ class ClampingNet(SparseNet):
         return super().forward(x)
 
 
-@pytest.mark.parametrize('async_save', [True, 'background'])
+@pytest.mark.parametrize('async_save', [True])
 def test_a_model_that_changes_its_weights_in_forward_gets_its_epochs_weights(tmp_path, async_save):
     expected = _every_epochs_checkpoint(tmp_path / 'sync', False, ClampingNet)
     for got, want in zip(_every_epochs_checkpoint(tmp_path / 'async', async_save, ClampingNet), expected): assert_same_weights(got, want)
@@ -440,32 +437,30 @@ class SparseState(nn.Module):
     def forward(self, x): return x.view(-1) * self.emb(torch.zeros(len(x), dtype=torch.long))[:, 0]
 
 
-@pytest.mark.parametrize('async_save', [False, True, 'background'])
+@pytest.mark.parametrize('async_save', [False, True])
 def test_sparse_tensors_in_the_state_are_saved(tmp_path, async_save):
     learn = synth_learner(n_trn=2, path=tmp_path)
     learn.model = SparseState()
     cb = SaveModelCallback(every_epoch=True, with_opt=True, async_save=async_save)
     with learn.no_bar(), learn.no_logging(): learn.fit(2, lr=1e-3, cbs=cb)
-    wait_for_saves()  # 'background': the fit returned before its last write ended (the format's readers do not wait)
     state, desc = load_checkpoint(tmp_path / 'models' / 'model_1.pth')
     assert desc['metadata']['epoch'] == 1
     assert torch.equal(state['model']['adjacency'].to_dense(), torch.eye(3))
     assert torch.equal(state['model']['emb.weight'], learn.model.emb.weight.detach())
 
 
-@pytest.mark.parametrize('async_save', [True, 'background'])
+@pytest.mark.parametrize('async_save', [True])
 def test_weights_changed_right_after_the_fit_never_reach_its_at_end_checkpoint(tmp_path, async_save):
     learn = synth_learner(n_trn=2, path=tmp_path)
     learn.model = SparseNet()
     with learn.no_bar(), learn.no_logging(): learn.fit(2, lr=1e-3, cbs=SaveModelCallback(at_end=True, async_save=async_save))
     with torch.no_grad(): learn.model.emb.weight.mul_(2.)  # at once, as a script's next line may (doubling is exact)
-    wait_for_saves()  # 'background': the fit returned before its last write ended (the format's readers do not wait)
     state, desc = load_checkpoint(tmp_path / 'models' / 'model.pth')
     assert desc['reason'] == 'end'
     assert torch.equal(state['emb.weight'], learn.model.emb.weight / 2)
 
 
-@pytest.mark.parametrize('async_save', [True, 'background'])
+@pytest.mark.parametrize('async_save', [True])
 def test_background_saves_combine_with_fine_tune_get_preds_and_a_second_fit(tmp_path, async_save):
     from fastai_bestmodel.test_utils import digits_learner
     learn = digits_learner(path=tmp_path)
@@ -476,7 +471,6 @@ def test_background_saves_combine_with_fine_tune_get_preds_and_a_second_fit(tmp_
         best = cb.best_epoch
         learn.fit(1, 1e-4, cbs=[SaveModelCallback(monitor='accuracy', fname='second', async_save=async_save), KeepAll()])
     assert preds.shape[0] == len(learn.dls.valid_ds)
-    wait_for_saves()  # 'background': the fit returned before its last write ended (the format's readers do not wait)
     state, desc = load_checkpoint(tmp_path / 'models' / 'model.pth')
     assert desc['metadata']['epoch'] == best
     assert_same_weights(state, keep.weights[best])
@@ -498,15 +492,15 @@ class SlowDisk(Callback):
         threading.Thread(target=hold).start(); took.wait()
 
 
-def test_listing_a_folder_waits_for_the_file_a_background_write_adds(tmp_path):
-    from fastai_bestmodel.report import checkpoint_rows as list_checkpoints  # a reader that waits for background saves
+def test_a_fit_with_async_saves_returns_with_its_last_write_on_disk(tmp_path):
+    from fastai_bestmodel.checkpoint import list_checkpoints  # the format's reader, which waits for nothing
     learn = synth_learner(n_trn=2, path=tmp_path, metrics=ScriptedMetric([0.1, 0.2, 0.3], 'accuracy'))
-    cb = SaveModelCallback(monitor='accuracy', async_save='background', save_top_k=3)
+    cb = SaveModelCallback(monitor='accuracy', async_save=True, save_top_k=3)
     with learn.no_bar(), learn.no_logging(): learn.fit(3, 1e-2, cbs=[cb, SlowDisk(cb, 1.5)])
-    assert len(list_checkpoints(tmp_path / 'models')) == 3  # the third was still being written when the fit returned
+    assert len(list_checkpoints(tmp_path / 'models')) == 3  # the third, held 1.5 s by the slow disk, is there
 
 
-def test_a_script_ending_after_a_background_fit_says_it_waits_and_leaves_the_checkpoint(tmp_path):
+def test_a_script_ending_after_an_async_fit_leaves_the_checkpoint(tmp_path):
     script = tmp_path / 'ends.py'
     script.write_text(f"""import sys; sys.path.insert(0, {str(HERE)!r})
 from fastai.test_utils import synth_learner
@@ -514,11 +508,11 @@ from fastai_bestmodel.tracker import SaveModelCallback
 from fastai_bestmodel.test_utils import ScriptedMetric
 from test_combinations import SlowDisk
 learn = synth_learner(n_trn=2, path={str(tmp_path)!r}, metrics=ScriptedMetric([0.1, 0.2, 0.3], 'accuracy'))
-cb = SaveModelCallback(monitor='accuracy', async_save='background')
+cb = SaveModelCallback(monitor='accuracy', async_save=True)
 with learn.no_bar(), learn.no_logging(): learn.fit(3, 1e-2, cbs=[cb, SlowDisk(cb, 1.5)])
 print('fit returned', flush=True)
 """)
     out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=python_env(), timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.splitlines()[-2:] == ['fit returned', 'fastai_bestmodel: waiting for 1 checkpoint write(s) to finish before exiting...']
+    assert out.stdout.splitlines()[-1] == 'fit returned'  # nothing left to wait for at exit
     assert load_checkpoint(tmp_path / 'models' / 'model.pth')[1]['metadata']['epoch'] == 2  # complete, digest checked
