@@ -92,7 +92,7 @@ def _rows(resume:dict)->dict:
 def resume_training(learn, # the `Learner` to resume, built as the run's was
                     source='model_last', # a checkpoint saved with `with_opt=True` at an epoch's end
                    )->int:
-    "Put back the model, optimizer and (once the next fit trains) random states a checkpoint saved; return the start epoch"
+    "Put back model, optimizer and (once the next fit trains) random states a checkpoint saved; return `start_epoch`"
     path = find_checkpoint(source, Path(learn.path)/learn.model_dir)
     state, desc = load_checkpoint(path, device=getattr(learn.dls, 'device', None) or 'cpu')
     resume = state['opt'].get('resume') if 'opt' in desc['holds'] else None
