@@ -43,7 +43,7 @@ def _rank(d:dict)->tuple:
 def checkpoint_rows(folder, # a folder of checkpoints: a learner's models folder
                     recurse:bool=False, # also the folders below it
                    )->list:
-    "One dict per checkpoint in `folder`, best first: file, reason, epoch, monitor, value, recorded values, bytes, digest"
+    "One dict per checkpoint in `folder`, best first: file, reason, epoch, monitor, value, all values, bytes, digest"
     folder, rows = Path(folder), []
     wait_for_saves()  # a write of this process's background fit may still be adding a file
     if not folder.is_dir(): raise NotACheckpointError(f"{folder}: no such folder; give the folder that "
