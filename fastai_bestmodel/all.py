@@ -13,22 +13,27 @@ from .tracker import SaveModelCallback, TrainingTerminated, deciding_tracker
 from .learner import load_best_model, load_best_state, find_checkpoint
 from .resume import resume_training
 from .report import checkpoint_table, best_vs_last, plot_checkpoints
-from .checkpoint import read_checkpoint, load_checkpoint, list_checkpoints, verify_checkpoint, CheckpointError
-from .artifacts import log_checkpoint, log_checkpoints, download_checkpoint, prune_versions, link_to_registry
+from .checkpoint import (read_checkpoint, load_checkpoint, list_checkpoints, verify_checkpoint,
+                                         CheckpointError)
+from .artifacts import (log_checkpoint, log_checkpoints, download_checkpoint, prune_versions,
+                                        link_to_registry)
 from .wandb import WandbCallback
 __all__ = ['SaveModelCallback', 'TrainingTerminated', 'deciding_tracker', 'load_best_model', 'load_best_state',
-           'find_checkpoint', 'resume_training', 'checkpoint_table', 'best_vs_last', 'plot_checkpoints', 'read_checkpoint',
-           'load_checkpoint', 'list_checkpoints', 'verify_checkpoint', 'CheckpointError',
-           'log_checkpoint', 'log_checkpoints', 'download_checkpoint', 'prune_versions', 'link_to_registry', 'WandbCallback']
+           'find_checkpoint', 'resume_training', 'checkpoint_table', 'best_vs_last', 'plot_checkpoints',
+           'read_checkpoint', 'load_checkpoint', 'list_checkpoints', 'verify_checkpoint', 'CheckpointError',
+           'log_checkpoint', 'log_checkpoints', 'download_checkpoint', 'prune_versions',
+           'link_to_registry', 'WandbCallback']
 
 # %% ../nbs/15_all.ipynb #c003d
 _LEFT = {'durable': 'UNLINK_THREAD file_digest fsync_dir remove_file torch_save_without_crcs write_tmp replace_file '
                     'wait_for_unlinks atomic_write_bytes FolderLock',
-         'checkpoint': 'CheckpointWriteError NotACheckpointError CheckpointMismatchError like_dict plain_state json_safe json_path '
-                       'save_checkpoint pth_path require_path checkpoint_weights link_checkpoint delete_checkpoint '
-                       'finish_interrupted_saves', 'writer': 'CheckpointWriter AsyncCheckpointWriter',
-         'options': 'monitor_direction', 'policies': 'fill_template SaveRecord', 'offline': 'wandb_records OfflineRun read_offline_run',
-         'artifacts': 'PROTECTED position_alias role_aliases best_alias logged_versions CheckpointReplacedError PruneError',
+         'checkpoint': 'CheckpointWriteError NotACheckpointError CheckpointMismatchError like_dict plain_state '
+                       'json_safe json_path save_checkpoint pth_path require_path checkpoint_weights link_checkpoint '
+                       'delete_checkpoint finish_interrupted_saves', 'writer': 'CheckpointWriter AsyncCheckpointWriter',
+         'options': 'monitor_direction', 'policies': 'fill_template SaveRecord',
+         'offline': 'wandb_records OfflineRun read_offline_run',
+         'artifacts': 'PROTECTED position_alias role_aliases best_alias logged_versions CheckpointReplacedError '
+                      'PruneError',
          'report': 'digest_status checkpoint_rows'}
 _LEFT = {n: m for m, names in _LEFT.items() for n in names.split()}
 

@@ -56,7 +56,7 @@ def like_dict(o, items):
     return res
 
 def plain_state(o):
-    "`o` with every `L` made a `list` and every numpy scalar a Python number, so `torch.load(weights_only=True)` reads it"
+    "`o` with every `L` made a `list` and every numpy scalar a number, so `torch.load(weights_only=True)` reads it"
     import torch
     if isinstance(o, torch.Tensor): return o
     if isinstance(o, dict): return like_dict(o, ((k, plain_state(v)) for k,v in o.items()))
@@ -69,7 +69,8 @@ def plain_state(o):
 # %% ../nbs/01_checkpoint.ipynb #c022a
 def json_safe(o):
     "`o` with each NaN or infinite float replaced by `'NaN'`, `'Infinity'` or `'-Infinity'`, so strict JSON takes it"
-    if isinstance(o, float) and not math.isfinite(o): return 'NaN' if math.isnan(o) else ('Infinity' if o > 0 else '-Infinity')
+    if isinstance(o, float) and not math.isfinite(o):
+        return 'NaN' if math.isnan(o) else ('Infinity' if o > 0 else '-Infinity')
     if isinstance(o, dict): return {k: json_safe(v) for k,v in o.items()}
     if isinstance(o, (list, tuple)): return [json_safe(v) for v in o]
     return o
@@ -157,7 +158,7 @@ def save_checkpoint(path, # where the weights go: a `.pth` file; the `.json` goe
                     monitor:str=None, # the value that chose this checkpoint
                     comp:str=None, # `'less'` or `'greater'`: how `monitor` was compared
                     reason:str=None, # why it was saved, one of `REASONS`; default 'best' with a `monitor`, else 'end'
-                    holds:list=None, # what `state` holds: `['model']`, or `['model', 'opt']` for `{'model':..., 'opt':...}`
+                    holds:list=None, # what `state` holds: `['model']`, or `['model', 'opt']` for model and opt
                     tracker:str=None, # the `fname` of the tracker that saved it, which finds its own checkpoints by it
                     training:str=None, # the id of the training it belongs to, the same for each of its checkpoints
                     background_unlink:bool=True, # free the replaced file's blocks in a thread
@@ -165,10 +166,11 @@ def save_checkpoint(path, # where the weights go: a `.pth` file; the `.json` goe
                     provenance:dict=None, # what a reader needs to trust or reproduce it (see `training_provenance`)
                     version_counter:bool=False, # if `path` is taken, save to the first free `<stem>-v1`, `-v2`, ...
                    )->dict:
-    "Write `state` to `path` and its description to `path.with_suffix('.json')`, atomically, and return that description"
+    "Write `state` to `path` and its description to `path.with_suffix('.json')`, atomically; return the description"
     import torch
     path, reason = Path(path), _check_reason(ifnone(reason, 'best' if monitor else 'end'))
-    holds = list(ifnone(holds, ['model', 'opt'] if isinstance(state, dict) and set(state)=={'model','opt'} else ['model']))
+    holds = list(ifnone(holds, ['model', 'opt'] if isinstance(state, dict) and set(state)=={'model','opt'}
+                               else ['model']))
     try: path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e: raise _write_error(path, e) from e
     with FolderLock(path.parent) as lock:
@@ -176,11 +178,13 @@ def save_checkpoint(path, # where the weights go: a `.pth` file; the `.json` goe
             if version_counter: path = _free_path(path)  # under the lock: no other save can take the name meanwhile
             # Under the lock no other save runs here, so what a save left is abandoned; without a lock, keep it
             _finish_interrupted(path, abandoned=lock.locked)
-            tmp, digest = write_tmp(path.parent, path.name, lambda f: torch_save_without_crcs(plain_state(state), f), gate=gate)
+            tmp, digest = write_tmp(path.parent, path.name, lambda f: torch_save_without_crcs(plain_state(state), f),
+                                    gate=gate)
             try:
                 desc = dict(format=_FORMAT, weights=path.name, digest=digest, bytes=tmp.stat().st_size,
                             holds=holds, with_opt='opt' in holds, reason=reason,
-                            monitor=monitor, comp=comp, tracker=tracker, training=training, metadata=json_safe(dict(metadata)),
+                            monitor=monitor, comp=comp, tracker=tracker, training=training,
+                            metadata=json_safe(dict(metadata)),
                             saved_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
                             torch_version=torch.__version__, provenance=json_safe(dict(provenance or {})))
                 pending = _pending(path, digest)
@@ -202,7 +206,7 @@ def _read_json(p):
     except OSError as e: raise CheckpointError(f'{p} cannot be read: {os.strerror(e.errno) if e.errno else e}.') from e
 
 def pth_path(path)->Path:
-    "The `.pth` of the checkpoint named by its `.pth`, its `.json`, or its name without a suffix (which may hold dots: `loss=0.12`)"
+    "The `.pth` of the checkpoint named by its `.pth`, its `.json`, or its name without suffix (which may hold dots)"
     path = Path(path)
     return path if path.suffix == '.pth' else path.with_name(path.name.removesuffix('.json') + '.pth')
 
@@ -210,21 +214,28 @@ def require_path(path)->Path:
     "`path` as a `Path`; `NotACheckpointError` if nothing is there: no file, no folder, no `.json` that describes it"
     path = Path(path)
     if not (path.exists() or json_path(pth_path(path)).exists()):
-        raise NotACheckpointError(f"{path}: no such file or folder; give a checkpoint's .pth, its .json, or the folder that holds them.")
+        raise NotACheckpointError(f"{path}: no such file or folder; give a checkpoint's .pth, its .json, "
+                                  f"or the folder that holds them.")
     return path
 
+# %% ../nbs/01_checkpoint.ipynb #c034r
 _REQUIRED = {'digest': str, 'weights': str, 'metadata': dict}
 
 def read_checkpoint(path)->dict:
-    "The description (`.json`) of the checkpoint at `path` (its `.pth`, its `.json`, or its name without suffix), every field present"
+    "The description (`.json`) of the checkpoint at `path` (its `.pth`, `.json` or name), every field present"
     jp = json_path(pth_path(path))
-    if not jp.is_file(): raise NotACheckpointError(f'No checkpoint description at {jp}: was it saved by fastai_bestmodel.SaveModelCallback?')
+    if not jp.is_file():
+        raise NotACheckpointError(f'No checkpoint description at {jp}: '
+                                  f'was it saved by fastai_bestmodel.SaveModelCallback?')
     desc = _read_json(jp)
     fmt = desc.get('format') if isinstance(desc, dict) else None
-    if fmt not in _FORMATS: raise NotACheckpointError(f'{jp} is not a fastai_bestmodel checkpoint description '
-                                             f'({f"format {fmt!r}" if isinstance(desc, dict) else f"it holds a {type(desc).__name__}, not an object"}; expected format {_FORMAT!r}).')
+    if fmt not in _FORMATS:
+        held = f"format {fmt!r}" if isinstance(desc, dict) else f"it holds a {type(desc).__name__}, not an object"
+        raise NotACheckpointError(f'{jp} is not a fastai_bestmodel checkpoint description '
+                                  f'({held}; expected format {_FORMAT!r}).')
     bad = [k for k,t in _REQUIRED.items() if not isinstance(desc.get(k), t)]
-    if bad: raise CheckpointError(f'{jp} is damaged: it has no valid {", ".join(map(repr, bad))}, which every checkpoint description records.')
+    if bad: raise CheckpointError(f'{jp} is damaged: it has no valid {", ".join(map(repr, bad))}, '
+                                  f'which every checkpoint description records.')
     if fmt != _FORMAT: return _known_reason(upgrade_description(desc, jp), jp)
     if desc.get('description_digest') != (got := digest_description(desc)):
         raise CheckpointError(f"{jp} was changed after it was saved: its contents have the digest {got}, not the "
@@ -250,14 +261,22 @@ def _mismatch(path, want, got)->CheckpointMismatchError:
     "Why the weights at `path` do not match their `.json`, the likeliest cause first"
     if replaced := _written_by_torch_save(path):
         why = (f"The weights file is a complete torch file with the CRC32s our saves leave out: it was most likely "
-               f"replaced by another save after this checkpoint was written, such as fastai's `learn.save({path.stem!r})`. "
+               f"replaced by another save after this checkpoint was written, such as fastai's "
+               f"`learn.save({path.stem!r})`. "
                f"Load it with `learn.load` if that is the model you want; to keep a described checkpoint beside it, "
-               f"save to another name. If nothing else saved there, the weights were changed or damaged: do not use them.")
-    elif got is None: return CheckpointMismatchError(f"{path} is missing: {json_path(path)} describes it ({want}), but the weights file was "
-                                                     f"deleted after it was saved, or never written. Load an older copy of it, or train again.")
-    else: why = "The weights were changed or damaged after they were saved; do not use them. Train again, or load an older copy of this checkpoint."
-    return CheckpointMismatchError(f"{path} does not match {json_path(path)}: the .json records {want}, the weights file has {got}. {why}", replaced)
+               f"save to another name. If nothing else saved there, the weights were changed or damaged: "
+               f"do not use them.")
+    elif got is None:
+        return CheckpointMismatchError(f"{path} is missing: {json_path(path)} describes it ({want}), "
+                                       f"but the weights file "
+                                       f"was deleted after it was saved, or never written. Load an older copy of it, "
+                                       f"or train again.")
+    else: why = ("The weights were changed or damaged after they were saved; do not use them. "
+                 "Train again, or load an older copy of this checkpoint.")
+    return CheckpointMismatchError(f"{path} does not match {json_path(path)}: the .json records {want}, "
+                                   f"the weights file has {got}. {why}", replaced)
 
+# %% ../nbs/01_checkpoint.ipynb #c035v
 def verify_checkpoint(path)->tuple:
     "The weights file that `path`'s `.json` describes, its digest checked, and that description"
     path = pth_path(path)
@@ -275,10 +294,11 @@ def checkpoint_weights(path)->Path:
     return verify_checkpoint(path)[0]
 
 # %% ../nbs/01_checkpoint.ipynb #up01
+# in the order saved
 _FIELDS = ('format', 'weights', 'digest', 'bytes', 'holds', 'with_opt', 'reason', 'monitor', 'comp', 'tracker',
-           'training', 'metadata', 'saved_at', 'torch_version', 'provenance', 'description_digest')  # in the order saved
-_V1_DEFAULTS = dict(bytes=None, monitor=None, comp=None, training=None, saved_at=None, torch_version=None, provenance={},
-                    description_digest=None)
+           'training', 'metadata', 'saved_at', 'torch_version', 'provenance', 'description_digest')
+_V1_DEFAULTS = dict(bytes=None, monitor=None, comp=None, training=None, saved_at=None, torch_version=None,
+                    provenance={}, description_digest=None)
 
 def upgrade_description(desc:dict, json_file)->dict:
     "A version 1 description in version 2's form: each field it lacks given the value its readers used to assume"
@@ -311,12 +331,14 @@ def _name_order(p:Path)->list:
 def list_checkpoints(folder, recurse:bool=False)->list:
     "`(json_file, description)` for each checkpoint in `folder` in name order; the `CheckpointError` for a damaged one"
     folder, found = Path(folder), []
-    files = folder.rglob('*.json') if recurse else (p for p in folder.iterdir() if p.suffix == '.json')  # iterdir: an unreadable folder raises
+    # iterdir: an unreadable folder raises
+    files = folder.rglob('*.json') if recurse else (p for p in folder.iterdir() if p.suffix == '.json')
     for p in sorted(files, key=lambda p: _name_order(p.relative_to(folder))):
         if p.name.startswith('.'): continue
         try: found.append((p, read_checkpoint(p)))
         except CheckpointError as e:
-            if pth_path(p).exists(): found.append((p, e))  # a checkpoint whose description is damaged; else another tool's .json
+            # a checkpoint whose description is damaged; else another tool's .json
+            if pth_path(p).exists(): found.append((p, e))
     return found
 
 # %% ../nbs/01_checkpoint.ipynb #k005
@@ -326,7 +348,7 @@ def link_checkpoint(src, # the checkpoint to give another name: its `.pth` or `.
                     desc:dict=None, # `src`'s description, if the caller has it
                     version_counter:bool=False, # if `dst` is taken, link to the first free `<stem>-v1`, `-v2`, ...
                    )->dict:
-    "Make `dst` a checkpoint of `src`'s weights, hard-linked where possible, with its own `.json`, and return its description"
+    "Make `dst` a checkpoint of `src`'s weights, hard-linked if possible, with its own `.json`; return its description"
     src, dst = pth_path(src), pth_path(dst)
     desc = dict(desc or read_checkpoint(src))
     if reason is not None: desc['reason'] = _check_reason(reason)
@@ -340,7 +362,9 @@ def link_checkpoint(src, # the checkpoint to give another name: its `.pth` or `.
             pending = _pending(dst, desc['digest'])
             remove_file(pending)
             try: os.link(weights, pending)
-            except OSError: replace_file(write_tmp(dst.parent, dst.name, lambda f: f.write(Path(weights).read_bytes()))[0], pending, background_unlink=False)
+            except OSError:
+                tmp = write_tmp(dst.parent, dst.name, lambda f: f.write(Path(weights).read_bytes()))[0]
+                replace_file(tmp, pending, background_unlink=False)
             try: desc = _write_description(json_path(dst), desc)
             except BaseException: remove_file(pending); raise
             replace_file(pending, dst, background_unlink=False, durable=False)
@@ -373,10 +397,11 @@ def delete_checkpoint(path, # the checkpoint's `.pth` or `.json`
     for p in aside: threading.Thread(target=remove_file, args=(p,), name=UNLINK_THREAD).start()
 
 # %% ../nbs/01_checkpoint.ipynb #fis01
-_LEFT = re.compile(r'\.(?P<name>.+?\.(?:pth|json))\..+\.(?:pending|tmp|old)')  # what a save, link or deletion leaves while it runs
+# what a save, link or deletion leaves while it runs
+_LEFT = re.compile(r'\.(?P<name>.+?\.(?:pth|json))\..+\.(?:pending|tmp|old)')
 
 def finish_interrupted_saves(folder):
-    "Complete the saves in `folder` that a killed process committed, and remove what the uncommitted ones and deletions left"
+    "Complete the saves in `folder` that a killed process committed; remove what uncommitted ones and deletions left"
     folder = Path(folder)
     if not folder.is_dir(): return
     with FolderLock(folder) as lock:

@@ -10,7 +10,8 @@ from __future__ import annotations
 import argparse, json, math, os, re, sys, warnings
 from contextlib import contextmanager
 from pathlib import Path
-from .checkpoint import read_checkpoint, verify_checkpoint, list_checkpoints, json_path, pth_path, CheckpointError, CheckpointMismatchError, NotACheckpointError, require_path
+from .checkpoint import (read_checkpoint, verify_checkpoint, list_checkpoints, json_path, pth_path,
+                                         CheckpointError, CheckpointMismatchError, NotACheckpointError, require_path)
 from .report import checkpoint_rows, digest_status
 
 # %% auto #0
@@ -92,10 +93,13 @@ def _above_zero(convert, what:str):
 
 # %% ../nbs/14_cli.ipynb #c015
 def _parser()->argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog='fastai-bestmodel', description='Best-model checkpoints for fastai, logged to W&B with their own metrics.',
-                                epilog='Exit codes: 0 ok; 1 a checkpoint failed its check (or W&B failed); 2 bad usage: no such path, no checkpoint there.')
+    p = argparse.ArgumentParser(prog='fastai-bestmodel', description='Best-model checkpoints for fastai, logged to W&B '
+                                                                     'with their own metrics.',
+                                epilog='Exit codes: 0 ok; 1 a checkpoint failed its check (or W&B failed); 2 bad '
+                                       'usage: no such path, no checkpoint there.')
     sub = p.add_subparsers(dest='command', required=True)
-    def cmd(name, help): return sub.add_parser(name, help=help, description=help[0].upper() + help[1:] + '.', epilog=p.epilog)
+    def cmd(name, help):
+        return sub.add_parser(name, help=help, description=help[0].upper() + help[1:] + '.', epilog=p.epilog)
     d = cmd('demo', 'train a CNN on the bundled digits, save and log its best model (W&B offline by default)')
     d.add_argument('--epochs', type=_above_zero(int, 'a whole number >= 1'), default=8,
                    help='epochs of fit_one_cycle (default 8)')
@@ -103,15 +107,18 @@ def _parser()->argparse.ArgumentParser:
                    help='its maximum learning rate (default 0.03)')
     d.add_argument('--path', default='bestmodel_demo', help='folder for the checkpoint and the W&B run')
     d.add_argument('--project', default='fastai-bestmodel-demo', help='W&B project')
-    d.add_argument('--mode', choices=['offline', 'online'], default='offline', help='W&B mode (offline needs no account)')
+    d.add_argument('--mode', choices=['offline', 'online'], default='offline', help='W&B mode (offline needs no '
+                                                                                    'account)')
     d.add_argument('--seed', type=int, default=42, help='random seed')
-    s = cmd('show', help="print a checkpoint's description and check its digest; for a folder, one line for each checkpoint in it")
+    s = cmd('show', help="print a checkpoint's description and check its digest; for a folder, one line for each "
+                         "checkpoint in it")
     s.add_argument('path', help="a checkpoint's .pth, its .json, its name without suffix, or a folder of checkpoints")
     t = cmd('ls', 'a table of the checkpoints in a folder, best first, each digest checked')
     t.add_argument('folder', help="a folder of checkpoints: the learner's models folder")
     t.add_argument('--json', action='store_true', help='print the rows as JSON, for scripts')
     t.add_argument('-r', '--recurse', action='store_true', help='also the folders below it')
-    l = cmd('log', "log checkpoints to a W&B run, each with its own metadata and aliases: a run's models, uploaded later")
+    l = cmd('log', "log checkpoints to a W&B run, each with its own metadata and aliases: a run's models, uploaded "
+                   "later")
     l.add_argument('path', help="a checkpoint's .pth or .json, or a folder of them")
     l.add_argument('--project', help='W&B project of a new run')
     l.add_argument('--entity', help='W&B entity (team or user)')
@@ -119,10 +126,12 @@ def _parser()->argparse.ArgumentParser:
     l.add_argument('--name', help="the artifact's name; default run-<id>-<tracker's fname>")
     l.add_argument('--mode', choices=['online', 'offline'], help="W&B's mode; default W&B's own (WANDB_MODE)")
     l.add_argument('--dir', help="where W&B keeps the run's files; default W&B's own")
-    r = cmd('prune', 'delete old versions of a model artifact on W&B: keep the newest N and every one with a protected alias')
+    r = cmd('prune', 'delete old versions of a model artifact on W&B: keep the newest N and every one with a protected '
+                     'alias')
     r.add_argument('ref', help='the artifact: ENTITY/PROJECT/NAME')
     r.add_argument('--keep', type=int, required=True, help='how many of the newest versions to keep')
-    r.add_argument('--protect', nargs='+', help="aliases (shell patterns) whose versions are kept; default: best best-* latest production")
+    r.add_argument('--protect', nargs='+', help="aliases (shell patterns) whose versions are kept; default: best "
+                                                "best-* latest production")
     r.add_argument('--dry-run', action='store_true', help='say what would be deleted, delete nothing')
     k = cmd('link', 'link a model version to a collection of the W&B registry (online)')
     k.add_argument('ref', help='the version: ENTITY/PROJECT/NAME:ALIAS')
@@ -131,7 +140,7 @@ def _parser()->argparse.ArgumentParser:
 
 # %% ../nbs/14_cli.ipynb #c015a
 def _fail(message, code:int=1)->int:
-    "Print `message` as one `error:` line on stderr; return `code`: 1 a checkpoint failed its check, 2 bad usage (as argparse's)"
+    "Print `message` as one `error:` line on stderr; return `code`: 1 a checkpoint failed its check, 2 bad usage"
     print('error:', str(message).replace('\n', ' '), file=sys.stderr)
     return code
 
@@ -148,7 +157,8 @@ def main(argv=None)->int:
     except BrokenPipeError:  # `| head` stopped reading: end quietly, as a program killed by SIGPIPE does
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
-    except OSError as e: return _fail(f"{e.filename or getattr(args, 'path', None) or getattr(args, 'folder', '')}: {e.strerror or e}.")
+    except OSError as e: return _fail(f"{e.filename or getattr(args, 'path', None) or getattr(args, 'folder', '')}: "
+                                      f"{e.strerror or e}.")
     return 0
 
 # %% ../nbs/14_cli.ipynb #c015w
@@ -168,12 +178,14 @@ def _wandb_command(args)->int:
     try:
         if args.command == 'prune':
             res = a.prune_versions(args.ref, args.keep, args.protect or a.PROTECTED, dry_run=args.dry_run)
-            for v, aliases in res['deleted']: print(f"{'would delete' if args.dry_run else 'deleted'} {args.ref}:{v} {' '.join(aliases)}")
+            for v, aliases in res['deleted']: print(f"{'would delete' if args.dry_run else 'deleted'} {args.ref}:{v} "
+                                                    f"{' '.join(aliases)}")
             for v, aliases in res['kept']: print(f"kept {args.ref}:{v} {' '.join(aliases)}")
         else:
             a.link_to_registry(args.ref, args.target)
             print(f'linked {args.ref} to {args.target}')
-    except Exception as e: return _fail(f'{args.ref}: {type(e).__name__}: {e}')  # W&B's own errors: no key, no such artifact
+    except Exception as e: return _fail(f'{args.ref}: {type(e).__name__}: '
+                                        f'{e}')  # W&B's own errors: no key, no such artifact
     return 0
 
 # %% ../nbs/14_cli.ipynb #c014
@@ -184,7 +196,8 @@ def _undescribed(path:Path)->bool:
 
 def show(path)->dict|list:
     "Print the checkpoint at `path` and check its weights' digest; for a folder, every checkpoint in it"
-    if path == '': raise NotACheckpointError("'': an empty path; give a checkpoint's .pth, its .json, or the folder that holds them.")
+    if path == '': raise NotACheckpointError("'': an empty path; give a checkpoint's .pth, its .json, or the folder "
+                                             "that holds them.")
     path = require_path(path)
     if path.is_dir(): return show_folder(path)
     if _undescribed(path):
@@ -215,8 +228,10 @@ def show_folder(folder)->list:
     folder = Path(folder)
     found = _listed(folder, list_checkpoints)
     if not found: raise NotACheckpointError(_no_checkpoints(folder))
-    rows = [(jp.with_suffix('.pth').name, f"epoch {d['metadata'].get('epoch', '?')}", _monitored(d), f'digest {digest_status(jp)}')
-            if isinstance(d, dict) else (jp.with_suffix('.pth').name, '', '', 'digest UNCHECKED (its .json is damaged)') for jp,d in found]
+    rows = [(jp.with_suffix('.pth').name, f"epoch {d['metadata'].get('epoch', '?')}", _monitored(d),
+             f'digest {digest_status(jp)}')
+            if isinstance(d, dict) else (jp.with_suffix('.pth').name, '', '', 'digest UNCHECKED (its .json is '
+                                                                              'damaged)') for jp,d in found]
     print('\n'.join(_aligned(rows)))
     failed = [name for name,*_,check in rows if check != 'digest ok']
     if failed: raise _failed(folder, failed, len(rows))
@@ -225,7 +240,8 @@ def show_folder(folder)->list:
 def _listed(folder:Path, lister):
     "`lister(folder)`, with a folder that cannot be read said in one line"
     try: return lister(folder)
-    except OSError as e: raise CheckpointError(f'{folder}: cannot list its files ({e.strerror}); check its permissions.') from e
+    except OSError as e: raise CheckpointError(f'{folder}: cannot list its files ({e.strerror}); check its '
+                                               f'permissions.') from e
 
 def _failed(folder:Path, failed:list, n:int)->CheckpointError:
     return CheckpointError(f"{folder}: {len(failed)} of {n} checkpoints failed their check ({', '.join(failed)}); "
@@ -235,8 +251,10 @@ def _failed(folder:Path, failed:list, n:int)->CheckpointError:
 def _no_checkpoints(folder:Path)->str:
     "What to tell a user who points `show` at a folder without checkpoints"
     models = folder/'models'
-    todo = (f'fastai saves them in the learner\'s models folder: try `fastai-bestmodel show {models}`.' if models.is_dir()
-            else "give the folder that SaveModelCallback saved into (the learner's models folder), or a checkpoint's .pth.")
+    todo = (f'fastai saves them in the learner\'s models folder: try `fastai-bestmodel show '
+            f'{models}`.' if models.is_dir()
+            else "give the folder that SaveModelCallback saved into (the learner's models folder), or a checkpoint's "
+                 ".pth.")
     return f'{folder}: no checkpoints here (no .json written by fastai_bestmodel); {todo}'
 
 # %% ../nbs/14_cli.ipynb #ls02
@@ -263,7 +281,8 @@ def ls(folder, # a folder of checkpoints: the learner's models folder
     else:
         values = list(dict.fromkeys(k for r in rows for k in r if k not in _FIXED))
         table = [['file', 'reason', 'epoch', 'monitored', *values, 'size', 'digest']]
-        table += [[r['file'], _cell(r['reason']), _cell(r['epoch']), f"{r['monitor']} {_cell(r['value'])}" if r['monitor'] else '-',
+        table += [[r['file'], _cell(r['reason']), _cell(r['epoch']), f"{r['monitor']} "
+                                                                     f"{_cell(r['value'])}" if r['monitor'] else '-',
                    *[_cell(r.get(k)) for k in values], _size(r['bytes']), r['digest']] for r in rows]
         print('\n'.join(_aligned(table)))
     failed = [r['file'] for r in rows if r['digest'] != 'ok']

@@ -54,7 +54,8 @@ def change_fastai(key:str)->bool:
     orig = fastai_original(owner, c.name)
     if source_digest(orig) not in c.checked.values():
         warnings.warn(f"fastai_bestmodel: fastai's {key} is not the one this version was checked with (fastai "
-                      f"{', '.join(c.checked)}), so it is left as fastai's: {c.lost}. Install a checked fastai to get it.")
+                      f"{', '.join(c.checked)}), so it is left as fastai's: {c.lost}. Install a checked fastai to get "
+                      f"it.")
         _CHANGED[key] = False
         return False
     functools.update_wrapper(c.new, orig)  # its name, docstring and signature, and `__wrapped__`: fastai's
@@ -133,15 +134,19 @@ def _fastai_wandb():
 
 CHANGES = {  # every change this package makes to fastai, with the fastai versions each was checked with
     'Learner.fine_tune': Change(lambda: Learner, 'fine_tune', _fine_tune, "the two fits of `fine_tune` are two "
-                                "trainings: each keeps its own best, and W&B uploads after each", {'2.8.12': '7565e3ce1d150323'}),
+                                "trainings: each keeps its own best, and W&B uploads after "
+                                "each", {'2.8.12': '7565e3ce1d150323'}),
     'Learner._do_fit': Change(lambda: Learner, '_do_fit', _do_fit, "the fits of `fine_tune` are told apart no more",
                               {'2.8.12': '11ba62b5eebcca61'}),
     'Learner._with_events': Change(lambda: Learner, '_with_events', _with_events, "no checkpoint is saved on an "
-                                   "exception (`save_on_exception`), nor logged to W&B then", {'2.8.12': 'b15928625a4cb136'}),
+                                   "exception (`save_on_exception`), nor logged to W&B "
+                                   "then", {'2.8.12': 'b15928625a4cb136'}),
     'wandb._format_config': Change(_fastai_wandb, '_format_config', _format_config, "callbacks' arguments that wandb "
-                                   "cannot take (modules, tensors) may fail the run's config", {'2.8.12': '42e2c2df3b2301c9'})}
+                                   "cannot take (modules, tensors) may fail the run's "
+                                   "config", {'2.8.12': '42e2c2df3b2301c9'})}
 for _key in CHANGES:
-    if not _key.startswith('wandb.'): change_fastai(_key)  # fastai's W&B callback: when `fastai_bestmodel.wandb` is imported
+    # fastai's W&B callback: when `fastai_bestmodel.wandb` is imported
+    if not _key.startswith('wandb.'): change_fastai(_key)
 
 # %% ../nbs/08_learner.ipynb #lrn30
 def _best_in_folder(folder:Path)->Path:
@@ -150,9 +155,11 @@ def _best_in_folder(folder:Path)->Path:
     best = found if len(found) == 1 else [(jp, d) for jp, d in found if d['reason'] == 'best']
     if len(best) == 1: return pth_path(best[0][0])
     if not best:
-        hint = f" fastai saves them in the learner's models folder: try {folder/'models'}." if (folder/'models').is_dir() and not found else ''
-        raise CheckpointError(f"{folder} holds no best model: {len(found)} checkpoints, none saved as a tracker's best. "
-                              f"Name one of them: {', '.join(pth_path(jp).name for jp,_ in found) or 'there are none'}.{hint}")
+        hint = (f" fastai saves them in the learner's models folder: try {folder/'models'}."
+                if (folder/'models').is_dir() and not found else '')
+        raise CheckpointError(f"{folder} holds no best model: {len(found)} checkpoints, none saved as a tracker's "
+                              f"best. Name one of them: "
+                              f"{', '.join(pth_path(jp).name for jp,_ in found) or 'there are none'}.{hint}")
     which = ', '.join(f"{pth_path(jp).name} ({d['monitor']})" for jp, d in best)
     raise CheckpointError(f"{folder} holds the best models of {len(best)} trackers: {which}; "
                           f"name the one to load, such as {pth_path(best[0][0])}.")
@@ -162,20 +169,22 @@ def _wandb_ref(source)->bool:
     return isinstance(source, str) and bool(re.fullmatch(r'([\w.-]+/){2}[\w.-]+(:[\w.-]+)?|[\w.-]+:[\w.-]+', source))
 
 # %% ../nbs/08_learner.ipynb #lrn31
-def find_checkpoint(source, # a `.pth`/`.json`, a name without suffix, a folder, or a W&B artifact `entity/project/name[:alias]`
+def find_checkpoint(source, # a `.pth`/`.json`, a name without suffix, a folder, or a W&B artifact `entity/project/name`
                     folder=None, # where a relative `source` is looked for first (a learner's model folder)
-                    aliases=('best', 'latest'), # for a W&B artifact named without an alias, the aliases to try, in order
+                    aliases=('best', 'latest'), # for a W&B artifact named without an alias: the aliases to try in order
                    )->Path:
     "The weights file of the checkpoint `source` names (a W&B artifact is downloaded first)"
     tried, src = [], Path(source)
     # A bare name (`'model'`, as `learn.load` takes) is only looked for in `folder`, never in the working folder
-    bare = folder is not None and len(src.parts) == 1 and src.suffix not in ('.pth', '.json') and src.name not in ('.', '..')
+    bare = (folder is not None and len(src.parts) == 1 and src.suffix not in ('.pth', '.json')
+            and src.name not in ('.', '..'))
     for cand in ([Path(folder)/src] if folder is not None and not src.is_absolute() else []) + ([] if bare else [src]):
         if cand.is_dir(): return _best_in_folder(cand)
         if pth_path(cand).exists() or json_path(pth_path(cand)).exists(): return pth_path(cand)
         tried.append(f'{cand}: no such checkpoint or folder')
     if _wandb_ref(str(source)):
-        from fastai_bestmodel.artifacts import download_checkpoint  # imports wandb only when a W&B artifact is asked for
+        # imports wandb only when a W&B artifact is asked for
+        from fastai_bestmodel.artifacts import download_checkpoint
         return download_checkpoint(str(source), aliases=aliases, tried=tried)
     raise CheckpointError(f"No checkpoint found for {str(source)!r}. Tried: {'; '.join(tried)}.")
 
@@ -187,27 +196,30 @@ def load_best_state(source, device='cpu', folder=None, aliases=('best', 'latest'
 def _check_fits(path, weights, own):
     "Refuse `weights` that do not fit the state dict `own`, naming the keys and shapes that differ"
     missing, unexpected = sorted(set(own) - set(weights)), sorted(set(weights) - set(own))
-    shapes = [f'{k} {tuple(weights[k].shape)} vs {tuple(own[k].shape)}' for k in own if k in weights and weights[k].shape != own[k].shape]
+    shapes = [f'{k} {tuple(weights[k].shape)} vs '
+              f'{tuple(own[k].shape)}' for k in own if k in weights and weights[k].shape != own[k].shape]
     if missing or unexpected or shapes:
         def some(v): return ', '.join(v[:4]) + (' ...' if len(v) > 4 else '')
-        what = '; '.join(f'{n}: {some(v)}' for n,v in (('missing', missing), ('unexpected', unexpected), ('other shapes', shapes)) if v)
-        raise CheckpointError(f"{path} does not fit this learner's model ({what}): it was saved from another architecture. "
-                              f"Nothing was loaded; pass `strict=False` to load the keys that match.")
+        what = '; '.join(f'{n}: {some(v)}' for n,v in (('missing', missing), ('unexpected', unexpected),
+                                                       ('other shapes', shapes)) if v)
+        raise CheckpointError(f"{path} does not fit this learner's model ({what}): it was saved from another "
+                              f"architecture. Nothing was loaded; pass `strict=False` to load the keys that match.")
 
 # %% ../nbs/08_learner.ipynb #lrn33
 def load_best_model(learn, # the `Learner` to load into
-                    source=None, # see `find_checkpoint`; a relative name is looked for in the learner's model folder first; default: the learner's `SaveModelCallback`'s
+                    source=None, # see `find_checkpoint`; default: the learner's `SaveModelCallback`'s
                     with_opt:bool=None, # also load the optimizer state; default: if the checkpoint has one
                     strict:bool=True, # passed to `load_state_dict`
-                    aliases=('best', 'latest'), # for a W&B artifact named without an alias, the aliases to try, in order
+                    aliases=('best', 'latest'), # for a W&B artifact named without an alias: the aliases to try in order
                    )->dict:
     "Load the checkpoint `source` names into `learn`, digest checked, and return its description"
     if source is None:
         cb = getattr(learn, 'save_model', None)
         source = getattr(cb, 'last_saved_path', None)
-        if source is None: raise CheckpointError("No checkpoint to load: pass its name, as in `load_best_model(learn, 'model')`. "
-                                                 "Without one, it is the checkpoint of the learner's SaveModelCallback, and a "
-                                                 "callback passed to `fit(cbs=...)` leaves the learner when the fit ends.")
+        if source is None: raise CheckpointError("No checkpoint to load: pass its name, as in `load_best_model(learn, "
+                                                 "'model')`. Without one, it is the checkpoint of the learner's "
+                                                 "SaveModelCallback, and a callback passed to `fit(cbs=...)` leaves "
+                                                 "the learner when the fit ends.")
     # As `learn.load` does: a relative path is in the learner's model folder first
     path = find_checkpoint(source, Path(learn.path)/learn.model_dir, aliases)
     state, desc = load_checkpoint(path, device=getattr(learn.dls, 'device', None) or 'cpu')
@@ -216,18 +228,20 @@ def load_best_model(learn, # the `Learner` to load into
 
 # %% ../nbs/08_learner.ipynb #lrn34
 def load_into(learn, path, state, desc, with_opt=None, strict=True):
-    "Load the checkpoint `state` (read from `path`, described by `desc`) into `learn`'s model, and optimizer if `with_opt`"
+    "Load the checkpoint `state` (read from `path`, described by `desc`) into `learn`'s model, and opt if `with_opt`"
     has_opt = 'opt' in desc['holds']
-    if ifnone(with_opt, has_opt) and not has_opt: raise CheckpointError(f'{path} holds no optimizer state: it was saved with `with_opt=False`.')
+    if ifnone(with_opt, has_opt) and not has_opt: raise CheckpointError(f'{path} holds no optimizer state: it was '
+                                                                        f'saved with `with_opt=False`.')
     weights = state['model'] if has_opt else state
     own = get_model(learn.model).state_dict()
     if strict: _check_fits(path, weights, own)  # before `load_state_dict`, which changes what fits
     else:  # load what fits; torch's non-strict load still fails on a tensor of another shape, after changing others
         other = [k for k in weights if k in own and weights[k].shape != own[k].shape]
         if not set(weights) & set(own) or set(weights) & set(own) == set(other):
-            raise CheckpointError(f"{path} shares no weight with this learner's model (its keys: {', '.join(list(weights)[:4])}"
-                                  f"{' ...' if len(weights) > 4 else ''}; the model's: {', '.join(list(own)[:4])}{' ...' if len(own) > 4 else ''}), "
-                                  f"so `strict=False` would load nothing. It was saved from another model: load it into that one.")
+            raise CheckpointError(f"{path} shares no weight with this learner's model (its keys: "
+                                  f"{', '.join(list(weights)[:4])}{' ...' if len(weights) > 4 else ''}; the model's: "
+                                  f"{', '.join(list(own)[:4])}{' ...' if len(own) > 4 else ''}), so `strict=False` "
+                                  f"would load nothing. It was saved from another model: load it into that one.")
         if other: warnings.warn(f"{path}: not loaded, of another shape than this model's: {', '.join(other)}.")
         weights = {k: v for k,v in weights.items() if k not in other}
     get_model(learn.model).load_state_dict(weights, strict=strict)
@@ -247,7 +261,8 @@ def from_rank0(o):
 def share_from_rank0(learn, with_opt:bool):
     "Give every process rank 0's model weights (and optimizer state), over the process group"
     if num_distrib() <= 1 or not (torch.distributed.is_available() and torch.distributed.is_initialized()): return
-    for t in get_model(learn.model).state_dict().values(): torch.distributed.broadcast(t, src=0)  # in place: the weights
+    # in place: the weights
+    for t in get_model(learn.model).state_dict().values(): torch.distributed.broadcast(t, src=0)
     if with_opt:
         box = [learn.opt.state_dict() if rank_distrib() == 0 else None]
         torch.distributed.broadcast_object_list(box, src=0)

@@ -53,8 +53,9 @@ class OfflineRun:
     summary: dict = field(default_factory=dict) # the run's final summary
     history: list = field(default_factory=list) # one dict per `wandb.log` step
 
+# %% ../nbs/06_offline.ipynb #c007r
 def read_offline_run(run_dir, # a `wandb/offline-run-*` folder, or the `run-*.wandb` file in it
-                     wait:float=10., # seconds to wait for the run's last record, which wandb may write after `finish()` returns
+                     wait:float=10., # seconds to wait for the run's last record (wandb may write it after `finish()`)
                     )->OfflineRun:
     "Read what the offline W&B run in `run_dir` recorded"
     run_dir = Path(run_dir)
@@ -75,8 +76,10 @@ def read_offline_run(run_dir, # a `wandb/offline-run-*` folder, or the `run-*.wa
         kind = rec.WhichOneof('record_type')
         if kind == 'artifact':
             a = rec.artifact
-            res.artifacts.append(dict(name=a.name, type=a.type, digest=a.digest, aliases=list(a.aliases), metadata=json.loads(a.metadata or '{}'),
-                files=[dict(path=c.path, digest=c.digest, size=c.size, local_path=c.local_path) for c in a.manifest.contents]))
+            res.artifacts.append(dict(name=a.name, type=a.type, digest=a.digest, aliases=list(a.aliases),
+                                      metadata=json.loads(a.metadata or '{}'),
+                                      files=[dict(path=c.path, digest=c.digest, size=c.size, local_path=c.local_path)
+                                             for c in a.manifest.contents]))
         elif kind == 'summary':
             for u in rec.summary.update:
                 if not _key(u).startswith('_wandb'): res.summary[_key(u)] = json.loads(u.value_json)
@@ -88,10 +91,11 @@ def read_offline_run(run_dir, # a `wandb/offline-run-*` folder, or the `run-*.wa
 # %% ../nbs/06_offline.ipynb #c008v
 @patch
 def versions(self:OfflineRun, name:str)->list:
-    "The versions of the artifact `name` as W&B will hold them after `wandb sync`: dicts of version, digest, aliases, metadata, files"
+    "Artifact `name`'s versions as W&B will hold them once synced: dicts of version, digest, aliases, metadata, files"
     res = {}
     for a in (a for a in self.artifacts if a['name'] == name):
-        v = res.setdefault(a['digest'], dict(version=f'v{len(res)}', digest=a['digest'], aliases=[], metadata=a['metadata'], files=a['files']))
+        v = res.setdefault(a['digest'], dict(version=f'v{len(res)}', digest=a['digest'], aliases=[],
+                                             metadata=a['metadata'], files=a['files']))
         for alias in dict.fromkeys([*a['aliases'], 'latest']):
             for o in res.values():
                 if alias in o['aliases']: o['aliases'].remove(alias)

@@ -21,7 +21,8 @@ __all__ = ['monitor_direction', 'lower_by_name', 'check_comp', 'check_arguments'
 
 # %% ../nbs/05_options.ipynb #trk04
 import fastai.metrics as _fm
-# What fastai's lower-is-better metrics compute (a function, or a class); every other metric of `fastai.metrics` is higher-is-better
+# What fastai's lower-is-better metrics compute (a function, or a class); every other metric of `fastai.metrics` is
+# higher-is-better
 _LOWER = (_fm.error_rate, _fm.mse, _fm.mae, _fm.msle, _fm.rmse.func, _fm.exp_rmspe.func, _fm.Perplexity, _fm.LossMetric)
 
 def _computes(metric):
@@ -52,7 +53,8 @@ def monitor_direction(learn, monitor:str)->tuple:
     "Whether lower is better for `monitor` on `learn` (True, False, or None if nothing tells), and what says so"
     if monitor in ('train_loss', 'valid_loss'): return True, 'a loss'
     for m in getattr(learn, 'metrics', None) or []:
-        if monitor in (m.name, f'train_{m.name}', f'valid_{m.name}') and (d := _known_direction(_computes(m))) is not None:
+        if (monitor in (m.name, f'train_{m.name}', f'valid_{m.name}')
+            and (d := _known_direction(_computes(m))) is not None):
             return d, f"the metric {m.name!r} of the learner"
     name = re.sub(r'^(train|valid)_', '', monitor)
     if name in _FASTAI_NAMES: return _FASTAI_NAMES[name], f"the name of fastai's metric {name!r}"
@@ -61,7 +63,8 @@ def monitor_direction(learn, monitor:str)->tuple:
 # %% ../nbs/05_options.ipynb #trk09
 # Each comparison a user may pass, as numpy's: `*_equal` ones let a tie count as better, as in fastai
 _COMPS = {np.less: np.less, operator.lt: np.less, np.less_equal: np.less_equal, operator.le: np.less_equal,
-          np.greater: np.greater, operator.gt: np.greater, np.greater_equal: np.greater_equal, operator.ge: np.greater_equal}
+          np.greater: np.greater, operator.gt: np.greater, np.greater_equal: np.greater_equal,
+          operator.ge: np.greater_equal}
 _NAMED = {'min': np.less, 'less': np.less, 'max': np.greater, 'greater': np.greater}
 
 def lower_by_name(monitor): return 'loss' in monitor or 'error' in monitor
@@ -70,11 +73,13 @@ def check_comp(comp, monitor):
     if comp is None: return np.less if lower_by_name(monitor) else np.greater
     if isinstance(comp, str) and comp in _NAMED: res = _NAMED[comp]
     elif any(comp is c for c in _COMPS): res = _COMPS[comp]
-    else: raise ValueError(f"SaveModelCallback(comp={comp!r}): `comp` must be a comparison: np.less or 'min' (lower is better), "
-                           f"np.greater or 'max' (higher is better), or None to infer it from the monitor's name.")
+    else: raise ValueError(f"SaveModelCallback(comp={comp!r}): `comp` must be a comparison: np.less or 'min' (lower is "
+                           f"better), np.greater or 'max' (higher is better), or None to infer it from the monitor's "
+                           f"name.")
     if res in (np.greater, np.greater_equal) and lower_by_name(monitor):
         warnings.warn(f"SaveModelCallback(monitor={monitor!r}, comp={comp!r}): higher values will count as better, but "
-                      f"{monitor!r} is named like a loss or an error, where lower is better. Leave `comp=None` to infer it.")
+                      f"{monitor!r} is named like a loss or an error, where lower is better. Leave `comp=None` to "
+                      f"infer it.")
     return res
 
 # %% ../nbs/05_options.ipynb #trk10
@@ -86,35 +91,42 @@ def _as_number(v, name):
     return float(v)
 
 def _check_fname(fname):
-    if not isinstance(fname, str) or not fname or fname in ('.', '..') or '/' in fname or '\\' in fname or '..' in fname:
-        raise ValueError(f"SaveModelCallback(fname={fname!r}): `fname` must be a plain file name without a folder or '..', "
-                         f"such as 'model'; choose the folder with `Learner(path=..., model_dir=...)`.")
+    if (not isinstance(fname, str) or not fname or fname in ('.', '..') or '/' in fname or '\\' in fname
+        or '..' in fname):
+        raise ValueError(f"SaveModelCallback(fname={fname!r}): `fname` must be a plain file name without a folder or "
+                         f"'..', such as 'model'; choose the folder with `Learner(path=..., model_dir=...)`.")
     if '{' in fname or '}' in fname:
-        raise ValueError(f"SaveModelCallback(fname={fname!r}): `fname` is a plain name; templates with fields in braces go in `filename`.")
+        raise ValueError(f"SaveModelCallback(fname={fname!r}): `fname` is a plain name; templates with fields in "
+                         f"braces go in `filename`.")
     if fname.endswith(('.pth', '.json')):
-        raise ValueError(f"SaveModelCallback(fname={fname!r}): `fname` is the name without its extension, as in fastai: "
-                         f"{fname.rsplit('.', 1)[0]!r} saves {fname.rsplit('.', 1)[0]}.pth and its .json.")
+        raise ValueError(f"SaveModelCallback(fname={fname!r}): `fname` is the name without its extension, as in "
+                         f"fastai: {fname.rsplit('.', 1)[0]!r} saves {fname.rsplit('.', 1)[0]}.pth and its .json.")
 
 # %% ../nbs/05_options.ipynb #trk11
 def check_arguments(monitor, min_delta, fname, every_epoch, at_end, async_save, save_last, **flags)->float:
     "Check the arguments of `SaveModelCallback` but for its policies', and return `min_delta` as a float"
     if not isinstance(monitor, str) or not monitor:
-        raise ValueError(f"SaveModelCallback(monitor={monitor!r}): `monitor` must be the name of a value the recorder logs, such as 'valid_loss' or 'accuracy'.")
+        raise ValueError(f"SaveModelCallback(monitor={monitor!r}): `monitor` must be the name of a value the recorder "
+                         f"logs, such as 'valid_loss' or 'accuracy'.")
     try: delta = _as_number(min_delta, 'min_delta')
     except TypeError: delta = float('nan')
     if not math.isfinite(delta) or delta < 0:
-        raise ValueError(f"SaveModelCallback(min_delta={min_delta!r}): `min_delta` must be a finite number >= 0, the smallest improvement that counts; the direction comes from `comp`.")
+        raise ValueError(f"SaveModelCallback(min_delta={min_delta!r}): `min_delta` must be a finite number >= 0, the "
+                         f"smallest improvement that counts; the direction comes from `comp`.")
     _check_fname(fname)
     if not isinstance(every_epoch, (bool, int)) or (not isinstance(every_epoch, bool) and every_epoch < 1):
-        raise ValueError(f"SaveModelCallback(every_epoch={every_epoch!r}): `every_epoch` must be True, False, or a number of epochs >= 1.")
+        raise ValueError(f"SaveModelCallback(every_epoch={every_epoch!r}): `every_epoch` must be True, False, or a "
+                         f"number of epochs >= 1.")
     if every_epoch and at_end:
-        raise ValueError("SaveModelCallback(every_epoch=..., at_end=True): `every_epoch` and `at_end` cannot both be set; pick one way of choosing what to save.")
+        raise ValueError("SaveModelCallback(every_epoch=..., at_end=True): `every_epoch` and `at_end` cannot both be "
+                         "set; pick one way of choosing what to save.")
     if not isinstance(async_save, bool) and async_save != 'background':
-        raise ValueError(f"SaveModelCallback(async_save={async_save!r}): `async_save` must be True, False or 'background' (the fit "
-                         f"returns before its last checkpoint is written).")
+        raise ValueError(f"SaveModelCallback(async_save={async_save!r}): `async_save` must be True, False or "
+                         f"'background' (the fit returns before its last checkpoint is written).")
     if not isinstance(save_last, bool) and save_last != 'link':
-        raise ValueError(f"SaveModelCallback(save_last={save_last!r}): `save_last` must be True, False or 'link' (a link to the "
-                         f"last epoch's checkpoint where another policy saved one, instead of a second write).")
+        raise ValueError(f"SaveModelCallback(save_last={save_last!r}): `save_last` must be True, False or 'link' (a "
+                         f"link to the last epoch's checkpoint where another policy saved one, instead of a second "
+                         f"write).")
     for n,v in dict(at_end=at_end, **flags).items():
         if not isinstance(v, bool): raise ValueError(f"SaveModelCallback({n}={v!r}): `{n}` must be True or False.")
     return delta
@@ -123,12 +135,13 @@ def check_arguments(monitor, min_delta, fname, every_epoch, at_end, async_save, 
 def _check_template(filename):
     p = Path(filename)
     if p.is_absolute() or '..' in p.parts or '\\' in filename or filename.endswith(('.pth', '.json')):
-        raise ValueError(f"SaveModelCallback(filename={filename!r}): `filename` is a name inside the model folder, without "
-                         f"'..', a leading '/' or an extension, such as '{{epoch:02d}}-{{valid_loss:.4f}}'.")
+        raise ValueError(f"SaveModelCallback(filename={filename!r}): `filename` is a name inside the model folder, "
+                         f"without '..', a leading '/' or an extension, such as '{{epoch:02d}}-{{valid_loss:.4f}}'.")
     rest = TEMPLATE_FIELD.sub('', filename)
     if not TEMPLATE_FIELD.search(filename) or '{' in rest or '}' in rest:
-        raise ValueError(f"SaveModelCallback(filename={filename!r}): `filename` needs at least one field in braces, such as "
-                         f"'{{epoch}}', and balanced braces; otherwise every checkpoint it names would get the same name.")
+        raise ValueError(f"SaveModelCallback(filename={filename!r}): `filename` needs at least one field in braces, "
+                         f"such as '{{epoch}}', and balanced braces; otherwise every checkpoint it names would get the "
+                         f"same name.")
 
 def _check_whole(name, v, low=1):
     if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < low):
@@ -152,32 +165,42 @@ def check_policies(save_top_k, filename, every_epoch, at_end, save_last, every_n
                     keep_last_n, save_on_exception):
     "Check the options that choose what else to keep"
     if isinstance(save_top_k, bool) or not isinstance(save_top_k, int) or save_top_k < -1:
-        raise ValueError(f"SaveModelCallback(save_top_k={save_top_k!r}): `save_top_k` must be 1 (keep the best, the default), "
-                         f"k > 1 (the k best), -1 (every epoch's model), or 0 (no best model, only the other checkpoints asked for).")
+        raise ValueError(f"SaveModelCallback(save_top_k={save_top_k!r}): `save_top_k` must be 1 (keep the best, the "
+                         f"default), k > 1 (the k best), -1 (every epoch's model), or 0 (no best model, only the other "
+                         f"checkpoints asked for).")
     if save_top_k != 1 and (every_epoch or at_end):
-        raise ValueError(f"SaveModelCallback(save_top_k={save_top_k}, {'every_epoch' if every_epoch else 'at_end'}=...): "
-                         f"`every_epoch` and `at_end` save instead of the best, so there are no k best to keep. "
-                         f"`save_top_k=-1` keeps every epoch's model.")
+        raise ValueError(f"SaveModelCallback(save_top_k={save_top_k}, "
+                         f"{'every_epoch' if every_epoch else 'at_end'}=...): `every_epoch` and `at_end` save instead "
+                         f"of the best, so there are no k best to keep. `save_top_k=-1` keeps every epoch's model.")
     if filename is not None:
-        if not isinstance(filename, str): raise ValueError(f"SaveModelCallback(filename={filename!r}): `filename` must be a string template.")
-        if save_top_k in (0, 1): raise ValueError(f"SaveModelCallback(filename={filename!r}, save_top_k={save_top_k}): `filename` names the checkpoints "
-                                                  f"kept besides the best (`<fname>.pth`), and with save_top_k={save_top_k} there are none. "
-                                                  f"Set `save_top_k` to k > 1, or -1.")
+        if not isinstance(filename, str):
+            raise ValueError(f"SaveModelCallback(filename={filename!r}): `filename` must be a string template.")
+        if save_top_k in (0, 1):
+            raise ValueError(f"SaveModelCallback(filename={filename!r}, save_top_k={save_top_k}): `filename` names "
+                             f"the checkpoints kept besides the best (`<fname>.pth`), and with save_top_k={save_top_k} "
+                             f"there are none. Set `save_top_k` to k > 1, or -1.")
         _check_template(filename)
     _check_whole('every_n_train_steps', every_n_train_steps); _check_whole('keep_last_n', keep_last_n)
     _check_schedules(save_top_k, every_epoch, save_last, every_n_train_steps, interval, keep_last_n, save_on_exception)
 
 # %% ../nbs/05_options.ipynb #trk15
 def _check_schedules(save_top_k, every_epoch, save_last, every_n_train_steps, interval, keep_last_n, save_on_exception):
-    schedules = [n for n,v in (('every_epoch', every_epoch), ('every_n_train_steps', every_n_train_steps), ('train_time_interval', interval)) if v]
-    if len(schedules) > 1: raise ValueError(f"SaveModelCallback({'=..., '.join(schedules)}=...): choose one schedule for periodic checkpoints.")
+    schedules = [n for n,v in (('every_epoch', every_epoch), ('every_n_train_steps', every_n_train_steps),
+                               ('train_time_interval', interval)) if v]
+    if len(schedules) > 1:
+        raise ValueError(f"SaveModelCallback({'=..., '.join(schedules)}=...): "
+                         f"choose one schedule for periodic checkpoints.")
     if keep_last_n is not None and not schedules:
-        raise ValueError(f"SaveModelCallback(keep_last_n={keep_last_n}): `keep_last_n` keeps the newest periodic checkpoints, and "
-                         f"none is scheduled: set `every_epoch`, `every_n_train_steps` or `train_time_interval` too.")
-    if not isinstance(save_on_exception, bool): raise ValueError(f"SaveModelCallback(save_on_exception={save_on_exception!r}): `save_on_exception` must be True or False.")
+        raise ValueError(f"SaveModelCallback(keep_last_n={keep_last_n}): `keep_last_n` keeps the newest periodic "
+                         f"checkpoints, and none is scheduled: set `every_epoch`, `every_n_train_steps` or "
+                         f"`train_time_interval` too.")
+    if not isinstance(save_on_exception, bool):
+        raise ValueError(f"SaveModelCallback(save_on_exception={save_on_exception!r}): "
+                         f"`save_on_exception` must be True or False.")
     if save_top_k == 0 and not (schedules or save_last or save_on_exception):
-        raise ValueError("SaveModelCallback(save_top_k=0): nothing would be saved. Keep the best (`save_top_k=1`), or ask for "
-                         "another checkpoint: `save_last=True`, `every_n_train_steps=...`, `train_time_interval=...` or `save_on_exception=True`.")
+        raise ValueError("SaveModelCallback(save_top_k=0): nothing would be saved. Keep the best (`save_top_k=1`), or "
+                         "ask for another checkpoint: `save_last=True`, `every_n_train_steps=...`, "
+                         "`train_time_interval=...` or `save_on_exception=True`.")
 
 # %% ../nbs/05_options.ipynb #optb02
 def recorded_names(recorder)->list:
@@ -195,17 +218,19 @@ def logged_names(recorder, trained:bool, validated:bool)->list:
 def check_names(cb, names:list):
     "Check tracker `cb`'s monitor and `filename` template against the `names` the recorder logs"
     if cb.monitor not in names:
-        raise ValueError(f"SaveModelCallback(monitor={cb.monitor!r}): the learner records no value of that name. It records: "
-                         f"{', '.join(names)}. Pass one of those as `monitor`, or add the metric to `Learner(metrics=...)`.")
+        raise ValueError(f"SaveModelCallback(monitor={cb.monitor!r}): the learner records no value of that name. It "
+                         f"records: {', '.join(names)}. Pass one of those as `monitor`, or add the metric to "
+                         f"`Learner(metrics=...)`.")
     if clash := [n for n in names if n in POSITIONS]:
-        raise ValueError(f"SaveModelCallback: a metric is named {clash[0]!r}, which the checkpoint's metadata uses for its "
-                         f"own {clash[0]}. Rename the metric (for a fastai `Metric`, give it another `name`).")
+        raise ValueError(f"SaveModelCallback: a metric is named {clash[0]!r}, which the checkpoint's metadata uses for "
+                         f"its own {clash[0]}. Rename the metric (for a fastai `Metric`, give it another `name`).")
     if cb.filename is None: return
     try: fill_template(cb.filename, {'epoch': 0, 'step': 0, 'iteration': 0, **{n: 0.0 for n in names}})
     except KeyError as e: raise ValueError(f"SaveModelCallback(filename={cb.filename!r}): the learner records no value "
-                                           f"named {e.args[0]!r}. A template may name epoch, step, or: {', '.join(names)}.") from None
-    except ValueError as e: raise ValueError(f"SaveModelCallback(filename={cb.filename!r}): a format in it does not fit a "
-                                             f"number ({e}).") from None
+                                           f"named {e.args[0]!r}. A template may name epoch, step, or: "
+                                           f"{', '.join(names)}.") from None
+    except ValueError as e: raise ValueError(f"SaveModelCallback(filename={cb.filename!r}): a format in it does not "
+                                             f"fit a number ({e}).") from None
 
 # %% ../nbs/05_options.ipynb #optb04
 def check_validation(cb):
@@ -216,8 +241,8 @@ def check_validation(cb):
     validated = logged_names(cb.recorder, trained=False, validated=True)
     if empty and len(cb.dls.train) and cb.monitor in validated:  # (`load_learner`'s learner has no data at all)
         raise ValueError(f"SaveModelCallback(monitor={cb.monitor!r}): the learner's validation set is empty, so "
-                         f"{cb.monitor!r} is never recorded and no model would be saved. Give the DataLoaders a validation "
-                         f"set (such as `valid_pct=0.2`), or monitor a training value: "
+                         f"{cb.monitor!r} is never recorded and no model would be saved. Give the DataLoaders a "
+                         f"validation set (such as `valid_pct=0.2`), or monitor a training value: "
                          f"{', '.join(logged_names(cb.recorder, True, False))}.")
 
 # %% ../nbs/05_options.ipynb #optb05
@@ -226,14 +251,15 @@ def check_other_trackers(cb):
     for o in cb.learn.cbs:
         if o is cb or not isinstance(o, _FastaiSaveModelCallback): continue
         if cb.filename and getattr(o, 'filename', None) == cb.filename and o.save_top_k not in (0, 1):
-            raise ValueError(f"Two SaveModelCallbacks on this learner name their top-k checkpoints by the same `filename` "
-                             f"({cb.filename!r}, monitors {o.monitor!r} and {cb.monitor!r}), and would replace and delete "
-                             f"each other's. Give each its own template, such as one that starts with its `fname`.")
+            raise ValueError(f"Two SaveModelCallbacks on this learner name their top-k checkpoints by the same "
+                             f"`filename` ({cb.filename!r}, monitors {o.monitor!r} and {cb.monitor!r}), and would "
+                             f"replace and delete each other's. Give each its own template, such as one that starts "
+                             f"with its `fname`.")
         if o.fname == cb.fname:
-            raise ValueError(f"Two SaveModelCallbacks on this learner save to {cb.path/cb.model_dir/cb.fname}.pth (monitors "
-                             f"{o.monitor!r} and {cb.monitor!r}), and each would overwrite the other's model. Give each its "
-                             f"own `fname`, or remove one (`learn.remove_cb`); a tracker passed to `Learner(cbs=...)` or "
-                             f"`learn.add_cb` stays for every later fit.")
+            raise ValueError(f"Two SaveModelCallbacks on this learner save to {cb.path/cb.model_dir/cb.fname}.pth "
+                             f"(monitors {o.monitor!r} and {cb.monitor!r}), and each would overwrite the other's "
+                             f"model. Give each its own `fname`, or remove one (`learn.remove_cb`); a tracker passed "
+                             f"to `Learner(cbs=...)` or `learn.add_cb` stays for every later fit.")
 
 # %% ../nbs/05_options.ipynb #optb06
 def decide_direction(cb):
@@ -242,10 +268,11 @@ def decide_direction(cb):
     if not cb._comp_given:
         if lower is not None: cb._set_direction(lower); cb._direction_settled = True
         return
-    if lower is not None and lower != cb.lower_is_better and not (lower and lower_by_name(cb.monitor)):  # else said at init
-        warnings.warn(f"SaveModelCallback(monitor={cb.monitor!r}, comp=...): {'higher' if lower else 'lower'} values count "
-                      f"as better, but {why} is one where {'lower' if lower else 'higher'} is better. Leave `comp=None` "
-                      f"to take its direction.")
+    # else said at init
+    if lower is not None and lower != cb.lower_is_better and not (lower and lower_by_name(cb.monitor)):
+        warnings.warn(f"SaveModelCallback(monitor={cb.monitor!r}, comp=...): {'higher' if lower else 'lower'} values "
+                      f"count as better, but {why} is one where {'lower' if lower else 'higher'} is better. Leave "
+                      f"`comp=None` to take its direction.")
 
 def say_direction(cb):
     "Say once which direction was chosen for a monitor nothing tells of, and how to change it"
@@ -253,5 +280,6 @@ def say_direction(cb):
     cb._direction_settled = True
     better, other = ('lower', 'max') if cb.lower_is_better else ('higher', 'min')
     warnings.warn(f"SaveModelCallback(monitor={cb.monitor!r}): nothing tells whether higher or lower {cb.monitor!r} is "
-                  f"better (it is not a loss, nor one of fastai's metrics), so {better} values count as better, from its "
-                  f"name. If that is wrong, pass `comp='{other}'`; `comp='{'min' if other == 'max' else 'max'}'` says it is right.")
+                  f"better (it is not a loss, nor one of fastai's metrics), so {better} values count as better, from "
+                  f"its name. If that is wrong, pass `comp='{other}'`; `comp='{'min' if other == 'max' else 'max'}'` "
+                  f"says it is right.")

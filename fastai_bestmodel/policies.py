@@ -18,7 +18,8 @@ __all__ = ['POSITIONS', 'STATUSES', 'TEMPLATE_FIELD', 'SaveRecord', 'epoch_rows'
 # %% ../nbs/04_policies.ipynb #pol08
 # The metadata's keys that say where in training a checkpoint is, not what was recorded: no metric may take them
 POSITIONS = ('epoch', 'iteration', 'run_epoch', 'values_of_epoch', 'exception')
-STATUSES = ('pending', 'written', 'replaced', 'deleted', 'failed')  # what became of a save: the tracker sets it from the writer's callback
+# what became of a save: the tracker sets it from the writer's callback
+STATUSES = ('pending', 'written', 'replaced', 'deleted', 'failed')
 
 @dataclass(eq=False)
 class SaveRecord:

@@ -9,7 +9,8 @@ Docs: https://github.com/fastai-bestmodel/fastai_bestmodel/report.html.md"""
 from __future__ import annotations
 import math
 from pathlib import Path
-from .checkpoint import list_checkpoints, verify_checkpoint, pth_path, CheckpointError, CheckpointMismatchError, NotACheckpointError
+from .checkpoint import (list_checkpoints, verify_checkpoint, pth_path, CheckpointError,
+                                         CheckpointMismatchError, NotACheckpointError)
 from .checkpoint import REASONS
 from .policies import POSITIONS
 
@@ -23,7 +24,8 @@ def digest_status(json_file)->str:
     try: verify_checkpoint(json_file)
     except CheckpointMismatchError as e:
         if e.replaced: return 'MISMATCH (replaced by another save, such as learn.save)'
-        return 'MISMATCH (weights changed since saved)' if pth_path(json_file).exists() else 'MISMATCH (no weights file)'
+        return ('MISMATCH (weights changed since saved)' if pth_path(json_file).exists()
+                else 'MISMATCH (no weights file)')
     except CheckpointError as e: return 'DAMAGED (its .json)'
     except OSError as e: return f'UNREADABLE ({e.strerror})'
     return 'ok'
@@ -40,16 +42,17 @@ def _rank(d:dict)->tuple:
 def checkpoint_rows(folder, # a folder of checkpoints: a learner's models folder
                     recurse:bool=False, # also the folders below it
                    )->list:
-    "One dict per checkpoint in `folder`, best first: file, reason, epoch, monitor, value, every recorded value, bytes, digest"
+    "One dict per checkpoint in `folder`, best first: file, reason, epoch, monitor, value, all values, bytes, digest"
     folder, rows = Path(folder), []
-    if not folder.is_dir(): raise NotACheckpointError(f"{folder}: no such folder; give the folder that SaveModelCallback saved into "
-                                                      f"(the learner's models folder).")
+    if not folder.is_dir(): raise NotACheckpointError(f"{folder}: no such folder; give the folder that "
+                                                      f"SaveModelCallback saved into (the learner's models folder).")
     found = list_checkpoints(folder, recurse=recurse)
     for jp, d in sorted(found, key=lambda c: _rank(c[1]) if isinstance(c[1], dict) else (7,)):
         weights = pth_path(jp)
         size = weights.stat().st_size if weights.exists() else None
         if not isinstance(d, dict):
-            rows.append(dict(file=str(weights.relative_to(folder)), reason=None, epoch=None, monitor=None, value=None, bytes=size, digest='DAMAGED (its .json)'))
+            rows.append(dict(file=str(weights.relative_to(folder)), reason=None, epoch=None, monitor=None, value=None,
+                             bytes=size, digest='DAMAGED (its .json)'))
             continue
         meta, m = d['metadata'], d['monitor']
         rows.append(dict(file=str(weights.relative_to(folder)), reason=d['reason'],
@@ -75,31 +78,32 @@ def _tracker(learn, tracker):
 
 
 def _recorded(cb)->tuple:
-    "The names of the values the tracker `cb` saw recorded (losses and metrics), and its rows: one per epoch of its training"
+    "The names of the values tracker `cb` saw recorded (losses and metrics), and its rows: one per epoch of training"
     rows = getattr(cb, 'epoch_values', None)
-    if not rows: raise ValueError("The tracker has seen no epoch end: use the tracker you trained with (`tracker=`), after a fit; "
-                                  "`checkpoint_table(folder)` reads what was saved from the files.")
+    if not rows: raise ValueError("The tracker has seen no epoch end: use the tracker you trained with (`tracker=`), "
+                                  "after a fit; `checkpoint_table(folder)` reads what was saved from the files.")
     names = list(dict.fromkeys(k for r in rows for k in r if k not in POSITIONS))
-    return names, [[float(r.get(n, float('nan'))) if not isinstance(r.get(n), list) else float('nan') for n in names] for r in rows]
+    return names, [[float(r.get(n, float('nan'))) if not isinstance(r.get(n), list) else float('nan') for n in names]
+                   for r in rows]
 
 def _is_best(reason:str)->bool:
     "Whether a save for `reason` is a tracker's best model: ranked by its value, and chosen"
     return REASONS[reason].ranked and REASONS[reason].chosen
 
 def _best_record(cb):
-    "The record of the tracker's best model: its latest `best` save (a tracker with `every_epoch` or `at_end` keeps none)"
+    "The record of the tracker's best model: its latest `best` save (a tracker with `every_epoch` or `at_end` has none)"
     return next((r for r in reversed(cb.records) if _is_best(r.reason)), None)
 
 def best_vs_last(learn, # the `Learner` after its fit
-                 tracker=None, # the `SaveModelCallback` whose best to show; default the one that decides what `learn` holds
+                 tracker=None, # the `SaveModelCallback` whose best to show; default: the one that decides
                 ):
     "The best model's recorded values beside the last epoch's, as a `pandas.DataFrame`"
     import pandas as pd
     cb = _tracker(learn, tracker)
     names, rows = _recorded(cb)  # the training's own rows: `validate` replaces the recorder's
     rec = _best_record(cb)
-    if rec is None: raise ValueError(f'SaveModelCallback(fname={cb.fname!r}) kept no best model (it saves by schedule: `every_epoch` '
-                                     f'or `at_end`): `checkpoint_table` lists what it saved.')
+    if rec is None: raise ValueError(f'SaveModelCallback(fname={cb.fname!r}) kept no best model (it saves by schedule: '
+                                     f'`every_epoch` or `at_end`): `checkpoint_table` lists what it saved.')
     best = {k: v for k, v in rec.metadata.items() if k in ('epoch', *names)}
     last = {'epoch': cb.epoch_values[-1]['epoch'], **dict(zip(names, rows[-1]))}
     return pd.DataFrame({'best': best, 'last': last}).reindex(['epoch', *names])
@@ -107,7 +111,8 @@ def best_vs_last(learn, # the `Learner` after its fit
 # %% ../nbs/12_report.ipynb #c019
 _STYLE = {'top_k': dict(marker='o', ms=9, mfc='none', color='C2', label='top k'),
           'last': dict(marker='s', ms=8, mfc='none', color='C3', label='last epoch saved'),
-          'every_epoch': dict(marker='D', ms=6, color='C4', label='every epoch'), 'end': dict(marker='D', ms=6, color='C4', label='at end')}
+          'every_epoch': dict(marker='D', ms=6, color='C4', label='every epoch'),
+          'end': dict(marker='D', ms=6, color='C4', label='at end')}
 _STAR = dict(ls='none', marker='*', color='gold', mec='black', mew=0.6)
 
 def plot_checkpoints(learn, # the `Learner` after its fit
@@ -116,37 +121,44 @@ def plot_checkpoints(learn, # the `Learner` after its fit
                      ax=None, # a matplotlib `Axes` to draw on; default a new figure
                      log:bool=True, # log the figure to the W&B run, if one is active
                     ):
-    "Plot the monitored value per epoch with each saved checkpoint marked by reason, the best and the last epoch labelled"
+    "Plot the monitored value per epoch, each saved checkpoint marked by reason, the best and the last epoch labelled"
     import matplotlib.pyplot as plt
     cb = _tracker(learn, tracker)
     names, rows = _recorded(cb)
-    if cb.monitor not in names: raise ValueError(f'plot_checkpoints: no {cb.monitor!r} was recorded in the training; {names} were.')
+    if cb.monitor not in names: raise ValueError(f'plot_checkpoints: no {cb.monitor!r} was recorded in the training; '
+                                                 f'{names} were.')
     xs = [r['epoch'] for r in cb.epoch_values]  # the epochs of the training: a `fine_tune`'s two fits are one
     first = xs[0]
     fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(6.4, 4))
     for n in [cb.monitor, *(values or [])]:  # matplotlib leaves out labels starting with `_` (fastai's `_rmse`)
         ax.plot(xs, [r[names.index(n)] for r in rows], label=' ' + n if n.startswith('_') else n, zorder=1)
     best, kept = _best_record(cb), {Path(p) for p in cb.best_k_models}
-    latest = {Path(r.path): r for r in cb.records}  # what each file holds now: a later save to a path replaced the earlier
-    drawn = [r for r in cb.records if isinstance(r.epoch, int) and r.epoch >= first]  # epochs the recorder has values of
+    # what each file holds now: a later save to a path replaced the earlier
+    latest = {Path(r.path): r for r in cb.records}
+    # epochs the recorder has values of
+    drawn = [r for r in cb.records if isinstance(r.epoch, int) and r.epoch >= first]
     ranked_only = lambda r: REASONS[r.reason].ranked and not REASONS[r.reason].chosen  # kept only while in the top k
     now = [r for r in drawn if latest[Path(r.path)] is r and (not ranked_only(r) or Path(r.path) in kept)]
     for reason, style in _STYLE.items():
-        pts = [(r.epoch, r.metadata[cb.monitor]) for r in now if r.reason == reason and r is not best and cb.monitor in r.metadata]
+        pts = [(r.epoch, r.metadata[cb.monitor]) for r in now
+               if r.reason == reason and r is not best and cb.monitor in r.metadata]
         if pts: ax.plot(*zip(*pts), ls='none', zorder=2, **style)
     earlier = [(r.epoch, r.value) for r in drawn if _is_best(r.reason) and r is not best]
     if earlier: ax.plot(*zip(*earlier), ms=9, alpha=.5, label='earlier best', zorder=2, **_STAR)
     seen = set()
     for r in (r for r in cb.records if not REASONS[r.reason].whole_epoch and r.epoch - 1 >= first - 1):
-        # saved mid-epoch, at `r.epoch` epochs done: the end of epoch N, where its values are drawn, is N + 1 epochs done
+        # saved mid-epoch, at `r.epoch` epochs done: the end of epoch N, where its values are drawn, is N + 1 epochs
+        # done
         ax.axvline(r.epoch - 1, ls=':', color='C5' if REASONS[r.reason].periodic else 'C3', lw=1, zorder=0,
                    label=None if r.reason in seen else r.reason)
         seen.add(r.reason)
-    right = lambda x: x >= xs[-1] - 0.5 * max(1, len(xs) - 1) / 4  # a label near the right edge goes to the left of its point
+    # a label near the right edge goes to the left of its point
+    right = lambda x: x >= xs[-1] - 0.5 * max(1, len(xs) - 1) / 4
     if best is not None and best.epoch >= first and cb.monitor in best.metadata:
         bx, by = best.epoch, best.metadata[cb.monitor]
         ax.plot([bx], [by], ms=16, label='best', zorder=3, **_STAR)
-        ax.annotate(f'best: {by:.4g} (epoch {bx})', (bx, by), textcoords='offset points', xytext=(-8 if right(bx) else 8, 8), ha='right' if right(bx) else 'left')
+        ax.annotate(f'best: {by:.4g} (epoch {bx})', (bx, by), textcoords='offset points',
+                    xytext=(-8 if right(bx) else 8, 8), ha='right' if right(bx) else 'left')
     lx, ly = xs[-1], rows[-1][names.index(cb.monitor)]
     if best is None or lx != best.epoch:
         ax.annotate(f'last: {ly:.4g} (epoch {lx})', (lx, ly), textcoords='offset points', xytext=(-6, -16), ha='right')

@@ -37,7 +37,8 @@ def set_random_states(learn, st:dict):
     np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
     torch.set_rng_state(st['torch'])
     if 'cuda' in st and torch.cuda.is_available(): torch.cuda.set_rng_state_all(st['cuda'])
-    for dl, s in zip([dl for dl in learn.dls.loaders if hasattr(dl, 'rng')], st['dls']): dl.rng.setstate((s[0], tuple(s[1]), s[2]))
+    for dl, s in zip([dl for dl in learn.dls.loaders if hasattr(dl, 'rng')], st['dls']):
+        dl.rng.setstate((s[0], tuple(s[1]), s[2]))
 
 # %% ../nbs/09_resume.ipynb #res09
 def _smooth_loss_state(learn):
@@ -53,7 +54,7 @@ def resume_payload(learn, epoch, iteration:int, records:list)->dict:
 
 # %% ../nbs/09_resume.ipynb #res11
 class _ResumeState(Callback):
-    "Put back the random states and the running training loss a checkpoint saved, at the first epoch a resumed fit trains"
+    "Put back the random states and running training loss a checkpoint saved, at the first epoch a resumed fit trains"
     order = 55  # after the recorder (50), before the trackers (60 and more)
     def __init__(self, resume:dict, source:Path=None): # `source`: the checkpoint it was read from
         self.source = None if source is None else Path(source)
@@ -66,8 +67,8 @@ class _ResumeState(Callback):
         # that `EarlyStoppingCallback` and the recorder's plots see the epochs as they were
         if self.trained or not self.recorder.values: return
         meta, names = self.rows.get(self.epoch), recorded_names(self.recorder)
-        if meta is None: warnings.warn(f"resume_training: no record of epoch {self.epoch}'s values (save with `save_last=True` "
-                                       f"to keep every epoch's); the recorder shows NaN for it.")
+        if meta is None: warnings.warn(f"resume_training: no record of epoch {self.epoch}'s values (save with "
+                                       f"`save_last=True` to keep every epoch's); the recorder shows NaN for it.")
         self.recorder.values[-1] = [float('nan') if meta is None else meta.get(n, float('nan')) for n in names]
     def before_train(self):
         self.trained = True
@@ -75,7 +76,8 @@ class _ResumeState(Callback):
         # after loading) would otherwise shift every draw of the resumed run
         if self.resume is None: return
         set_random_states(self.learn, self.resume['rng'])
-        if (sl := self.resume.get('smooth_loss')) is not None: self.recorder.smooth_loss.val, self.recorder.smooth_loss.count = sl
+        if (sl := self.resume.get('smooth_loss')) is not None:
+            self.recorder.smooth_loss.val, self.recorder.smooth_loss.count = sl
         self.resume = None
     def after_fit(self): self.learn.remove_cb(self)
 
@@ -83,18 +85,20 @@ class _ResumeState(Callback):
 def _rows(resume:dict)->dict:
     "Each epoch's recorded values: `rows`, or (a checkpoint of version 1) from the records it carried"
     if 'rows' in resume: return {int(k): v for k, v in resume['rows'].items()}
-    return {r['epoch']: r['metadata'] for r in resume.get('records', []) if isinstance(r['epoch'], int) and r['reason'] != 'periodic'}
+    return {r['epoch']: r['metadata'] for r in resume.get('records', [])
+            if isinstance(r['epoch'], int) and r['reason'] != 'periodic'}
 
 # %% ../nbs/09_resume.ipynb #res13
 def resume_training(learn, # the `Learner` to resume, built as the run's was
-                    source='model_last', # a checkpoint saved with `with_opt=True` at the end of an epoch (see `find_checkpoint`)
+                    source='model_last', # a checkpoint saved with `with_opt=True` at an epoch's end
                    )->int:
-    "Put back the model, optimizer and (as the next fit starts training) random states a checkpoint saved; return `start_epoch`"
+    "Put back model, optimizer and (once the next fit trains) random states a checkpoint saved; return `start_epoch`"
     path = find_checkpoint(source, Path(learn.path)/learn.model_dir)
     state, desc = load_checkpoint(path, device=getattr(learn.dls, 'device', None) or 'cpu')
     resume = state['opt'].get('resume') if 'opt' in desc['holds'] else None
-    if resume is None: raise CheckpointError(f"{path} cannot resume a run: it was saved without the optimizer state. Save with "
-                                             f"`SaveModelCallback(with_opt=True)` (and `save_last=True` for the latest epoch).")
+    if resume is None: raise CheckpointError(f"{path} cannot resume a run: it was saved without the optimizer state. "
+                                             f"Save with `SaveModelCallback(with_opt=True)` (and `save_last=True` for "
+                                             f"the latest epoch).")
     if not isinstance(resume.get('epoch'), int):
         raise CheckpointError(f"{path} was saved mid-epoch ({desc['reason']}, epoch {desc['metadata'].get('epoch')}): "
                               f"a run resumes exactly from the end of an epoch; use `<fname>_last` or the best.")
@@ -108,7 +112,7 @@ def _from_json(v):
     return float(v) if v in ('NaN', 'Infinity', '-Infinity') else v
 
 def earlier_checkpoints(cb, own:bool=False)->list:
-    "`(record, description)` of each checkpoint of tracker `cb`'s `fname` in its folder, but those it wrote unless `own`"
+    "`(record, description)` of each checkpoint of tracker `cb`'s `fname` in its folder, bar its own unless `own`"
     folder = Path(cb.path)/cb.model_dir
     if rank_distrib() or not folder.is_dir(): return []
     found = []
@@ -125,45 +129,50 @@ def earlier_checkpoints(cb, own:bool=False)->list:
 def check_earlier_run(cb):
     "Before the first batch: take up what an earlier run left (`resume=True`), or say that this fit will replace it"
     found = from_rank0(earlier_checkpoints(cb, own=cb.resume))  # resuming keeps even this callback's own earlier best
-    best, desc = next(((r, d) for r, d in found if Path(r.path).name == f'{cb.fname}.pth' and r.reason == 'best'), (None, None))
+    best, desc = next(((r, d) for r, d in found if Path(r.path).name == f'{cb.fname}.pth' and r.reason == 'best'),
+                      (None, None))
     other_monitor = best is not None and best.monitor != cb.monitor
     if cb.resume and other_monitor:
-        raise ValueError(f"SaveModelCallback(resume=True, monitor={cb.monitor!r}): {best.path} was chosen by {best.monitor!r}, "
-                         f"so its value says nothing of {cb.monitor!r}. Resume with monitor={best.monitor!r}, or give this run its own `fname`.")
+        raise ValueError(f"SaveModelCallback(resume=True, monitor={cb.monitor!r}): {best.path} was chosen by "
+                         f"{best.monitor!r}, so its value says nothing of {cb.monitor!r}. Resume with "
+                         f"monitor={best.monitor!r}, or give this run its own `fname`.")
     if not cb.resume:
         if best is not None and not rank_distrib(): _say_replaced(cb, best, other_monitor)
         return
     if best is not None: _resume_direction(cb, best, desc['comp'])
     take_up(cb, [r for r, _ in found], best)
     if cb.epoch and not any(isinstance(c, _ResumeState) for c in cb.learn.cbs) and not rank_distrib():
-        warnings.warn(f"SaveModelCallback(resume=True): this fit starts at epoch {cb.epoch} (`start_epoch`), but the model and "
-                      f"optimizer were not restored: it trains on from the learner's weights as they are. To continue the run, call "
-                      f"`resume_training(learn)` before the fit: it loads `{cb.fname}_last` (saved with `with_opt=True, save_last=True`).")
+        warnings.warn(f"SaveModelCallback(resume=True): this fit starts at epoch {cb.epoch} (`start_epoch`), but the "
+                      f"model and optimizer were not restored: it trains on from the learner's weights as they are. To "
+                      f"continue the run, call `resume_training(learn)` before the fit: it loads `{cb.fname}_last` "
+                      f"(saved with `with_opt=True, save_last=True`).")
 
 # %% ../nbs/09_resume.ipynb #res18
 def _say_replaced(cb, best, other_monitor:bool):
     keep = (f"To keep it, give this run its own `fname` (it was chosen by {best.monitor!r})." if other_monitor else
-            "To keep it unless this fit beats it, pass `SaveModelCallback(resume=True)`; to keep both, give this run its own `fname`.")
+            "To keep it unless this fit beats it, pass `SaveModelCallback(resume=True)`; to keep both, give this run "
+            "its own `fname`.")
     warnings.warn(f"SaveModelCallback: {best.path} holds a checkpoint this callback did not write (another run's or "
                   f"callback's: epoch {best.epoch}, {best.monitor} {best.value}). This fit starts its best afresh, as "
                   f"fastai's does, and its first epoch will replace that file even if worse. {keep}")
 
 def _resume_direction(cb, best, comp):
-    "Take the direction the resumed run's best was chosen by (its `.json` records it); refuse a `comp` that says otherwise"
+    "Take the direction the resumed run's best was chosen by (its `.json` records it); refuse a `comp` saying otherwise"
     if comp not in ('less', 'greater'): return
     cb._direction_settled = True
     if (comp == 'less') == cb.lower_is_better: return
     was = 'lower' if comp == 'less' else 'higher'
     if cb._comp_given:
-        raise ValueError(f"SaveModelCallback(resume=True, comp=...): {best.path} was chosen with {was} {cb.monitor!r} as better, "
-                         f"and this tracker counts the opposite as better, so it would replace that best with a worse model. "
-                         f"Resume with comp={'min' if comp == 'less' else 'max'!r} (or leave `comp=None`), or give this run its own `fname`.")
+        raise ValueError(f"SaveModelCallback(resume=True, comp=...): {best.path} was chosen with {was} {cb.monitor!r} "
+                         f"as better, and this tracker counts the opposite as better, so it would replace that best "
+                         f"with a worse model. Resume with comp={'min' if comp == 'less' else 'max'!r} (or leave "
+                         f"`comp=None`), or give this run its own `fname`.")
     cb._set_direction(comp == 'less')
     cb.best = float('inf') if cb.lower_is_better else -float('inf')
 
 # %% ../nbs/09_resume.ipynb #res20
 def take_up(cb, found:list, best):
-    "Continue from the checkpoints `found` on disk: the best, the top k (trimmed to k), the periodic ones, their training"
+    "Continue from the checkpoints `found` on disk: the best, the top k (trimmed to k), the periodic ones, their run"
     cb._wrote |= {r.digest for r in found}
     # A run killed between moving its old best aside and writing the new one leaves the old best under two names
     dup = [r for r in found if best is not None and r is not best and r.reason == 'top_k' and r.digest == best.digest]
@@ -178,10 +187,12 @@ def take_up(cb, found:list, best):
     cb._periodic = sorted((r for r in found if REASONS[r.reason].periodic), key=lambda r: r.epoch or 0)
     _go_on_counting(cb, found, best)
     if best is None: return
-    cb.best, cb.best_epoch, cb.last_saved_path, cb.last_saved_metadata = best.value, best.epoch, cb._path(cb.fname), best.metadata
+    cb.best, cb.best_epoch, cb.last_saved_path, cb.last_saved_metadata = (best.value, best.epoch, cb._path(cb.fname),
+                                                                          best.metadata)
     if not rank_distrib():
         print(f'Resuming: {best.path} is the best so far ({cb.monitor} {best.value}, epoch {best.epoch}), with '
-              f'{len(found) - 1} more checkpoint{"s"[:len(found) != 2]} of this run; it is replaced only by a better model.')
+              f'{len(found) - 1} more checkpoint{"s"[:len(found) != 2]} of this run; it is replaced only by a better '
+              f'model.')
 
 # %% ../nbs/09_resume.ipynb #res21
 def _go_on_counting(cb, found:list, best):

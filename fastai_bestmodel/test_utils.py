@@ -29,10 +29,11 @@ class ScriptedMetric(Metric):
 
 # %% ../nbs/13_test_utils.ipynb #t010
 class KeepWeights(Callback):
-    "Copies of the weights at the end of each epoch, taken after a tracker has saved them and before `EarlyStoppingCallback` may stop the fit"
+    "The weights at each epoch's end, copied after a tracker saves them, before `EarlyStoppingCallback` may stop a fit"
     order = 62
     def before_fit(self): self.weights = []
-    def after_epoch(self): self.weights.append({k: v.detach().clone() for k,v in get_model(self.model).state_dict().items()})
+    def after_epoch(self):
+        self.weights.append({k: v.detach().clone() for k,v in get_model(self.model).state_dict().items()})
 
 # %% ../nbs/13_test_utils.ipynb #t014
 def _digits():
