@@ -29,7 +29,8 @@ _LEFT = {'durable': 'UNLINK_THREAD file_digest fsync_dir remove_file torch_save_
                     'wait_for_unlinks atomic_write_bytes FolderLock',
          'checkpoint': 'CheckpointWriteError NotACheckpointError CheckpointMismatchError like_dict plain_state '
                        'json_safe json_path save_checkpoint pth_path require_path checkpoint_weights link_checkpoint '
-                       'delete_checkpoint finish_interrupted_saves', 'writer': 'CheckpointWriter AsyncCheckpointWriter',
+                       'delete_checkpoint finish_interrupted_saves',
+         'writer': 'CheckpointWriter AsyncCheckpointWriter wait_for_saves',
          'options': 'monitor_direction', 'policies': 'fill_template SaveRecord',
          'offline': 'wandb_records OfflineRun read_offline_run',
          'artifacts': 'PROTECTED position_alias role_aliases best_alias logged_versions CheckpointReplacedError '
