@@ -217,6 +217,12 @@ def _summary(xs, fmt='{:.3f}'):
 
 def main(reps=6, epochs=4, width=2048, layers=4, bs=16, seconds=1.0, crc_reps=8):
     t_start = time.perf_counter()
+    from fastai_bestmodel.tracker import SaveModelCallback
+    if not hasattr(SaveModelCallback, '_holds_chosen'):  # removed on this benchmark's verdicts
+        sys.exit("skip-reload and async_save='background' were removed in 0.1.0 on this benchmark's verdicts "
+                 "(benchmarks/results/mechanisms-cpu-2026-12-07.txt). To measure the four mechanisms again, run it in a "
+                 "checkout of the commit before: git worktree add /tmp/mech 5e9f423 && cd /tmp/mech && "
+                 "PYTHONPATH=. python benchmarks/mechanisms.py")
     print('Thresholds, fixed before measuring:')
     for k, v in THRESHOLDS.items(): print(f'  {k:20s}: {v}')
     print(flush=True)
