@@ -83,7 +83,8 @@ class _DigestingFile:
         # Ask the kernel to start writing what we have so far, without waiting: the disk then works while torch
         # serialises the rest, and the final fsync waits for the last chunk only, not the whole file.
         self.f.flush()
-        if _sync_file_range is not None: _sync_file_range(self.f.fileno(), self.flushed, self.written - self.flushed, _SYNC_FILE_RANGE_WRITE)
+        if _sync_file_range is not None:
+            _sync_file_range(self.f.fileno(), self.flushed, self.written - self.flushed, _SYNC_FILE_RANGE_WRITE)
         self.flushed = self.written
     def flush(self): self.f.flush()
     @property
@@ -128,7 +129,7 @@ def write_tmp(folder, name, write, gate=None)->tuple:
     return Path(tmp), out.digest
 
 def replace_file(src, dst, background_unlink=True, durable=True):
-    "Move `src` onto `dst`, made durable with an fsync of the folder if `durable`; the old `dst` is freed after, in a thread if `background_unlink`"
+    "Move `src` onto `dst`, fsyncing the folder if `durable`; free old `dst` after, in a thread if `background_unlink`"
     dst = Path(dst)
     aside = None
     if background_unlink and dst.exists():

@@ -17,9 +17,11 @@ from fastai.torch_core import get_model, rank_distrib
 from .checkpoint import finish_interrupted_saves, read_checkpoint, json_path, CheckpointError, REASONS
 from .writer import CheckpointWriter, AsyncCheckpointWriter
 from .provenance import training_provenance
-from .policies import SaveRecord, POSITIONS, fill_template, worseness, top_k_drop, same_epoch, newest_n_drop, save_due
-from .options import (check_comp, check_arguments, check_interval, check_policies, recorded_names, logged_names, check_names,
-                      check_validation, check_other_trackers, decide_direction, say_direction)
+from .policies import (SaveRecord, POSITIONS, fill_template, worseness, top_k_drop, same_epoch,
+                                      newest_n_drop, save_due)
+from .options import (check_comp, check_arguments, check_interval, check_policies, recorded_names,
+                                     logged_names, check_names, check_validation, check_other_trackers,
+                                     decide_direction, say_direction)
 from .learner import from_rank0, share_from_rank0
 from . import learner as _learner  # `load_best_model` through it: the name left this module
 from .resume import _ResumeState, resume_payload, check_earlier_run
@@ -30,7 +32,8 @@ __all__ = ['SaveModelCallback', 'TrainingTerminated', 'deciding_tracker']
 # %% ../nbs/10_tracker.ipynb #trk17
 class SaveModelCallback(_FastaiSaveModelCallback):
     "fastai's `SaveModelCallback` that records, and writes beside the weights, the metrics of the epoch it saved"
-    _stateattrs = ('_writer', '_group')  # a writer thread and a `fine_tune` call do not outlive the process: `export` leaves them out
+    # a writer thread and a `fine_tune` call do not outlive the process: `export` leaves them out
+    _stateattrs = ('_writer', '_group')
     def __init__(self,
         monitor='valid_loss', # value (usually loss or metric) being monitored.
         comp=None, # np.less or 'min' if lower is better, np.greater or 'max' if higher is; None: from the metric.
@@ -42,11 +45,11 @@ class SaveModelCallback(_FastaiSaveModelCallback):
         reset_on_fit=True, # before each fit, forget the best of the previous fit (the fits of one `fine_tune` are one).
         load_best=True, # load the best weights into the learner at the end of fit; False keeps the final weights.
         async_save=False, # write in a background thread; 'background': the fit also returns before its last write.
-        save_last=False, # also keep `<fname>_last.pth`, the most recent epoch; 'link': a link where it is saved already.
+        save_last=False, # also keep `<fname>_last.pth`, the latest epoch; 'link': a link where it is saved already.
         save_top_k=1, # keep the k best: the best as `<fname>.pth`, the others named by `filename`; -1 keeps all.
-        filename=None, # template naming the top-k checkpoints other than the best; default `'<fname>-{epoch}-{<monitor>:.4f}'`.
+        filename=None, # template naming the top-k other than the best; default `'<fname>-{epoch}-{<monitor>:.4f}'`.
         every_n_train_steps=None, # also save every n training batches, as `<fname>_step<n>.pth`.
-        train_time_interval=None, # also save when this many seconds (or a `timedelta`) have passed since the last such save.
+        train_time_interval=None, # also save when this many seconds (or a `timedelta`) passed since the last such save.
         keep_last_n=None, # keep only the newest n periodic checkpoints; None keeps all.
         save_on_exception=False, # on an exception, Ctrl-C or SIGTERM during fit, save `<fname>_interrupted.pth` first.
         resume=False, # take up the checkpoints of `fname` an earlier run left; else warn that this fit replaces them.
@@ -56,7 +59,8 @@ class SaveModelCallback(_FastaiSaveModelCallback):
         store_attr()
         self._validate()
 
-    def before_fit(self): self.run, self._tracking = not hasattr(self, 'lr_finder') and not hasattr(self, 'gather_preds'), False
+    def before_fit(self):
+        self.run, self._tracking = not hasattr(self, 'lr_finder') and not hasattr(self, 'gather_preds'), False
     def before_train(self):
         if not self._tracking: self._start_tracking()  # at the first of a fit: `validate` and `get_preds` never train
     def before_epoch(self): self._logged = [False, False]
@@ -77,9 +81,9 @@ def _validate(self:SaveModelCallback):
                             auto_insert_metric_name=self.auto_insert_metric_name,
                             enable_version_counter=self.enable_version_counter)
     if self.async_save == 'background':
-        warnings.warn("SaveModelCallback(async_save='background') is gone since 0.1.0 (it saved a fit about 2% of its time, "
-                      "measured in benchmarks/mechanisms.py); it now means async_save=True: the fit returns once its "
-                      "checkpoints are written.", DeprecationWarning, stacklevel=3)
+        warnings.warn("SaveModelCallback(async_save='background') is gone since 0.1.0 (it saved a fit about 2% of its "
+                      "time, measured in benchmarks/mechanisms.py); it now means async_save=True: the fit returns once "
+                      "its checkpoints are written.", DeprecationWarning, stacklevel=3)
         self.async_save = True
     self._interval = check_interval(self.train_time_interval)
     check_policies(self.save_top_k, self.filename, self.every_epoch, self.at_end, self.save_last,
@@ -102,7 +106,8 @@ def _init_state(self:SaveModelCallback):  # also called when unpickled, as in `l
 @patch
 def _clear_training(self:SaveModelCallback):
     "What the tracker knows of one training, empty: its saves, rows, kept checkpoints, counts and id"
-    self.last_saved_metadata, self.best_epoch, self.last_saved_path, self.records, self.epoch_values = None, None, None, [], []
+    (self.last_saved_metadata, self.best_epoch, self.last_saved_path,
+     self.records, self.epoch_values) = None, None, None, [], []
     self._kept, self._periodic, self._epochs_done, self._iters_done, self._last_meta = [], [], 0, 0, None
     self.training_id, self._seconds_before = None, 0.
 
@@ -115,25 +120,30 @@ def _set_direction(self:SaveModelCallback, lower:bool):
 @patch
 def _start_tracking(self:SaveModelCallback):
     "Check the names and the other trackers, and reset what this fit tracks unless it continues the last"
-    if self._writer is not None: self.wait(); self._writer = None  # the last fit's last write (`async_save`), before reading the folder
+    # the last fit's last write (`async_save`), before reading the folder
+    if self._writer is not None: self.wait(); self._writer = None
     if not rank_distrib(): finish_interrupted_saves(Path(self.path)/self.model_dir)  # what a killed process left
     check_names(self, recorded_names(self.recorder))
     check_other_trackers(self)
     group = getattr(self.learn, '_fit_group', None)
     continues = group is not None and group is self._group
     # The checkpoint `resume_training` loaded: no policy deletes it, as Lightning keeps the one a run resumed from
-    self._resumed_from = next((cb.source.resolve() for cb in self.learn.cbs if isinstance(cb, _ResumeState) and cb.source), None)
+    self._resumed_from = next((cb.source.resolve() for cb in self.learn.cbs
+                               if isinstance(cb, _ResumeState) and cb.source), None)
     if (self.reset_on_fit and not continues) or self.best is None: self._reset_fit()
-    self._group, self._epochs_before, self._iters_before, self._tracking = group, self._epochs_done, self._iters_done, True
+    (self._group, self._epochs_before, self._iters_before,
+     self._tracking) = group, self._epochs_done, self._iters_done, True
     self._nonfinite, self._unrecorded, self._clock = [], [], time.monotonic()
-    self._provenance, self._fit_start = training_provenance(self.learn), self._clock  # what a reader needs to trust a model
+    # what a reader needs to trust a model
+    self._provenance, self._fit_start = training_provenance(self.learn), self._clock
     if self._writer is None: self._writer = AsyncCheckpointWriter() if self.async_save else CheckpointWriter()
-    self._catch_sigterm()  # also without `save_on_exception`: a write under way then finishes, or leaves no temporary file
+    # also without `save_on_exception`: a write under way then finishes, or leaves no temporary file
+    self._catch_sigterm()
 
 # %% ../nbs/10_tracker.ipynb #trk25
 @patch
 def _reset_fit(self:SaveModelCallback):
-    "Start a new training: its direction settled, its best and records empty, an id of its own; or take up an earlier one"
+    "Start a new training: its direction settled, best and records empty, an id of its own; or take up an earlier one"
     decide_direction(self)
     check_validation(self)
     self._clear_training()
@@ -184,12 +194,15 @@ def _epoch_ended(self:SaveModelCallback):
     self.epoch_values.append(meta)
     n = len(self.records)
     if self.every_epoch:
-        if (epoch % self.every_epoch) == 0: self._save_periodic(self._path(f'{self.fname}_{epoch}'), meta, 'every_epoch')
+        if (epoch % self.every_epoch) == 0:
+            self._save_periodic(self._path(f'{self.fname}_{epoch}'), meta, 'every_epoch')
     else: self._save_if_best(epoch, meta)
     if not self.save_last: return
     # 'link': the epoch's own checkpoint, if a policy just saved one, under the last's name too
     src = next((r for r in self.records[n:] if r.epoch == epoch), None) if self.save_last == 'link' else None
-    if src is None: self._save(SaveRecord(self._path(f'{self.fname}_last'), 'last', epoch, self._iters_done, meta, training=self.training_id))
+    if src is None:
+        self._save(SaveRecord(self._path(f'{self.fname}_last'), 'last', epoch, self._iters_done, meta,
+                              training=self.training_id))
     else: self._link(src, self._path(f'{self.fname}_last'), 'last')
 
 # %% ../nbs/10_tracker.ipynb #trk34
@@ -199,16 +212,20 @@ def _save_if_best(self:SaveModelCallback, epoch, meta):
     val = meta.get(self.monitor)
     if val is None: self._unrecorded.append(epoch); val = float('nan')
     elif isinstance(val, list):
-        raise ValueError(f"SaveModelCallback(monitor={self.monitor!r}): the monitor must be one number per epoch, "
-                         f"but {self.monitor!r} is a vector ({len(val)} values). Monitor a scalar, such as an averaged metric.")
+        raise ValueError(f"SaveModelCallback(monitor={self.monitor!r}): the monitor must be one number per epoch, but "
+                         f"{self.monitor!r} is a vector ({len(val)} values). Monitor a scalar, such as an averaged "
+                         f"metric.")
     elif not math.isfinite(val): self._nonfinite.append(epoch)
     self.new_best = math.isfinite(val) and bool(self.comp(val - self.min_delta, self.best))
     if self.new_best:
         self.best, self.best_epoch = val, epoch
         in_fit = f' (epoch {self.epoch} of this fit)' if self._epochs_before else ''
-        if self.save_top_k and self._speaks: print(f'Better model found at epoch {epoch}{in_fit} with {self.monitor} value: {val}; saving it to {self._path(self.fname)}.')
-    # A value that is not finite ranks below every other, as in Lightning: kept by `save_top_k=-1`, or while fewer than k are
-    if self.save_top_k and (math.isfinite(val) or (self.save_top_k != 1 and epoch not in self._unrecorded)): self._keep_top_k(meta, val)
+        if self.save_top_k and self._speaks: print(f'Better model found at epoch {epoch}{in_fit} with {self.monitor} '
+                                                   f'value: {val}; saving it to {self._path(self.fname)}.')
+    # A value that is not finite ranks below every other, as in Lightning: kept by `save_top_k=-1`, or while fewer
+    # than k are
+    if self.save_top_k and (math.isfinite(val) or (self.save_top_k != 1 and epoch not in self._unrecorded)):
+        self._keep_top_k(meta, val)
 
 @patch
 def _worseness(self:SaveModelCallback, value)->float: return worseness(value, self.lower_is_better)
@@ -216,16 +233,19 @@ def _worseness(self:SaveModelCallback, value)->float: return worseness(value, se
 # %% ../nbs/10_tracker.ipynb #trk36
 @patch
 def _save(self:SaveModelCallback, rec:SaveRecord, moved:SaveRecord=None, drop=(), version_counter=False)->SaveRecord:
-    "Record the save `rec` and hand it to the writer, with the checkpoint `moved` aside first and the records `drop` deleted after"
+    "Record the save `rec`, hand it to the writer: the checkpoint `moved` aside first, the records `drop` deleted after"
     self.records += [r for r in (moved, rec) if r is not None]
     drop = [r for r in drop if Path(r.path).resolve() != self._resumed_from]
-    # fastai's names, which its loggers read, stay on the model chosen: the best, or the one `every_epoch`/`at_end` saved
+    # fastai's names, which its loggers read, stay on the model chosen: the best, or the one
+    # `every_epoch`/`at_end` saved
     if REASONS[rec.reason].chosen: self.last_saved_metadata, self.last_saved_path = rec.metadata, rec.path
     if rank_distrib(): return rec  # only rank 0 writes
     state = self._state(rec)
-    kw = dict(monitor=self.monitor, comp='less' if self.lower_is_better else 'greater') if REASONS[rec.reason].ranked else {}
-    kw.update(provenance=self._provenance_now(), reason=rec.reason, holds=['model', 'opt'] if isinstance(state, dict) and 'opt' in state and 'model' in state
-              else ['model'], tracker=self.fname, training=rec.training, version_counter=version_counter)
+    kw = (dict(monitor=self.monitor, comp='less' if self.lower_is_better else 'greater') if REASONS[rec.reason].ranked
+          else {})
+    kw.update(provenance=self._provenance_now(), reason=rec.reason,
+              holds=['model', 'opt'] if isinstance(state, dict) and 'opt' in state and 'model' in state else ['model'],
+              tracker=self.fname, training=rec.training, version_counter=version_counter)
     keep = (moved.path, moved.reason, moved.digest, self.enable_version_counter) if moved else None
     self._writer.submit(rec.path, state, rec.metadata, keep_previous_as=keep, delete=drop,
                         on_done=self._job_done(rec, moved, drop), **kw)
@@ -238,7 +258,8 @@ def _state(self:SaveModelCallback, rec:SaveRecord):
     model = get_model(self.model).state_dict()
     if not (self.with_opt and self.opt is not None): return model
     # What resuming needs rides in the optimizer's state, which fastai's `Optimizer.load_state_dict` reads around
-    resume = resume_payload(self.learn, rec.epoch if REASONS[rec.reason].whole_epoch else None, self._iters_done, self.records)
+    resume = resume_payload(self.learn, rec.epoch if REASONS[rec.reason].whole_epoch else None, self._iters_done,
+                            self.records)
     return {'model': model, 'opt': {**self.opt.state_dict(), 'resume': resume}}
 
 @patch
@@ -277,7 +298,7 @@ def _job_done(self:SaveModelCallback, rec:SaveRecord, moved:SaveRecord=None, dro
 # %% ../nbs/10_tracker.ipynb #trk40
 @patch(as_prop=True)
 def chosen_record(self:SaveModelCallback)->SaveRecord:
-    "The record of the model this tracker chose, which `last_saved_path` names: the best, or what `every_epoch`/`at_end` saved"
+    "The record of the model this tracker chose (`last_saved_path`): the best, or what `every_epoch`/`at_end` saved"
     return next((r for r in reversed(self.records) if REASONS[r.reason].chosen), None)
 
 @patch
@@ -296,7 +317,7 @@ def _path(self:SaveModelCallback, name)->Path: return join_path_file(name, self.
 
 @patch
 def _top_k_path(self:SaveModelCallback, meta)->Path:
-    "The name wanted for the top-k checkpoint of `meta`'s epoch: its `filename` (`save_checkpoint` adds `-v1`... if taken)"
+    "The name for the top-k checkpoint of `meta`'s epoch: its `filename` (`save_checkpoint` adds `-v1`... if taken)"
     template = ifnone(self.filename, self.fname + '-{epoch}-{' + self.monitor + ':.4f}')
     values = {**meta, 'step': meta['iteration'], 'iteration': meta['iteration']}
     return self._path(fill_template(template, values, self.auto_insert_metric_name))
@@ -342,11 +363,12 @@ def best_k_models(self:SaveModelCallback)->dict:
 # %% ../nbs/10_tracker.ipynb #trk47
 @patch
 def _meta_now(self:SaveModelCallback, **extra)->dict:
-    "Where training is now (epochs done, as a fraction; training batches done) and the latest recorded values, marked as such"
+    "Where training is now (epochs done, as a fraction; batches trained) and the latest recorded values, marked as such"
     n, it = len(self.dls.train) or 1, self._iters_before + self.train_iter
     meta = {'epoch': round(it / n, 6), 'iteration': it, **extra}
     if self._last_meta is not None:
-        meta.update(values_of_epoch=self._last_meta['epoch'], **{k: v for k,v in self._last_meta.items() if k not in POSITIONS})
+        meta.update(values_of_epoch=self._last_meta['epoch'],
+                    **{k: v for k,v in self._last_meta.items() if k not in POSITIONS})
     return meta
 
 @patch
@@ -354,12 +376,13 @@ def _save_periodic(self:SaveModelCallback, path, meta, reason):
     "Save a periodic checkpoint; past `keep_last_n`, the oldest goes once this one is on disk"
     old = newest_n_drop([r for r in self._periodic if r.live], self.keep_last_n)
     rec = SaveRecord(path, reason, meta['epoch'], self._iters_done, meta, training=self.training_id)
-    self._periodic = [r for r in self._periodic if r not in old] + [self._save(rec, drop=old, version_counter=reason == 'periodic')]
+    self._periodic = ([r for r in self._periodic if r not in old]
+                      + [self._save(rec, drop=old, version_counter=reason == 'periodic')])
 
 # %% ../nbs/10_tracker.ipynb #trk48
 @patch
 def _batch_ended(self:SaveModelCallback):
-    "Raise the error of a failed background write; save on the schedule of `every_n_train_steps` or `train_time_interval`"
+    "Raise the error of a failed background write; save on the schedule of `every_n_train_steps`/`train_time_interval`"
     if self._writer is not None: self._writer.raise_error()  # a failed background write stops the fit now
     if not self.learn.training or not (self.every_n_train_steps or self._interval): return
     self._iters_done = self._iters_before + self.train_iter
@@ -374,7 +397,8 @@ class TrainingTerminated(SystemExit):
 @patch
 def _catch_sigterm(self:SaveModelCallback):
     "Turn the first SIGTERM into `TrainingTerminated`, if this is the main thread and nothing else handles SIGTERM"
-    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL: return
+    if (threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL): return
     def on_sigterm(signum, frame):
         self._restore_sigterm()  # a second SIGTERM ends the process at once, as it would have
         raise TrainingTerminated(128 + signum)
@@ -397,13 +421,13 @@ def _after_exception(self:SaveModelCallback, e:BaseException):
         if self.save_on_exception:
             self._iters_done = self._iters_before + self.train_iter
             meta = self._meta_now(exception=type(e).__name__)
-            rec = SaveRecord(self._path(f'{self.fname}_interrupted'), 'interrupted', meta['epoch'], self._iters_done, meta,
-                             training=self.training_id)
+            rec = SaveRecord(self._path(f'{self.fname}_interrupted'), 'interrupted', meta['epoch'], self._iters_done,
+                             meta, training=self.training_id)
             self._save(rec)
         self._finish_saving(at_end=False)
     except Exception as err:
-        warnings.warn(f"SaveModelCallback could not finish its saves after {type(e).__name__} ({type(err).__name__}: {err}); "
-                      f"checkpoints written before are intact.")
+        warnings.warn(f"SaveModelCallback could not finish its saves after {type(e).__name__} ({type(err).__name__}: "
+                      f"{err}); checkpoints written before are intact.")
         return
     if rec is not None and not rank_distrib():
         print(f"{type(e).__name__} during training, at epoch {rec.metadata['epoch']} (iteration {rec.iteration}): "
@@ -420,7 +444,8 @@ def _finish_saving(self:SaveModelCallback, at_end:bool=True):
     "Save at the end if `at_end`; wait for the writes, and let the writer go"
     if at_end and self.at_end:
         meta = ifnone(self._last_meta, {'epoch': self._epochs_done - 1, 'iteration': self._iters_done})
-        self._save(SaveRecord(self._path(self.fname), 'end', meta['epoch'], self._iters_done, meta, training=self.training_id))
+        self._save(SaveRecord(self._path(self.fname), 'end', meta['epoch'], self._iters_done, meta,
+                              training=self.training_id))
     self._seconds_before += time.monotonic() - self._fit_start  # a `fine_tune`'s second fit goes on counting
     w = self._writer
     self.write_waits = (w.waited, w.waits, w.saves) if isinstance(w, AsyncCheckpointWriter) else (0, 0, 0)
@@ -435,8 +460,8 @@ def _is_own_checkpoint(self:SaveModelCallback)->bool:
     if rank_distrib() or saved is None: return True  # only rank 0 wrote, and knows what
     path = Path(self.last_saved_path)
     if not (path.exists() and json_path(path).exists()):
-        warnings.warn(f"SaveModelCallback did not load the best model: {path} (epoch {self.best_epoch}) was deleted after this "
-                      f"fit saved it, by hand or by another program. The learner keeps its final weights.")
+        warnings.warn(f"SaveModelCallback did not load the best model: {path} (epoch {self.best_epoch}) was deleted "
+                      f"after this fit saved it, by hand or by another program. The learner keeps its final weights.")
         return False
     try: now = read_checkpoint(self.last_saved_path)['digest']
     except CheckpointError as e: now = f'unreadable ({e})'
@@ -470,18 +495,21 @@ def _fit_ended(self:SaveModelCallback):
     # Only rank 0 wrote, and only it reads: the others may be other machines, without its folder
     load = not rank_distrib() and self.load_best and decides
     if not from_rank0(load and self._is_own_checkpoint()): return
-    if not rank_distrib(): _learner.load_best_model(self.learn, Path(self.last_saved_path).absolute(), with_opt=self.with_opt)
+    if not rank_distrib():
+        _learner.load_best_model(self.learn, Path(self.last_saved_path).absolute(), with_opt=self.with_opt)
     share_from_rank0(self.learn, self.with_opt and self.opt is not None)
 
 # %% ../nbs/10_tracker.ipynb #trk60
 @patch
 def _say_nothing_saved(self:SaveModelCallback):
-    why = (f"{self.monitor!r} had no finite value (NaN or infinite at epochs {self._nonfinite}). Check the learning rate and the data"
+    why = (f"{self.monitor!r} had no finite value (NaN or infinite at epochs {self._nonfinite}). "
+           f"Check the learning rate and the data"
            if self._nonfinite else
            f"{self.monitor!r} was not recorded at epochs {self._unrecorded}: the learner has no validation set, or its "
            f"validation was skipped" if self._unrecorded else
-           f"no epoch of this fit beat the best {self.monitor} it started from ({self.best}: kept from an earlier fit by "
-           f"`reset_on_fit=False`, or set by hand)" if self._epochs_done > self._epochs_before else "no epoch finished")
+           f"no epoch of this fit beat the best {self.monitor} it started from ({self.best}: kept from an earlier fit "
+           f"by `reset_on_fit=False`, or set by hand)" if self._epochs_done > self._epochs_before else
+           "no epoch finished")
     warnings.warn(f"SaveModelCallback saved no model in this fit: {why}; nothing was loaded.")
 
 # %% ../nbs/10_tracker.ipynb #trk63
@@ -490,13 +518,14 @@ def _say_waited(self:SaveModelCallback):
     "With `async_save`, say when the loop waited for the writer: saves came faster than it could write them"
     waited, waits, saves = self.write_waits  # kept after the fit, for one run quietly
     if waited < 0.5 or not self._speaks: return
-    print(f"SaveModelCallback(async_save={self.async_save!r}): {waits} of {saves} saves waited {waited:.1f} s in all for the write before "
-          f"them: saves came faster than they could be written (training left the writer no idle core, or the disk is slow), "
-          f"so writing in the background gained little here.")
+    print(f"SaveModelCallback(async_save={self.async_save!r}): {waits} of {saves} saves waited {waited:.1f} s in all "
+          f"for the write before them: saves came faster than they could be written (training left the writer no idle "
+          f"core, or the disk is slow), so writing in the background gained little here.")
 
 # %% ../nbs/10_tracker.ipynb #trkmoved
 _MOVED = {'load_best_model': 'learner', 'load_best_state': 'learner', 'find_checkpoint': 'learner',
-          'resume_training': 'resume', 'SaveRecord': 'policies', 'fill_template': 'policies', 'monitor_direction': 'options'}
+          'resume_training': 'resume', 'SaveRecord': 'policies', 'fill_template': 'policies',
+          'monitor_direction': 'options'}
 
 def __getattr__(name):  # the names that left this module in version 0.1 still import from it, with a warning
     if name not in _MOVED: raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -52,26 +52,31 @@ class WandbCallback(_FastaiWandbCallback):
     _stateattrs = ('_run_epochs', '_cursor', '_handled', '_logged', '_group')
     def __init__(self,
                  log_model=False, # what to upload: False, True or 'end', 'all', 'best_and_last' (see the table)
-                 keep_versions:int=None, # after the fit's uploads keep only the newest N versions, and those with a `protect`ed alias
+                 keep_versions:int=None, # after uploads keep the newest N versions, and those with a `protect`ed alias
                  protect=_art.PROTECTED, # aliases (shell patterns) whose versions are never deleted
                  link_to:str=None, # a W&B registry collection (`wandb-registry-model/<name>`) to link the best model to
                  **kwargs): # fastai's `WandbCallback` arguments: `log_preds`, `model_name`, ...
         if not isinstance(log_model, (bool, str)) or log_model not in _MODES:
-            raise ValueError(f"WandbCallback(log_model={log_model!r}): give False, True (or 'end'), 'all' or 'best_and_last'.")
-        if keep_versions is not None and (isinstance(keep_versions, bool) or not isinstance(keep_versions, int) or keep_versions < 0):
-            raise ValueError(f"WandbCallback(keep_versions={keep_versions!r}): give a number of versions >= 0, or None to keep all.")
+            raise ValueError(f"WandbCallback(log_model={log_model!r}): give False, True (or 'end'), 'all' or "
+                             f"'best_and_last'.")
+        if keep_versions is not None and (isinstance(keep_versions, bool) or not isinstance(keep_versions, int)
+                                          or keep_versions < 0):
+            raise ValueError(f"WandbCallback(keep_versions={keep_versions!r}): give a number of versions >= 0, or None "
+                             f"to keep all.")
         if isinstance(protect, str): protect = (protect,)
         if not isinstance(protect, (list, tuple)) or not all(isinstance(p, str) for p in protect):
-            raise ValueError(f"WandbCallback(protect={protect!r}): give the aliases whose versions are kept, as a tuple of strings "
-                             f"(shell patterns), such as {_art.PROTECTED!r}.")
+            raise ValueError(f"WandbCallback(protect={protect!r}): give the aliases whose versions are kept, as a "
+                             f"tuple of strings (shell patterns), such as {_art.PROTECTED!r}.")
         if link_to is not None and (not isinstance(link_to, str) or not 1 <= link_to.count('/') <= 2 or ':' in link_to):
-            raise ValueError(f"WandbCallback(link_to={link_to!r}): give a registry collection as `wandb-registry-<registry>/<collection>`, "
-                             f"such as 'wandb-registry-model/digits'.")
+            raise ValueError(f"WandbCallback(link_to={link_to!r}): give a registry collection as "
+                             f"`wandb-registry-<registry>/<collection>`, such as 'wandb-registry-model/digits'.")
         if (keep_versions is not None or link_to) and not _MODES[log_model]:
-            raise ValueError(f"WandbCallback(keep_versions=..., link_to=...) act on the uploaded model: set `log_model` too.")
+            raise ValueError(f"WandbCallback(keep_versions=..., link_to=...) act on the uploaded model: set "
+                             f"`log_model` too.")
         super().__init__(log_model=log_model, **kwargs)
         store_attr('keep_versions,protect,link_to')
-    def after_create(self): pass  # fastai's adds its own tracker to the learner for good; ours adds one in `before_fit`, for that fit
+    # fastai's adds its own tracker to the learner for good; ours adds one in `before_fit`, for that fit
+    def after_create(self): pass
 
     @property
     def mode(self)->str: return _MODES[self.log_model]  # None (no upload), 'end', 'all' or 'best_and_last'
@@ -79,18 +84,22 @@ class WandbCallback(_FastaiWandbCallback):
     def _trackers(self, add:bool)->list:
         "The user's `SaveModelCallback`s, else (if `add`) one added for this fit, or kept for the rest of a `fine_tune`"
         added = getattr(self, '_added', None)
-        if added is not None and added in self.learn.cbs: _detach(self.learn, added)  # left by a fit that ended in an exception
+        # left by a fit that ended in an exception
+        if added is not None and added in self.learn.cbs: _detach(self.learn, added)
         ours = [cb for cb in self.learn.cbs if isinstance(cb, SaveModelCallback)]
         if ours:
             if self.model_name is not None and len(ours) == 1: ours[0].fname = self.model_name
             return ours
         if not add: return []
         if any(isinstance(cb, _FastaiSaveModelCallback) for cb in self.learn.cbs):
-            raise TypeError(f"WandbCallback(log_model=True) needs fastai_bestmodel's SaveModelCallback, which records the metrics "
-                            f"of the epoch it saves; the learner has fastai.callback.tracker.SaveModelCallback. "
-                            f"Use `from fastai_bestmodel.tracker import SaveModelCallback` instead.")
-        # One for every fit of this callback: a later fit starts afresh (`reset_on_fit`), and knows the files it wrote itself
-        if added is None: added = SaveModelCallback(fname=ifnone(self.model_name, 'model'), save_last=self.mode == 'best_and_last')
+            raise TypeError(f"WandbCallback(log_model=True) needs fastai_bestmodel's SaveModelCallback, which records "
+                            f"the metrics of the epoch it saves; the learner has "
+                            f"fastai.callback.tracker.SaveModelCallback. Use `from fastai_bestmodel.tracker import "
+                            f"SaveModelCallback` instead.")
+        # One for every fit of this callback: a later fit starts afresh (`reset_on_fit`), and knows the files it
+        # wrote itself
+        if added is None:
+            added = SaveModelCallback(fname=ifnone(self.model_name, 'model'), save_last=self.mode == 'best_and_last')
         self._added = added
         self.learn.add_cb(added)
         added('before_fit')  # added after the tracker's turn in this event: start it by hand
@@ -101,9 +110,12 @@ class WandbCallback(_FastaiWandbCallback):
 def before_fit(self:WandbCallback):
     "Check the W&B run, make sure a tracker saves the model, then do what fastai's callback does"
     self._trained, self._cbs, self._logged = False, [], {}  # `_logged`: artifact name -> this fit's logged versions
-    if not hasattr(self, '_run_epochs'): self._run_epochs = weakref.WeakKeyDictionary()  # SaveRecord -> its epoch in the run
-    if not hasattr(self, '_cursor'): self._cursor = weakref.WeakKeyDictionary()  # tracker -> (its records, the next unread)
-    if not hasattr(self, '_handled'): self._handled = weakref.WeakSet()  # the records logged, or passed over, by this callback
+    # SaveRecord -> its epoch in the run
+    if not hasattr(self, '_run_epochs'): self._run_epochs = weakref.WeakKeyDictionary()
+    # tracker -> (its records, the next unread)
+    if not hasattr(self, '_cursor'): self._cursor = weakref.WeakKeyDictionary()
+    # the records logged, or passed over, by this callback
+    if not hasattr(self, '_handled'): self._handled = weakref.WeakSet()
     if rank_distrib():  # in distributed training only rank 0 talks to W&B; every rank tracks, so all load the same best
         if self.mode and not hasattr(self.learn, 'lr_finder'): self._trackers(add=True)
         self.run = False
@@ -115,9 +127,9 @@ def before_fit(self:WandbCallback):
     if not hasattr(self.learn, 'lr_finder') and not hasattr(self, 'gather_preds'):
         self._cbs = self._trackers(add=bool(self.mode))
         no_last = [cb.fname for cb in self._cbs if self.mode == 'best_and_last' and not cb.save_last]
-        if no_last: raise ValueError(f"WandbCallback(log_model='best_and_last') uploads the last epoch's checkpoint, which "
-                                     f"SaveModelCallback(fname={no_last[0]!r}) saves only with `save_last=True`: pass it, "
-                                     f"or use log_model='end' to upload the best alone.")
+        if no_last: raise ValueError(f"WandbCallback(log_model='best_and_last') uploads the last epoch's checkpoint, "
+                                     f"which SaveModelCallback(fname={no_last[0]!r}) saves only with `save_last=True`: "
+                                     f"pass it, or use log_model='end' to upload the best alone.")
         # Records from before this fit were saved where this callback cannot tell the run's epoch, and were logged then;
         # except in the second fit of a `fine_tune`, whose first fit left its end-of-fit uploads to it
         group = getattr(self.learn, '_fit_group', None)
@@ -129,7 +141,7 @@ def before_fit(self:WandbCallback):
 
 @patch
 def before_train(self:WandbCallback):
-    "Note that this fit trains (`validate` never does: it logs no model), and the epochs of checkpoints a tracker resumed"
+    "Note that this fit trains (`validate` never does: it logs no model), and the epochs of checkpoints resumed"
     if not self._trained: self._start_epoch = self.epoch  # > 0 in a fit that `start_epoch` resumed
     self._trained = True
     taken = [rec for cb in self._cbs for rec in self._read_records(cb, 'before_train')]  # by `resume=True`
@@ -138,13 +150,15 @@ def before_train(self:WandbCallback):
 # %% ../nbs/11_wandb.ipynb #c014r
 @patch
 def _say_no_earlier_part(self:WandbCallback, n:int):
-    "Say once that an offline run resumed without its earlier part's log beside it will log the `n` taken-up checkpoints again"
+    "Say once that an offline run resumed without its earlier part's log will log the `n` taken-up checkpoints again"
     run = wandb.run
-    if not getattr(self, '_no_earlier_part', False) or not run.settings.resume or getattr(self, '_told_resumed', False): return
+    if not getattr(self, '_no_earlier_part', False) or not run.settings.resume or getattr(self, '_told_resumed', False):
+        return
     self._told_resumed = True
-    print(f"WandbCallback: no log of an earlier part of run {run.id} is in {Path(run.dir).parent.parent} (W&B offline restores no "
-          f"summary): if this run continues one, the {n} checkpoints SaveModelCallback(resume=True) took up are logged again, and "
-          f"one moved aside since makes a second version of its weights. Give `wandb.init` the earlier part's `dir` to avoid it.")
+    print(f"WandbCallback: no log of an earlier part of run {run.id} is in {Path(run.dir).parent.parent} (W&B offline "
+          f"restores no summary): if this run continues one, the {n} checkpoints SaveModelCallback(resume=True) took "
+          f"up are logged again, and one moved aside since makes a second version of its weights. Give `wandb.init` "
+          f"the earlier part's `dir` to avoid it.")
 
 # %% ../nbs/11_wandb.ipynb #c014d
 @patch
@@ -172,12 +186,13 @@ def _read_records(self:WandbCallback, cb, event:str)->list:
 # %% ../nbs/11_wandb.ipynb #c014c
 @patch
 def after_epoch(self:WandbCallback):
-    "Log the epoch's values, as fastai does, note the run's epoch of a checkpoint saved in it; with `log_model='all'`, log it"
+    "Log the epoch's values as fastai does, note the run's epoch of a checkpoint saved; log it if `log_model='all'`"
     _FastaiWandbCallback.after_epoch(self)
     if not self._trained: return
     for cb in self._cbs: self._read_records(cb, 'after_epoch')
     if self.mode == 'all':
-        # Every checkpoint is to be uploaded before a later save replaces it: with `async_save`, wait for this epoch's writes
+        # Every checkpoint is to be uploaded before a later save replaces it: with `async_save`, wait for
+        # this epoch's writes
         for cb in self._cbs: cb.wait()
         self._log_written()
 
@@ -194,7 +209,7 @@ def _not_worse(cb, value, logged)->bool:
 # %% ../nbs/11_wandb.ipynb #c016
 @patch
 def _handle(self:WandbCallback, cb, rec, decides:bool, upload:bool=True, quiet:bool=False):
-    "Log `rec`'s checkpoint (if `upload`) with the aliases of its role and epoch, and write it to the summary if it is a best model"
+    "Log `rec`'s checkpoint (if `upload`) with the aliases of its role and epoch; summarise it if a best model"
     self._handled.add(rec)
     epoch = self._run_epoch(cb, rec)
     meta, summary, key = rec.metadata, wandb.run.summary, _art.best_alias(cb.monitor)
@@ -203,13 +218,16 @@ def _handle(self:WandbCallback, cb, rec, decides:bool, upload:bool=True, quiet:b
     best = rec.reason == 'best' and _not_worse(cb, rec.value, logged)
     if upload:
         name = ifnone(self.model_name, f'run-{wandb.run.id}-{cb.fname}')
-        try: art = _art.log_checkpoint(rec.path, name=name, aliases=_art.role_aliases(rec.reason, cb.monitor, best, decides), epoch=epoch, digest=rec.digest)
-        except _art.CheckpointReplacedError as e:  # a later save of this fit, or another process, replaced or deleted it before its upload
+        try: art = _art.log_checkpoint(rec.path, name=name,
+                                       aliases=_art.role_aliases(rec.reason, cb.monitor, best, decides),
+                                       epoch=epoch, digest=rec.digest)
+        except _art.CheckpointReplacedError as e:
+            # a later save of this fit, or another process, replaced or deleted it before its upload
             if not quiet: print(f'WandbCallback: {e}; not logged.')
             return
         except Exception as e:
-            warnings.warn(f"WandbCallback could not log the model to W&B ({type(e).__name__}: {e}). The checkpoint is safe on disk: "
-                          f"{rec.path} and {json_path(rec.path)}. To upload it later, run "
+            warnings.warn(f"WandbCallback could not log the model to W&B ({type(e).__name__}: {e}). The checkpoint is "
+                          f"safe on disk: {rec.path} and {json_path(rec.path)}. To upload it later, run "
                           f"`fastai-bestmodel log {rec.path} --project {wandb.run.project} --id {wandb.run.id}`.")
             art = None
         if art is not None: self._logged.setdefault(name, []).append(art)
@@ -219,17 +237,18 @@ def _handle(self:WandbCallback, cb, rec, decides:bool, upload:bool=True, quiet:b
             summary.update(json_safe({f'best_{k}': v for k,v in meta.items() if k not in POSITIONS}))
             summary['best_epoch'] = ifnone(epoch, meta['epoch'])
     elif rec.reason == 'best' and not quiet:
-        print(f"WandbCallback: this fit's best {cb.monitor} ({rec.value}, epoch {epoch}) is worse than {logged}, already "
-              f"logged in this W&B run; the {key!r} summary and alias stay on that model.")
+        print(f"WandbCallback: this fit's best {cb.monitor} ({rec.value}, epoch {epoch}) is worse than {logged}, "
+              f"already logged in this W&B run; the {key!r} summary and alias stay on that model.")
 
 # %% ../nbs/11_wandb.ipynb #c016b
 @patch
 def _log_written(self:WandbCallback, final:bool=False):
-    "`log_model='all'`: log each checkpoint written and not yet logged; `last` and `interrupted` only when the training ends"
+    "`log_model='all'`: log each checkpoint written and not yet logged; `last` and `interrupted` when the training ends"
     decider = deciding_tracker(self.learn)
     for cb in self._cbs:
         recs = [r for r in cb.written_records() if r not in self._handled and (final or r in self._run_epochs)]
-        last = next((r for r in reversed(recs) if r.reason == 'last'), None)  # `_last` is rewritten each epoch: its newest only
+        # `_last` is rewritten each epoch: its newest only
+        last = next((r for r in reversed(recs) if r.reason == 'last'), None)
         for rec in recs:
             if rec.reason in ('last', 'interrupted') and not final: continue
             if rec.reason == 'last' and rec is not last: self._handled.add(rec); continue
@@ -238,7 +257,7 @@ def _log_written(self:WandbCallback, final:bool=False):
 
 @patch
 def _log_at_end(self:WandbCallback):
-    "Log what `log_model` asks for at the end of a training (or at an exception, so far), and the summary of each tracker's best"
+    "Log what `log_model` asks for at the end of a training (or at an exception, so far), and each tracker's best"
     decider = deciding_tracker(self.learn)
     if self.mode == 'all': self._log_written(final=True)
     for cb in self._cbs:
@@ -247,7 +266,8 @@ def _log_at_end(self:WandbCallback):
         if chosen is not None and chosen not in self._handled: self._handle(cb, chosen, decides, upload=bool(self.mode))
         if not self.mode: continue
         last = next((r for r in reversed(cb.records) if r.reason == 'last'), None)
-        more = ([last] if self.mode == 'best_and_last' and last else []) + [r for r in cb.records if r.reason == 'interrupted']
+        more = (([last] if self.mode == 'best_and_last' and last else [])
+                + [r for r in cb.records if r.reason == 'interrupted'])
         for rec in more:
             if rec not in self._handled: self._handle(cb, rec, decides)
         if chosen is None and not more:
@@ -256,13 +276,14 @@ def _log_at_end(self:WandbCallback):
 # %% ../nbs/11_wandb.ipynb #c016c
 @patch
 def after_fit(self:WandbCallback):
-    "Log each tracker's best model and its metrics (and what else `log_model` asks), prune, link, then remove a tracker added for this fit"
+    "Log each tracker's best model and metrics (and what else `log_model` asks), prune, link; drop a tracker it added"
     log_model, self.log_model = self.log_model, False
     try: _FastaiWandbCallback.after_fit(self)
     finally: self.log_model = log_model
     try:
         if not self._trained: return
-        if self.mode:  # uploads read the files: an `async_save='background'` fit's last writes land first, and their records
+        # uploads read the files: an `async_save='background'` fit's last writes land first, and their records
+        if self.mode:
             for cb in self._cbs: cb.wait()  # get their digests (`written_records`), or 'all' would pass them over
         group = getattr(self.learn, '_fit_group', None)
         if group is not None and not group.last:  # the frozen fit of a `fine_tune`: its end is not the training's
@@ -271,25 +292,28 @@ def after_fit(self:WandbCallback):
         self._log_at_end()
         self._after_uploads()
     finally:
-        if getattr(self, '_added', None) is not None: _detach(self.learn, self._added)  # kept in `_added` for a `fine_tune`'s next fit
+        # kept in `_added` for a `fine_tune`'s next fit
+        if getattr(self, '_added', None) is not None: _detach(self.learn, self._added)
 
 @patch
 def _after_exception(self:WandbCallback, e:BaseException):
-    "After an exception in fit, once the trackers saved `<fname>_interrupted`: log what the end of fit would have, so far"
+    "After an exception in fit, once the trackers saved `<fname>_interrupted`: log what the end of fit would, so far"
     if rank_distrib() or not getattr(self, '_trained', False) or wandb.run is None: return
     try: self._log_at_end()
-    except Exception as err: warnings.warn(f'WandbCallback could not log the models after {type(e).__name__} ({type(err).__name__}: {err}); '
-                                           f'the checkpoints on disk are intact: `fastai-bestmodel log FOLDER` uploads them.')
+    except Exception as err: warnings.warn(f'WandbCallback could not log the models after {type(e).__name__} '
+                                           f'({type(err).__name__}: {err}); the checkpoints on disk are intact: '
+                                           f'`fastai-bestmodel log FOLDER` uploads them.')
 
 # %% ../nbs/11_wandb.ipynb #r003
 @patch
 def _after_uploads(self:WandbCallback):
-    "Prune old versions and link the best to the registry: on the server if the run is online; offline, say what to run after sync"
+    "Prune old versions, link the best to the registry: on the server if online; offline, say what to run after sync"
     if not self._logged or (self.keep_versions is None and not self.link_to): return
     run = wandb.run
     refs = {name: f'{run.entity or "ENTITY"}/{run.project}/{name}' for name in self._logged}
     if _art._offline(run):
-        todo = [f'fastai-bestmodel prune {ref} --keep {self.keep_versions}' for ref in refs.values() if self.keep_versions is not None]
+        todo = [f'fastai-bestmodel prune {ref} --keep {self.keep_versions}' for ref in refs.values()
+                if self.keep_versions is not None]
         todo += [f'fastai-bestmodel link {ref}:best {self.link_to}' for ref in refs.values() if self.link_to]
         if not getattr(self, '_told_offline', False):
             what = '' if run.entity else (" (ENTITY is your W&B user or team name: an offline run knows none unless "
@@ -305,5 +329,5 @@ def _after_uploads(self:WandbCallback):
             if self.keep_versions is not None: _art.prune_versions(ref, self.keep_versions, self.protect)
             if self.link_to: _art.link_to_registry(f'{ref}:best', self.link_to)
     except Exception as e:
-        warnings.warn(f'WandbCallback could not prune or link the model versions ({type(e).__name__}: {e}); every checkpoint and '
-                      f'upload is intact. Run `fastai-bestmodel prune` / `fastai-bestmodel link` later.')
+        warnings.warn(f'WandbCallback could not prune or link the model versions ({type(e).__name__}: {e}); every '
+                      f'checkpoint and upload is intact. Run `fastai-bestmodel prune` / `fastai-bestmodel link` later.')

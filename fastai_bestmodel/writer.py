@@ -12,7 +12,8 @@ from pathlib import Path
 from fastcore.basics import patch, ifnone
 from fastcore.foundation import L
 from .durable import wait_for_unlinks
-from .checkpoint import save_checkpoint, read_checkpoint, link_checkpoint, delete_checkpoint, json_path, like_dict
+from .checkpoint import (save_checkpoint, read_checkpoint, link_checkpoint, delete_checkpoint,
+                                         json_path, like_dict)
 
 # %% auto #0
 __all__ = ['CheckpointWriter', 'AsyncCheckpointWriter', 'wait_for_saves']
@@ -21,7 +22,7 @@ __all__ = ['CheckpointWriter', 'AsyncCheckpointWriter', 'wait_for_saves']
 def _path_of(p)->Path: return Path(getattr(p, 'path', p))  # a path, or a record whose name is settled when written
 
 def _write_job(job, written:dict, **kwargs)->dict:
-    "Do what one submitted save asks, in order: keep the previous checkpoint, save, then delete; tell `on_done` what it did"
+    "Do what one submitted save asks, in order: keep the previous checkpoint, save, delete; tell `on_done` what it did"
     path, res = job['path'], dict(kept=None, desc=None, deleted=[])
     try:
         if job['keep_previous_as'] is not None: res['kept'] = _keep_previous(path, written, *job['keep_previous_as'])
@@ -31,7 +32,8 @@ def _write_job(job, written:dict, **kwargs)->dict:
             desc = link_checkpoint(src, path, reason=job['kwargs'].get('reason'), desc=written.get(src))
         else: desc = save_checkpoint(path, job['state'], job['metadata'], **kwargs, **job['kwargs'])
         res['desc'] = written[path.with_name(desc['weights'])] = desc
-        for p in map(_path_of, job['delete']):  # freed in a thread unless this already is one (the async writer says so)
+        # freed in a thread unless this already is one (the async writer says so)
+        for p in map(_path_of, job['delete']):
             delete_checkpoint(p, background=kwargs.get('background_unlink', True))
             written.pop(p, None)
             res['deleted'].append(p)
@@ -40,18 +42,19 @@ def _write_job(job, written:dict, **kwargs)->dict:
     return desc
 
 def _keep_previous(path:Path, written:dict, dst, reason, digest, version_counter:bool=False)->dict|None:
-    "Give the checkpoint at `path` the name `dst` too, if it is still the one the caller means; its description, or None"
+    "Give the checkpoint at `path` the name `dst` too, if still the one the caller means; its description, or None"
     expected = ifnone(digest, written.get(path, {}).get('digest'))
     if expected is None: return None  # its save never finished (it failed): nothing of it is there to keep
     if not (path.exists() and json_path(path).exists()):
-        warnings.warn(f"{path} is gone: it was deleted during training (by hand, to free space?). The checkpoint it held is not kept "
-                      f"as {Path(dst).name}; training goes on, and the new checkpoint is saved.")
+        warnings.warn(f"{path} is gone: it was deleted during training (by hand, to free space?). The checkpoint it "
+                      f"held is not kept as {Path(dst).name}; training goes on, and the new checkpoint is saved.")
         return None
     now = read_checkpoint(path)['digest']
     # Keep only the checkpoint the caller means: another process saving the same name may have replaced it
     if now != expected:
-        warnings.warn(f"{path} is no longer the checkpoint to keep as {dst} (it holds {now}, not {expected}): another save "
-                      f"replaced it, such as another run saving the same name into this folder. It is not kept under that name.")
+        warnings.warn(f"{path} is no longer the checkpoint to keep as {dst} (it holds {now}, not {expected}): another "
+                      f"save replaced it, such as another run saving the same name into this folder. It is not kept "
+                      f"under that name.")
         return None
     desc = link_checkpoint(path, dst, reason=reason, version_counter=version_counter)
     written[Path(dst).with_name(desc['weights'])] = desc
@@ -65,11 +68,11 @@ class CheckpointWriter:
     "Save checkpoints in the calling thread, with `AsyncCheckpointWriter`'s interface"
     def __init__(self): self.last_written, self.written = None, {}
     def submit(self, path, state, metadata, keep_previous_as=None, delete=(), on_done=None, **kwargs):
-        "Save `state` to `path` now, as `save_checkpoint(path, state, metadata, **kwargs)`, with the steps a policy asks for"
+        "Save `state` to `path` now, as `save_checkpoint(path, state, metadata, **kwargs)`, with a policy's steps"
         job = _job(path, state, metadata, keep_previous_as, delete, kwargs, on_done=on_done)
         self.last_written = _write_job(job, self.written)
     def submit_link(self, src, path, reason=None, on_done=None):
-        "Make `path` a checkpoint of the weights of the checkpoint saved to `src` (see `link_checkpoint`), after that save"
+        "Make `path` a checkpoint of the weights of the one saved to `src` (see `link_checkpoint`), after that save"
         job = _job(path, None, {}, None, (), dict(reason=reason), link_from=src, on_done=on_done)
         self.last_written = _write_job(job, self.written)
     def wait(self):
@@ -83,8 +86,10 @@ def _snapshot(o, into=None):
     "Copy the tensors of `o` into the tensors of `into` where shapes match, else into new CPU tensors"
     import torch
     if isinstance(o, torch.Tensor):
-        if o.layout != torch.strided: return o.detach().to('cpu', copy=True)  # sparse: a copy of its own, not into a buffer
-        if isinstance(into, torch.Tensor) and into.shape == o.shape and into.dtype == o.dtype: return into.copy_(o, non_blocking=o.is_cuda)
+        # sparse: a copy of its own, not into a buffer
+        if o.layout != torch.strided: return o.detach().to('cpu', copy=True)
+        if isinstance(into, torch.Tensor) and into.shape == o.shape and into.dtype == o.dtype:
+            return into.copy_(o, non_blocking=o.is_cuda)
         buf = torch.empty(o.shape, dtype=o.dtype, device='cpu', pin_memory=o.is_cuda and torch.cuda.is_available())
         return buf.copy_(o, non_blocking=o.is_cuda)
     if isinstance(o, dict):
@@ -103,9 +108,10 @@ def _on_device(state)->bool:
 
 class AsyncCheckpointWriter:
     "Save checkpoints from a background thread; the caller only pays for a copy into reused buffers"
-    def __init__(self, buffers:int=1): # how many copies of the state it may hold: 2 lets a save wait beside one being written
+    def __init__(self, buffers:int=1): # copies of the state it may hold: 2 lets a save wait beside one being written
         if isinstance(buffers, bool) or not isinstance(buffers, int) or buffers < 1:
-            raise ValueError(f'AsyncCheckpointWriter(buffers={buffers!r}): give the number of copies of the state it may hold, >= 1.')
+            raise ValueError(f'AsyncCheckpointWriter(buffers={buffers!r}): give the number of copies of the state it '
+                             f'may hold, >= 1.')
         self.buffers, self.sets = buffers, 0  # `sets`: copies of the state allocated so far
         self._cond, self._error, self._running, self._busy = threading.Condition(), None, False, None
         self._pending = {}  # path -> the newest save for it not yet started, in the order submitted
@@ -115,19 +121,23 @@ class AsyncCheckpointWriter:
         self.waited, self.waits, self.saves = 0., 0, 0  # seconds and saves `submit` waited for room; saves
 
     def submit(self, path, state, metadata, keep_previous_as=None, delete=(), on_done=None, **kwargs):
-        "Snapshot `state` and queue it as `CheckpointWriter.submit` would save it, replacing a plain save to `path` not yet started"
+        "Snapshot `state` and queue it like `CheckpointWriter.submit`, replacing a plain save to `path` not yet started"
         self.raise_error()
         path, plain = Path(path), keep_previous_as is None and not delete
         with self._cond:
             # Another path's save is never dropped: with one already waiting, wait for the thread to take it. Nor is a
             # save with a policy's steps (a checkpoint it keeps or deletes): only a plain save supersedes a plain one.
             t0 = time.perf_counter()
-            while self._pending and not (plain and path in self._pending and self._pending[path]['plain']): self._cond.wait()
+            while self._pending and not (plain and path in self._pending and self._pending[path]['plain']):
+                self._cond.wait()
             old = self._pending.pop(path, None)
             if old is not None and old['on_done'] is not None:  # superseded before it started: never written
                 old['on_done'](dict(kept=None, desc=None, deleted=[], superseded=True))
-            # No more than `buffers` copies of the state: with none spare, wait for the thread to finish writing from one
-            while old is None and not self._spare and self.sets >= self.buffers and (self._busy is not None or self._pending): self._cond.wait()
+            # No more than `buffers` copies of the state: with none spare, wait for the thread to finish
+            # writing from one
+            while (old is None and not self._spare and self.sets >= self.buffers
+                   and (self._busy is not None or self._pending)):
+                self._cond.wait()
             waited = time.perf_counter() - t0
             self.saves, self.waited, self.waits = self.saves + 1, self.waited + waited, self.waits + (waited > 1e-3)
             if old is None and not self._spare: self.sets += 1
@@ -179,7 +189,7 @@ def _copy(self:AsyncCheckpointWriter, state, reuse)->tuple:
     return snap, done
 
 def _lower_priority():
-    "Give the calling thread the lowest CPU priority (Linux: a thread's own nice value), so it runs on cores training leaves idle"
+    "Give the calling thread the lowest CPU priority (Linux: its nice value), so it runs on cores training leaves idle"
     try: os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
     except (AttributeError, OSError): pass  # elsewhere `who` is a process: the thread keeps its priority
 
