@@ -199,15 +199,10 @@ def _run_child(args):
 
 
 def _calibrate(width, layers, bs, seconds):
-    "Batches per epoch for training epochs of about `seconds` on this machine"
-    code = (f"import time, torch; from torch import nn; torch.set_num_threads(1); "
-            f"m=nn.Sequential(*[nn.Linear({width},{width}) for _ in range({layers})]); o=torch.optim.Adam(m.parameters(), 1e-5); "
-            f"x=torch.randn({bs},{width})\n"
-            f"def step(): o.zero_grad(); (m(x)**2).mean().backward(); o.step()\n"
-            f"[step() for _ in range(3)]; t=time.perf_counter()\n"
-            f"[step() for _ in range(10)]; print((time.perf_counter()-t)/10)")
-    per_batch = float(subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True).stdout.split()[-1])
-    return max(2, round(seconds / per_batch)), per_batch
+    "Batches per epoch for training epochs of about `seconds` on this machine, on one thread as the fits here train"
+    sys.path.insert(0, str(Path(__file__).parent))
+    from whole_fit import _calibrate as calibrate
+    return calibrate(width, layers, bs, seconds, threads=1)
 
 
 def _summary(xs, fmt='{:.3f}'):

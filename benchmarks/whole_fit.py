@@ -72,9 +72,10 @@ def _child(kind, batches, epochs, width, layers, bs, folder):
                           device=torch.cuda.get_device_name() if dev.type == 'cuda' else f'cpu ({os.cpu_count()} cores)')))
 
 
-def _calibrate(width, layers, bs, seconds):
-    "Batches per epoch for epochs of about `seconds` on this machine's device"
+def _calibrate(width, layers, bs, seconds, threads=None):
+    "Batches per epoch for epochs of about `seconds` on this machine's device (training on `threads` CPU threads if given)"
     code = (f"import time, torch; from torch import nn; d='cuda' if torch.cuda.is_available() else 'cpu'; "
+            f"{f'torch.set_num_threads({threads}); ' if threads else ''}"
             f"m=nn.Sequential(*[nn.Linear({width},{width}) for _ in range({layers})]).to(d); o=torch.optim.Adam(m.parameters(), 1e-5); "
             f"x=torch.randn({bs},{width},device=d)\n"
             f"def step(): o.zero_grad(); (m(x)**2).mean().backward(); o.step()\n"
