@@ -103,6 +103,7 @@ def _init_state(self:SaveModelCallback):  # also called when unpickled, as in `l
     self._writer, self._group, self.write_waits = None, None, (0, 0, 0)  # the last fit's waits for the writer
     self._resumed_from = None  # the checkpoint `resume_training` loaded for this fit, which no policy deletes
 
+# %% ../nbs/10_tracker.ipynb #trk21a
 @patch
 def _clear_training(self:SaveModelCallback):
     "What the tracker knows of one training, empty: its saves, rows, kept checkpoints, counts and id"
@@ -111,6 +112,7 @@ def _clear_training(self:SaveModelCallback):
     self._kept, self._periodic, self._epochs_done, self._iters_done, self._last_meta = [], [], 0, 0, None
     self.training_id, self._seconds_before = None, 0.
 
+# %% ../nbs/10_tracker.ipynb #trk21b
 @patch
 def _set_direction(self:SaveModelCallback, lower:bool):
     self.comp, self.lower_is_better = (np.less if lower else np.greater), lower
@@ -178,6 +180,7 @@ def _epoch_row(self:SaveModelCallback)->dict:
         row = {}
     return from_rank0({n: v for n,v in row.items() if v is not _OMIT})
 
+# %% ../nbs/10_tracker.ipynb #trk32a
 @patch(as_prop=True)
 def _speaks(self:SaveModelCallback)->bool:
     "Whether to say what it saves: not under `learn.no_logging()` or `learn.no_bar()`, nor on a rank other than 0"
@@ -227,6 +230,7 @@ def _save_if_best(self:SaveModelCallback, epoch, meta):
     if self.save_top_k and (math.isfinite(val) or (self.save_top_k != 1 and epoch not in self._unrecorded)):
         self._keep_top_k(meta, val)
 
+# %% ../nbs/10_tracker.ipynb #trk34a
 @patch
 def _worseness(self:SaveModelCallback, value)->float: return worseness(value, self.lower_is_better)
 
@@ -262,11 +266,13 @@ def _state(self:SaveModelCallback, rec:SaveRecord):
                             self.records)
     return {'model': model, 'opt': {**self.opt.state_dict(), 'resume': resume}}
 
+# %% ../nbs/10_tracker.ipynb #trk37a
 @patch
 def _provenance_now(self:SaveModelCallback)->dict:
     "What the checkpoint's `.json` says of how the model was trained (see `training_provenance`), with the time so far"
     return {**self._provenance, 'train_seconds': round(self._seconds_before + time.monotonic() - self._fit_start, 3)}
 
+# %% ../nbs/10_tracker.ipynb #trk37b
 @patch
 def _link(self:SaveModelCallback, src:SaveRecord, path, reason)->SaveRecord:
     "Record `path` as a checkpoint of `src`'s weights, and have the writer link it once `src` is written"
@@ -281,6 +287,7 @@ def _settle(rec:SaveRecord, desc:dict|None, superseded=False):
     if desc is None: rec.status = 'replaced' if superseded else 'failed'; return
     rec.path, rec.digest, rec.status = Path(rec.path).with_name(desc['weights']), desc['digest'], 'written'
 
+# %% ../nbs/10_tracker.ipynb #trk39a
 @patch
 def _job_done(self:SaveModelCallback, rec:SaveRecord, moved:SaveRecord=None, drop=()):
     "The callback for the writer's job for `rec`: statuses, digests and names from what the job did"
@@ -301,11 +308,13 @@ def chosen_record(self:SaveModelCallback)->SaveRecord:
     "The record of the model this tracker chose (`last_saved_path`): the best, or what `every_epoch`/`at_end` saved"
     return next((r for r in reversed(self.records) if REASONS[r.reason].chosen), None)
 
+# %% ../nbs/10_tracker.ipynb #trk40a
 @patch
 def written_records(self:SaveModelCallback)->list:
     "The records of the checkpoints on disk now, as the writer said when each job ended"
     return [r for r in self.records if r.status == 'written']
 
+# %% ../nbs/10_tracker.ipynb #trk40b
 @patch(as_prop=True)
 def epochs_done(self:SaveModelCallback)->int:
     "Epochs of the training this tracker has seen end (the fits of one `fine_tune` count as one training)"
@@ -315,6 +324,7 @@ def epochs_done(self:SaveModelCallback)->int:
 @patch
 def _path(self:SaveModelCallback, name)->Path: return join_path_file(name, self.path/self.model_dir, ext='.pth')
 
+# %% ../nbs/10_tracker.ipynb #trk42a
 @patch
 def _top_k_path(self:SaveModelCallback, meta)->Path:
     "The name for the top-k checkpoint of `meta`'s epoch: its `filename` (`save_checkpoint` adds `-v1`... if taken)"
@@ -355,6 +365,7 @@ def _save_ranked(self:SaveModelCallback, new, moved, kept, drop, old_best, redo)
     stay = [r for r in kept if r not in (drop, replaced) and (counter or Path(r.path) not in written)]
     self._kept = stay + ([moved] if moved else []) + [new]
 
+# %% ../nbs/10_tracker.ipynb #trk44a
 @patch(as_prop=True)
 def best_k_models(self:SaveModelCallback)->dict:
     "The top-k checkpoints kept now, best first: path -> monitored value (Lightning's name)"
@@ -371,6 +382,7 @@ def _meta_now(self:SaveModelCallback, **extra)->dict:
                     **{k: v for k,v in self._last_meta.items() if k not in POSITIONS})
     return meta
 
+# %% ../nbs/10_tracker.ipynb #trk47a
 @patch
 def _save_periodic(self:SaveModelCallback, path, meta, reason):
     "Save a periodic checkpoint; past `keep_last_n`, the oldest goes once this one is on disk"
@@ -394,6 +406,7 @@ def _batch_ended(self:SaveModelCallback):
 class TrainingTerminated(SystemExit):
     "Raised in the training loop when the process receives SIGTERM, so that a fit can save before it stops"
 
+# %% ../nbs/10_tracker.ipynb #trk50a
 @patch
 def _catch_sigterm(self:SaveModelCallback):
     "Turn the first SIGTERM into `TrainingTerminated`, if this is the main thread and nothing else handles SIGTERM"
@@ -405,6 +418,7 @@ def _catch_sigterm(self:SaveModelCallback):
     signal.signal(signal.SIGTERM, on_sigterm)
     self._sigterm = True
 
+# %% ../nbs/10_tracker.ipynb #trk50b
 @patch
 def _restore_sigterm(self:SaveModelCallback):
     if getattr(self, '_sigterm', False): signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -439,6 +453,7 @@ def wait(self:SaveModelCallback):
     "Wait until the checkpoints this callback saved are on disk (a fit does, before it returns)"
     if self._writer is not None: self._writer.wait()
 
+# %% ../nbs/10_tracker.ipynb #trk54a
 @patch
 def _finish_saving(self:SaveModelCallback, at_end:bool=True):
     "Save at the end if `at_end`; wait for the writes, and let the writer go"
@@ -475,6 +490,7 @@ def _is_own_checkpoint(self:SaveModelCallback)->bool:
 # %% ../nbs/10_tracker.ipynb #trk57
 def _loads_best(cb)->bool: return cb.load_best and not (cb.at_end or cb.every_epoch) and cb.save_top_k != 0
 
+# %% ../nbs/10_tracker.ipynb #trk57a
 def deciding_tracker(learn)->SaveModelCallback:
     "The `SaveModelCallback` whose best model `learn` holds after fit: the last added of those that load theirs"
     ours = [cb for cb in learn.cbs if isinstance(cb, SaveModelCallback)]
@@ -527,6 +543,7 @@ _MOVED = {'load_best_model': 'learner', 'load_best_state': 'learner', 'find_chec
           'resume_training': 'resume', 'SaveRecord': 'policies', 'fill_template': 'policies',
           'monitor_direction': 'options'}
 
+# %% ../nbs/10_tracker.ipynb #trkmoveda
 def __getattr__(name):  # the names that left this module in version 0.1 still import from it, with a warning
     if name not in _MOVED: raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     import importlib
