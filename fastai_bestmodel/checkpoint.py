@@ -28,12 +28,15 @@ __all__ = ['REASONS', 'CheckpointError', 'CheckpointWriteError', 'NotACheckpoint
 class CheckpointError(Exception):
     "A checkpoint that cannot be read, or whose weights do not match its `.json`"
 
+# %% ../nbs/01_checkpoint.ipynb #c010a
 class CheckpointWriteError(CheckpointError, OSError):
     "A checkpoint that could not be written; the previous one is left intact"
 
+# %% ../nbs/01_checkpoint.ipynb #c010b
 class NotACheckpointError(CheckpointError):
     "A path where there is no checkpoint of ours: no `.json` beside it, or another tool's"
 
+# %% ../nbs/01_checkpoint.ipynb #c010c
 class CheckpointMismatchError(CheckpointError):
     "Weights that are not the ones their `.json` describes; `replaced` if another save most likely wrote them"
     def __init__(self, msg, replaced:bool=False): super().__init__(msg); self.replaced = replaced
@@ -55,6 +58,7 @@ def like_dict(o, items):
     if hasattr(o, '_metadata'): res._metadata = o._metadata
     return res
 
+# %% ../nbs/01_checkpoint.ipynb #c019a
 def plain_state(o):
     "`o` with every `L` made a `list` and every numpy scalar a number, so `torch.load(weights_only=True)` reads it"
     import torch
@@ -79,14 +83,16 @@ def json_safe(o):
 _FORMAT = 'fastai_bestmodel.checkpoint/2'
 _FORMATS = ('fastai_bestmodel.checkpoint/1', _FORMAT)  # what `read_checkpoint` reads
 
+
+# %% ../nbs/01_checkpoint.ipynb #c023a
 def json_path(path)->Path:
     "The `.json` that describes the weights at `path`"
     return Path(path).with_suffix('.json')
 
+# %% ../nbs/01_checkpoint.ipynb #c023p
 def _pending(path, digest)->Path:
     path = Path(path)
     return path.with_name(f'.{path.name}.{digest.split(":")[-1]}.pending')
-
 
 # %% ../nbs/01_checkpoint.ipynb #c023b
 def _finish_interrupted(path, abandoned:bool=True):
@@ -121,6 +127,7 @@ REASONS = {r.name: r for r in (
     Reason('periodic', periodic=True, order=4),
     Reason('interrupted', order=5))}
 
+# %% ../nbs/01_checkpoint.ipynb #rsn2a
 def _check_reason(reason):
     if reason not in REASONS:
         raise ValueError(f'{reason!r} is not a reason to save a checkpoint; give one of {", ".join(REASONS)}.')
@@ -133,6 +140,7 @@ def digest_description(desc:dict)->str:
     data = json.dumps(body, sort_keys=True, separators=(',', ':'), allow_nan=False).encode()
     return f'xxh3_128:{xxhash.xxh3_128(data).hexdigest()}'
 
+# %% ../nbs/01_checkpoint.ipynb #dd01a
 def _write_description(jp, desc:dict)->dict:
     "`desc` with its own digest, written atomically to `jp`"
     desc = dict(desc, description_digest=None)
@@ -146,6 +154,7 @@ def free_name(stem:str, taken:set)->str:
     if stem not in taken: return stem
     return next(n for i in range(1, len(taken) + 2) if (n := f'{stem}-v{i}') not in taken)
 
+# %% ../nbs/01_checkpoint.ipynb #vc01a
 def _free_path(path:Path)->Path:
     "`path`, or its first free versioned name, from a listing of its folder: call it under the folder's lock"
     taken = {p.stem for p in path.parent.iterdir() if p.suffix in ('.pth', '.json')}
@@ -205,11 +214,13 @@ def _read_json(p):
         raise CheckpointError(f'{p} is not valid JSON ({e}); it was not written by fastai_bestmodel.') from e
     except OSError as e: raise CheckpointError(f'{p} cannot be read: {os.strerror(e.errno) if e.errno else e}.') from e
 
+# %% ../nbs/01_checkpoint.ipynb #c034a
 def pth_path(path)->Path:
     "The `.pth` of the checkpoint named by its `.pth`, its `.json`, or its name without suffix (which may hold dots)"
     path = Path(path)
     return path if path.suffix == '.pth' else path.with_name(path.name.removesuffix('.json') + '.pth')
 
+# %% ../nbs/01_checkpoint.ipynb #c034b
 def require_path(path)->Path:
     "`path` as a `Path`; `NotACheckpointError` if nothing is there: no file, no folder, no `.json` that describes it"
     path = Path(path)
@@ -244,6 +255,7 @@ def read_checkpoint(path)->dict:
                               f"and save it again.")
     return _known_reason(desc, jp)
 
+# %% ../nbs/01_checkpoint.ipynb #c034s
 def _known_reason(desc, jp)->dict:
     "`desc`, if its `reason` is one of `REASONS`, which every reader indexes by it"
     if desc['reason'] not in REASONS:
@@ -257,6 +269,7 @@ def _written_by_torch_save(path)->bool:
         with zipfile.ZipFile(path) as z: return any(i.CRC != 0 for i in z.infolist())
     except (OSError, zipfile.BadZipFile): return False
 
+# %% ../nbs/01_checkpoint.ipynb #c035a
 def _mismatch(path, want, got)->CheckpointMismatchError:
     "Why the weights at `path` do not match their `.json`, the likeliest cause first"
     if replaced := _written_by_torch_save(path):
@@ -289,6 +302,7 @@ def verify_checkpoint(path)->tuple:
         if p == path: got = digest
     raise _mismatch(path, want, got)
 
+# %% ../nbs/01_checkpoint.ipynb #c035w
 def checkpoint_weights(path)->Path:
     "The weights file that `path`'s `.json` describes, its digest checked"
     return verify_checkpoint(path)[0]
@@ -300,6 +314,7 @@ _FIELDS = ('format', 'weights', 'digest', 'bytes', 'holds', 'with_opt', 'reason'
 _V1_DEFAULTS = dict(bytes=None, monitor=None, comp=None, training=None, saved_at=None, torch_version=None,
                     provenance={}, description_digest=None)
 
+# %% ../nbs/01_checkpoint.ipynb #up01a
 def upgrade_description(desc:dict, json_file)->dict:
     "A version 1 description in version 2's form: each field it lacks given the value its readers used to assume"
     stem, d = Path(json_file).stem, {**_V1_DEFAULTS, **desc}
@@ -328,6 +343,7 @@ def _name_order(p:Path)->list:
     "Sort key for file names with numbers in them: `model_2` before `model_10`"
     return [int(s) if i % 2 else s for i,s in enumerate(re.split(r'(\d+)', str(p)))]  # odd places: the numbers
 
+# %% ../nbs/01_checkpoint.ipynb #k002a
 def list_checkpoints(folder, recurse:bool=False)->list:
     "`(json_file, description)` for each checkpoint in `folder` in name order; the `CheckpointError` for a damaged one"
     folder, found = Path(folder), []
@@ -400,6 +416,7 @@ def delete_checkpoint(path, # the checkpoint's `.pth` or `.json`
 # what a save, link or deletion leaves while it runs
 _LEFT = re.compile(r'\.(?P<name>.+?\.(?:pth|json))\..+\.(?:pending|tmp|old)')
 
+# %% ../nbs/01_checkpoint.ipynb #fis01a
 def finish_interrupted_saves(folder):
     "Complete the saves in `folder` that a killed process committed; remove what uncommitted ones and deletions left"
     folder = Path(folder)

@@ -32,11 +32,13 @@ def fsync_dir(folder):
     except OSError: pass
     finally: os.close(fd)
 
+# %% ../nbs/00_durable.ipynb #c013a
 def remove_file(p):
     "Remove the file at `p`, if it is there"
     try: os.unlink(p)
     except FileNotFoundError: pass
 
+# %% ../nbs/00_durable.ipynb #c013c
 _umask_lock = threading.Lock()
 
 def _umask()->int:
@@ -60,8 +62,10 @@ def _libc_sync_file_range():
         return f
     except (OSError, AttributeError): return None
 
+# %% ../nbs/00_durable.ipynb #c014s
 _sync_file_range, _SYNC_FILE_RANGE_WRITE = _libc_sync_file_range(), 2
 
+# %% ../nbs/00_durable.ipynb #c014a
 class _DigestingFile:
     "A file opened for writing that digests the bytes written to it, and starts writing them to disk as they come"
     def __init__(self, f, chunk=8<<20, gate=None):
@@ -90,6 +94,7 @@ class _DigestingFile:
     @property
     def digest(self): return f'xxh3_128:{self.h.hexdigest()}'
 
+# %% ../nbs/00_durable.ipynb #c014b
 _crc_lock = threading.Lock()
 
 def torch_save_without_crcs(obj, f:_DigestingFile):
@@ -111,6 +116,7 @@ def torch_save_without_crcs(obj, f:_DigestingFile):
     finally:
         if f.before_first_write is not None: restore()  # torch failed before writing anything
 
+# %% ../nbs/00_durable.ipynb #c014c
 def write_tmp(folder, name, write, gate=None)->tuple:
     "Call `write(f)` on a new temporary file `f` in `folder`, fsync it, and return its path and digest"
     fd, tmp = tempfile.mkstemp(prefix=f'.{name}.', suffix='.tmp', dir=folder)
@@ -128,6 +134,7 @@ def write_tmp(folder, name, write, gate=None)->tuple:
     except BaseException: remove_file(tmp); raise
     return Path(tmp), out.digest
 
+# %% ../nbs/00_durable.ipynb #c014d
 def replace_file(src, dst, background_unlink=True, durable=True):
     "Move `src` onto `dst`, fsyncing the folder if `durable`; free old `dst` after, in a thread if `background_unlink`"
     dst = Path(dst)
@@ -141,8 +148,10 @@ def replace_file(src, dst, background_unlink=True, durable=True):
     # Not a daemon: Python waits for it at exit, so a save just before the process ends leaves no `.old` behind
     if aside is not None: threading.Thread(target=remove_file, args=(aside,), name=UNLINK_THREAD).start()
 
+# %% ../nbs/00_durable.ipynb #c014e
 UNLINK_THREAD = 'fastai_bestmodel-unlink'  # the name of each thread that frees a replaced or deleted file's blocks
 
+# %% ../nbs/00_durable.ipynb #c014f
 def wait_for_unlinks():
     "Wait until the files replaced or deleted so far are freed, so that nothing of ours touches their folder after"
     for t in threading.enumerate():

@@ -18,6 +18,7 @@ __all__ = ['wandb_records', 'OfflineRun', 'read_offline_run']
 # %% ../nbs/06_offline.ipynb #c005
 _BLOCK, _HEADER = 32768, 7
 
+# %% ../nbs/06_offline.ipynb #c005a
 def _chunks(data:bytes):
     "The payloads of the records in a W&B transaction log, joined across blocks"
     if data[:4] != b':W&B': raise ValueError('Not a W&B transaction log: it does not start with ":W&B".')
@@ -34,6 +35,7 @@ def _chunks(data:bytes):
         else: parts.append(payload)
         if kind in (1, 4): yield b''.join(parts)
 
+# %% ../nbs/06_offline.ipynb #c005b
 def wandb_records(path)->list:
     "Every `Record` in the W&B transaction log at `path` (a `run-*.wandb` file)"
     from wandb.proto import wandb_internal_pb2 as pb
@@ -45,6 +47,7 @@ def wandb_records(path)->list:
 # %% ../nbs/06_offline.ipynb #c007
 def _key(item): return '.'.join(item.nested_key) if item.nested_key else item.key
 
+# %% ../nbs/06_offline.ipynb #c007a
 @dataclass
 class OfflineRun:
     "What an offline W&B run recorded"

@@ -21,6 +21,7 @@ __all__ = ['CheckpointWriter', 'AsyncCheckpointWriter', 'wait_for_saves']
 # %% ../nbs/02_writer.ipynb #w001
 def _path_of(p)->Path: return Path(getattr(p, 'path', p))  # a path, or a record whose name is settled when written
 
+# %% ../nbs/02_writer.ipynb #w001a
 def _write_job(job, written:dict, **kwargs)->dict:
     "Do what one submitted save asks, in order: keep the previous checkpoint, save, delete; tell `on_done` what it did"
     path, res = job['path'], dict(kept=None, desc=None, deleted=[])
@@ -41,6 +42,7 @@ def _write_job(job, written:dict, **kwargs)->dict:
         if job['on_done'] is not None: job['on_done'](res)
     return desc
 
+# %% ../nbs/02_writer.ipynb #w001b
 def _keep_previous(path:Path, written:dict, dst, reason, digest, version_counter:bool=False)->dict|None:
     "Give the checkpoint at `path` the name `dst` too, if still the one the caller means; its description, or None"
     expected = ifnone(digest, written.get(path, {}).get('digest'))
@@ -60,10 +62,12 @@ def _keep_previous(path:Path, written:dict, dst, reason, digest, version_counter
     written[Path(dst).with_name(desc['weights'])] = desc
     return desc
 
+# %% ../nbs/02_writer.ipynb #w001c
 def _job(path, state, metadata, keep_previous_as, delete, kwargs, link_from=None, on_done=None)->dict:
     return dict(path=Path(path), state=state, metadata=dict(metadata), keep_previous_as=keep_previous_as,
                 delete=list(delete), kwargs=kwargs, link_from=link_from, on_done=on_done)
 
+# %% ../nbs/02_writer.ipynb #w001d
 class CheckpointWriter:
     "Save checkpoints in the calling thread, with `AsyncCheckpointWriter`'s interface"
     def __init__(self): self.last_written, self.written = None, {}
@@ -106,6 +110,7 @@ def _on_device(state)->bool:
     import torch
     return any(isinstance(t, torch.Tensor) and t.is_cuda for t in _tensors(state))
 
+# %% ../nbs/02_writer.ipynb #c049a
 class AsyncCheckpointWriter:
     "Save checkpoints from a background thread; the caller only pays for a copy into reused buffers"
     def __init__(self, buffers:int=1): # copies of the state it may hold: 2 lets a save wait beside one being written
@@ -172,6 +177,7 @@ def submit_link(self:AsyncCheckpointWriter, src, path, reason=None, on_done=None
         self._cond.notify_all()
         self._start()
 
+# %% ../nbs/02_writer.ipynb #c049c
 @patch
 def _copy(self:AsyncCheckpointWriter, state, reuse)->tuple:
     "The snapshot of `state` in the buffers `reuse`, and, for a state on the GPU, the event that marks its copy done"
@@ -188,11 +194,13 @@ def _copy(self:AsyncCheckpointWriter, state, reuse)->tuple:
     torch.cuda.current_stream().wait_event(done)
     return snap, done
 
+# %% ../nbs/02_writer.ipynb #c049d
 def _lower_priority():
     "Give the calling thread the lowest CPU priority (Linux: its nice value), so it runs on cores training leaves idle"
     try: os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
     except (AttributeError, OSError): pass  # elsewhere `who` is a process: the thread keeps its priority
 
+# %% ../nbs/02_writer.ipynb #c049e
 @patch
 def _run(self:AsyncCheckpointWriter):
     _lower_priority()
@@ -214,11 +222,13 @@ def _run(self:AsyncCheckpointWriter):
                 if job['link_from'] is None: self._spare.append(job['state'])  # its buffers, for the next save
                 self._cond.notify_all()
 
+# %% ../nbs/02_writer.ipynb #c049f
 @patch(as_prop=True)
 def idle(self:AsyncCheckpointWriter)->bool:
     "Whether every submitted save is written (or failed): `written` then describes the last save to each path"
     with self._cond: return not self._pending and self._busy is None
 
+# %% ../nbs/02_writer.ipynb #c049g
 @patch
 def wait(self:AsyncCheckpointWriter):
     "Block until every submitted save is on disk; raise the error of a failed one"
@@ -227,6 +237,7 @@ def wait(self:AsyncCheckpointWriter):
     self.raise_error()
     return self.last_written
 
+# %% ../nbs/02_writer.ipynb #c049h
 @patch
 def raise_error(self:AsyncCheckpointWriter):
     "Raise, once, the error of a save that failed in the background"
@@ -234,6 +245,7 @@ def raise_error(self:AsyncCheckpointWriter):
         e, self._error = self._error, None
         raise e
 
+# %% ../nbs/02_writer.ipynb #c049i
 def _tensors(o):
     import torch
     if isinstance(o, torch.Tensor): yield o
@@ -258,5 +270,6 @@ def _say_waiting():
                       flush=True)
     for t in writers: t.join()
 
+# %% ../nbs/02_writer.ipynb #reg2a
 # Python joins non-daemon threads, then runs this, and only then stops daemon threads: the writers finish their writes
 atexit.register(_say_waiting)
