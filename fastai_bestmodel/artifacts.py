@@ -29,12 +29,14 @@ def position_alias(epoch=None, iteration:int=None, reason:str=None)->list:
     if whole and reason != 'interrupted': return [f'epoch-{int(epoch)}']
     return [f'step-{iteration}'] if iteration is not None else []
 
+# %% ../nbs/07_artifacts.ipynb #c009aa
 def role_aliases(reason:str, monitor:str=None, best:bool=True, decides:bool=True)->list:
     "The aliases of a checkpoint's role: `best` and `best-<monitor>` for a best model, `last`, `interrupted`"
     if reason == 'best' and not best: return []  # worse than a model the run logged already
     if reason == 'best': return ([best_alias(monitor)] if monitor else []) + (['best'] if decides else [])
     return [reason] if reason in ('last', 'interrupted') else []
 
+# %% ../nbs/07_artifacts.ipynb #c009ab
 def best_alias(monitor:str)->str:
     "The W&B alias of a tracker's best model: `best-<monitor>`, with any character an alias cannot hold made `_`"
     return 'best-' + re.sub(r'[^A-Za-z0-9_.-]', '_', monitor)
@@ -44,6 +46,7 @@ _STATE = '_fastai_bestmodel'  # the run summary's key for what this package logg
 
 def _offline(run)->bool: return run.settings.mode in ('offline', 'dryrun')
 
+# %% ../nbs/07_artifacts.ipynb #c009ba
 def logged_versions(run=None)->dict:
     "What was logged in `run` (default: the current one): `{artifact name: {weights digest: {aliases, files, json}}}`"
     run = run or wandb.run
@@ -51,8 +54,10 @@ def logged_versions(run=None)->dict:
     s = run.summary.get(_STATE)
     return json.loads(s) if isinstance(s, str) else {}
 
+# %% ../nbs/07_artifacts.ipynb #c009bn
 def _note_logged(run, state:dict): run.summary[_STATE] = json.dumps(state)  # a string: W&B keeps it as it is
 
+# %% ../nbs/07_artifacts.ipynb #c009bb
 def _same_files(files:dict, digest:str, json_digest:str)->dict|None:
     "The description in checkpoint `files` (artifact name -> path), if they hold the weights `digest` and that `.json`"
     try:
@@ -99,6 +104,7 @@ def _artifact_metadata(meta:dict)->dict:
 # %% ../nbs/07_artifacts.ipynb #c009c
 class CheckpointReplacedError(CheckpointError): "The checkpoint at a path is no longer the one a caller meant to log"
 
+# %% ../nbs/07_artifacts.ipynb #c009ca
 def _verified(path, digest:str=None)->tuple:
     "`verify_checkpoint(path)`; `CheckpointReplacedError` if `path` no longer holds the weights `digest`"
     try: weights, desc = verify_checkpoint(path)
@@ -111,6 +117,7 @@ def _verified(path, digest:str=None)->tuple:
                                       f'({digest})')
     return weights, desc
 
+# %% ../nbs/07_artifacts.ipynb #c009cb
 def _files_to_log(weights, desc:dict, name:str, seen:dict|None, aliases:list)->tuple:
     "`(files, metadata)` to log: the checkpoint's; for weights `seen` in the run, those logged then (None: changed)"
     stem = Path(desc['weights']).stem
@@ -181,9 +188,11 @@ PROTECTED = ('best', 'best-*', 'latest', 'production')  # aliases whose versions
 
 class PruneError(Exception): "Pruning stopped partway: the message says which versions were deleted and which remain"
 
+# %% ../nbs/07_artifacts.ipynb #r001x
 def _vnum(a)->int: return int(str(a.version).lstrip('v'))
 def _protected(aliases, protect)->list: return [a for a in aliases if any(fnmatch.fnmatchcase(a, p) for p in protect)]
 
+# %% ../nbs/07_artifacts.ipynb #r001y
 def _stopped(ref, at, e, res, doomed)->PruneError:
     "The error that says where pruning `ref` stopped (at version `at`, by `e`), what it deleted and what remains"
     left = [v for v,_ in res['kept']] + [b.version for b in doomed if b.version not in {v for v,_ in res['deleted']}]
@@ -244,6 +253,7 @@ def _checkpoints_at(path:Path)->list:
         if not isinstance(d, dict): raise d
     return [verify_checkpoint(jp) for jp, _ in found]
 
+# %% ../nbs/07_artifacts.ipynb #u001x
 def _note_bests(run, bests:list):
     "Write the summary of each tracker's best among the descriptions `bests`, as the callback writes it"
     for d in bests:
@@ -252,6 +262,7 @@ def _note_bests(run, bests:list):
             run.summary.update({f'best_{k}': v for k,v in d['metadata'].items() if k not in POSITIONS})
             run.summary['best_epoch'] = d['metadata'].get('epoch')
 
+# %% ../nbs/07_artifacts.ipynb #u001y
 def _say_logged(run, found:list):
     "Say how many checkpoints were logged to `run`, and where it is"
     here = Path(run.dir).parent

@@ -39,6 +39,7 @@ def _rank(d:dict)->tuple:
     epoch = d['metadata'].get('epoch')
     return (REASONS[d['reason']].order, better, -(epoch if isinstance(epoch, (int, float)) else -1))
 
+# %% ../nbs/12_report.ipynb #c008a
 def checkpoint_rows(folder, # a folder of checkpoints: a learner's models folder
                     recurse:bool=False, # also the folders below it
                    )->list:
@@ -60,6 +61,7 @@ def checkpoint_rows(folder, # a folder of checkpoints: a learner's models folder
                          **{k: v for k, v in meta.items() if k != 'epoch'}, bytes=size, digest=digest_status(jp)))
     return rows
 
+# %% ../nbs/12_report.ipynb #c008b
 def checkpoint_table(source, # a folder of checkpoints, or a `Learner` (its models folder)
                      recurse:bool=False):
     "A `pandas.DataFrame` of the checkpoints in `source`, best first, digests checked"
@@ -76,7 +78,7 @@ def _tracker(learn, tracker):
                                     "(callbacks passed to `fit` leave the learner when it ends), or train with one.")
     return cb
 
-
+# %% ../nbs/12_report.ipynb #c015a
 def _recorded(cb)->tuple:
     "The names of the values tracker `cb` saw recorded (losses and metrics), and its rows: one per epoch of training"
     rows = getattr(cb, 'epoch_values', None)
@@ -86,14 +88,17 @@ def _recorded(cb)->tuple:
     return names, [[float(r.get(n, float('nan'))) if not isinstance(r.get(n), list) else float('nan') for n in names]
                    for r in rows]
 
+# %% ../nbs/12_report.ipynb #c015b
 def _is_best(reason:str)->bool:
     "Whether a save for `reason` is a tracker's best model: ranked by its value, and chosen"
     return REASONS[reason].ranked and REASONS[reason].chosen
 
+# %% ../nbs/12_report.ipynb #c015c
 def _best_record(cb):
     "The record of the tracker's best model: its latest `best` save (a tracker with `every_epoch` or `at_end` has none)"
     return next((r for r in reversed(cb.records) if _is_best(r.reason)), None)
 
+# %% ../nbs/12_report.ipynb #c015d
 def best_vs_last(learn, # the `Learner` after its fit
                  tracker=None, # the `SaveModelCallback` whose best to show; default: the one that decides
                 ):
@@ -115,6 +120,7 @@ _STYLE = {'top_k': dict(marker='o', ms=9, mfc='none', color='C2', label='top k')
           'end': dict(marker='D', ms=6, color='C4', label='at end')}
 _STAR = dict(ls='none', marker='*', color='gold', mec='black', mew=0.6)
 
+# %% ../nbs/12_report.ipynb #c019a
 def plot_checkpoints(learn, # the `Learner` after its fit
                      tracker=None, # the `SaveModelCallback` to show; default the one that decides what `learn` holds
                      values:list=None, # other recorded values to draw, such as `['valid_loss']`

@@ -43,8 +43,10 @@ def _detach(learn, cb):
     if cb in learn.cbs: learn.cbs.remove(cb)
     cb.learn = None
 
+# %% ../nbs/11_wandb.ipynb #c012a
 _MODES = {False: None, True: 'end', 'end': 'end', 'all': 'all', 'best_and_last': 'best_and_last'}
 
+# %% ../nbs/11_wandb.ipynb #c012b
 class WandbCallback(_FastaiWandbCallback):
     "fastai's `WandbCallback`, logging the best model with its own epoch's metrics and `best_*` in the summary"
     order = SaveModelCallback.order + 1
@@ -139,6 +141,7 @@ def before_fit(self:WandbCallback):
             if not continues: self._handled.update(cb.records)
     _FastaiWandbCallback.before_fit(self)
 
+# %% ../nbs/11_wandb.ipynb #c014t
 @patch
 def before_train(self:WandbCallback):
     "Note that this fit trains (`validate` never does: it logs no model), and the epochs of checkpoints resumed"
@@ -173,6 +176,7 @@ def _run_epoch(self:WandbCallback, cb, rec, event:str=None):
     # never read at an epoch's end: saved after the last epoch (`at_end`, of that epoch), or mid-epoch by an exception
     return round(self._wandb_epoch) - 1 if rec.reason == 'end' else None  # (its own epoch, a fraction: `step-<N>`)
 
+# %% ../nbs/11_wandb.ipynb #c014e
 @patch
 def _read_records(self:WandbCallback, cb, event:str)->list:
     "The records `cb` made since this callback last read them, each given its run epoch as of `event`"
@@ -196,11 +200,13 @@ def after_epoch(self:WandbCallback):
         for cb in self._cbs: cb.wait()
         self._log_written()
 
+# %% ../nbs/11_wandb.ipynb #c014f
 @patch
 def after_train(self:WandbCallback):
     "With `log_model='all'` and `async_save`, log the checkpoints the writer finished during this epoch's training"
     if self.mode == 'all' and self._trained: self._log_written()
 
+# %% ../nbs/11_wandb.ipynb #c014g
 def _not_worse(cb, value, logged)->bool:
     "Whether `value` of `cb`'s monitor is at least as good as the `logged` one"
     if not isinstance(logged, (int, float)) or not math.isfinite(logged): return True
@@ -255,6 +261,7 @@ def _log_written(self:WandbCallback, final:bool=False):
             # a checkpoint a later save replaced before it was uploaded (top k, `async_save`) is passed over quietly
             self._handle(cb, rec, decides=cb is decider or len(self._cbs) == 1, quiet=rec is not cb.chosen_record)
 
+# %% ../nbs/11_wandb.ipynb #c016e
 @patch
 def _log_at_end(self:WandbCallback):
     "Log what `log_model` asks for at the end of a training (or at an exception, so far), and each tracker's best"
@@ -295,6 +302,7 @@ def after_fit(self:WandbCallback):
         # kept in `_added` for a `fine_tune`'s next fit
         if getattr(self, '_added', None) is not None: _detach(self.learn, self._added)
 
+# %% ../nbs/11_wandb.ipynb #c016f
 @patch
 def _after_exception(self:WandbCallback, e:BaseException):
     "After an exception in fit, once the trackers saved `<fname>_interrupted`: log what the end of fit would, so far"
