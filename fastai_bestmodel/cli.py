@@ -41,6 +41,7 @@ class _EpochTable:
 # %% ../nbs/14_cli.ipynb #c011
 def _fmt(d): return ', '.join(f'{k} {v:.4f}' if isinstance(v, float) else f'{k} {v}' for k,v in d.items())
 
+# %% ../nbs/14_cli.ipynb #c011a
 def demo(epochs:int=8, # epochs of `fit_one_cycle`
          lr:float=3e-2, # maximum learning rate
          path='bestmodel_demo', # folder for the checkpoint and the W&B run
@@ -144,6 +145,7 @@ def _fail(message, code:int=1)->int:
     print('error:', str(message).replace('\n', ' '), file=sys.stderr)
     return code
 
+# %% ../nbs/14_cli.ipynb #c015aa
 def main(argv=None)->int:
     "The `fastai-bestmodel` command: 0; 1 after one `error:` line if a checkpoint failed its check; 2 for bad usage"
     args = _parser().parse_args(argv)
@@ -194,6 +196,7 @@ def _undescribed(path:Path)->bool:
     described = json_path(pth_path(path)).exists() or json_path(path).exists()
     return path.is_file() and path.suffix != '.json' and not described
 
+# %% ../nbs/14_cli.ipynb #c014s
 def show(path)->dict|list:
     "Print the checkpoint at `path` and check its weights' digest; for a folder, every checkpoint in it"
     if path == '': raise NotACheckpointError("'': an empty path; give a checkpoint's .pth, its .json, or the folder "
@@ -217,6 +220,7 @@ def _monitored(desc:dict)->str:
     v = desc['metadata'].get(m, '?')
     return f'{m} {v:.6g}' if isinstance(v, float) else f'{m} {v}'
 
+# %% ../nbs/14_cli.ipynb #c016ha
 def _aligned(rows)->list:
     "Each row's cells joined into a line, each column as wide as its widest cell"
     widths = [max(map(len, col)) for col in zip(*rows)]
@@ -237,12 +241,14 @@ def show_folder(folder)->list:
     if failed: raise _failed(folder, failed, len(rows))
     return [d for _,d in found if isinstance(d, dict)]
 
+# %% ../nbs/14_cli.ipynb #c016k3a
 def _listed(folder:Path, lister):
     "`lister(folder)`, with a folder that cannot be read said in one line"
     try: return lister(folder)
     except OSError as e: raise CheckpointError(f'{folder}: cannot list its files ({e.strerror}); check its '
                                                f'permissions.') from e
 
+# %% ../nbs/14_cli.ipynb #c016k3b
 def _failed(folder:Path, failed:list, n:int)->CheckpointError:
     return CheckpointError(f"{folder}: {len(failed)} of {n} checkpoints failed their check ({', '.join(failed)}); "
                            f"`fastai-bestmodel show {folder/failed[0]}` says why.")
@@ -260,6 +266,7 @@ def _no_checkpoints(folder:Path)->str:
 # %% ../nbs/14_cli.ipynb #ls02
 _FIXED = ('file', 'reason', 'epoch', 'monitor', 'value', 'bytes', 'digest')
 
+# %% ../nbs/14_cli.ipynb #ls02a
 def _size(n)->str:
     "`n` bytes for a reader: '1.9 kB', '201.4 MB'"
     if n is None: return '-'
@@ -269,6 +276,7 @@ def _size(n)->str:
 
 def _cell(v)->str: return '-' if v is None else f'{v:.4g}' if isinstance(v, float) else str(v)
 
+# %% ../nbs/14_cli.ipynb #ls02b
 def ls(folder, # a folder of checkpoints: the learner's models folder
        as_json:bool=False, # print the rows as JSON instead of a table
        recurse:bool=False, # also the folders below it

@@ -36,6 +36,7 @@ class Change:
 
 _CHANGED = {}  # key -> whether the replacement is in place
 
+# %% ../nbs/08_learner.ipynb #lrn08a
 def source_digest(f)->str|None:
     "A digest of `f`'s source, or None where Python has none"
     try: return hashlib.sha256(textwrap.dedent(inspect.getsource(f)).encode()).hexdigest()[:16]
@@ -47,6 +48,7 @@ def fastai_original(owner, name:str):
     f = getattr(owner, name)
     return f.__wrapped__ if getattr(f, '_fastai_bestmodel', False) else f
 
+# %% ../nbs/08_learner.ipynb #lrn09a
 def change_fastai(key:str)->bool:
     "Make the change `CHANGES[key]` if fastai's function is one it was checked with; else keep fastai's, and warn"
     c = CHANGES[key]
@@ -69,6 +71,7 @@ def fastai_changes()->dict:
     "Each fastai function this package changes, and whether the change is in place (False: fastai's own, warned)"
     return dict(_CHANGED)
 
+# %% ../nbs/08_learner.ipynb #lrn10a
 def restore_fastai():
     "Put fastai's own functions back, undoing every change of this package (for tests, and for debugging)"
     for key in [k for k, v in _CHANGED.items() if v]:
@@ -83,6 +86,7 @@ class _FitGroup:
     @property
     def last(self)->bool: return self.started >= self.fits  # whether the fit now running is the group's last
 
+# %% ../nbs/08_learner.ipynb #lrn12a
 def _fine_tune(self, *args, **kwargs):
     if getattr(self, '_fit_group', None) is not None: return _fine_tune.__wrapped__(self, *args, **kwargs)
     self._fit_group = _FitGroup()
@@ -114,6 +118,7 @@ def _format_config_value(v, depth=0):
         if args: return {**_format_config(args, depth+1), '_name': type(v).__name__}
     return str(v)[:200]  # wandb takes any object named `torch.*` for a tensor, and fails on modules
 
+# %% ../nbs/08_learner.ipynb #lrn20a
 def _format_config(config, depth=0):
     "Format config parameters before logging them"
     for k,v in config.items():  # a nested dict may be a callback's own attribute (ParamScheduler's `scheds`): copies
@@ -132,6 +137,7 @@ def _fastai_wandb():
     import fastai.callback.wandb as fw  # imports wandb: only when `fastai_bestmodel.wandb` is
     return fw
 
+# %% ../nbs/08_learner.ipynb #lrn23a
 CHANGES = {  # every change this package makes to fastai, with the fastai versions each was checked with
     'Learner.fine_tune': Change(lambda: Learner, 'fine_tune', _fine_tune, "the two fits of `fine_tune` are two "
                                 "trainings: each keeps its own best, and W&B uploads after "
@@ -144,6 +150,8 @@ CHANGES = {  # every change this package makes to fastai, with the fastai versio
     'wandb._format_config': Change(_fastai_wandb, '_format_config', _format_config, "callbacks' arguments that wandb "
                                    "cannot take (modules, tensors) may fail the run's "
                                    "config", {'2.8.12': '42e2c2df3b2301c9'})}
+
+# %% ../nbs/08_learner.ipynb #lrn23b
 for _key in CHANGES:
     # fastai's W&B callback: when `fastai_bestmodel.wandb` is imported
     if not _key.startswith('wandb.'): change_fastai(_key)
@@ -164,6 +172,7 @@ def _best_in_folder(folder:Path)->Path:
     raise CheckpointError(f"{folder} holds the best models of {len(best)} trackers: {which}; "
                           f"name the one to load, such as {pth_path(best[0][0])}.")
 
+# %% ../nbs/08_learner.ipynb #lrn30a
 def _wandb_ref(source)->bool:
     "Whether `source` has the form of a W&B artifact: `entity/project/name`, with or without `:alias`"
     return isinstance(source, str) and bool(re.fullmatch(r'([\w.-]+/){2}[\w.-]+(:[\w.-]+)?|[\w.-]+:[\w.-]+', source))
@@ -188,6 +197,7 @@ def find_checkpoint(source, # a `.pth`/`.json`, a name without suffix, a folder,
         return download_checkpoint(str(source), aliases=aliases, tried=tried)
     raise CheckpointError(f"No checkpoint found for {str(source)!r}. Tried: {'; '.join(tried)}.")
 
+# %% ../nbs/08_learner.ipynb #lrn31a
 def load_best_state(source, device='cpu', folder=None, aliases=('best', 'latest'))->tuple:
     "The state and the description of the checkpoint `source` names (see `find_checkpoint`), its digest checked"
     return load_checkpoint(find_checkpoint(source, folder, aliases), device=device)
@@ -258,6 +268,7 @@ def from_rank0(o):
         o = box[0]
     return o
 
+# %% ../nbs/08_learner.ipynb #lrn39a
 def share_from_rank0(learn, with_opt:bool):
     "Give every process rank 0's model weights (and optimizer state), over the process group"
     if num_distrib() <= 1 or not (torch.distributed.is_available() and torch.distributed.is_initialized()): return

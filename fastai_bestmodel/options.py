@@ -25,12 +25,14 @@ import fastai.metrics as _fm
 # higher-is-better
 _LOWER = (_fm.error_rate, _fm.mse, _fm.mae, _fm.msle, _fm.rmse.func, _fm.exp_rmspe.func, _fm.Perplexity, _fm.LossMetric)
 
+# %% ../nbs/05_options.ipynb #trk04a
 def _computes(metric):
     "What the fastai `metric` computes: its function (unwrapped from `partial`s), or its class"
     f = getattr(metric, 'func', None)
     while isinstance(f, functools.partial): f = f.func
     return f if callable(f) else type(metric)
 
+# %% ../nbs/05_options.ipynb #trk04b
 def _known_direction(f)->bool|None:
     "True if lower is better for what `f` computes, False if higher is, None if neither fastai nor scikit-learn says"
     if f in _LOWER: return True
@@ -49,6 +51,7 @@ def _fastai_names()->dict:
     return {k: v for k,v in res.items() if v is not None}
 _FASTAI_NAMES = _fastai_names()
 
+# %% ../nbs/05_options.ipynb #trk05a
 def monitor_direction(learn, monitor:str)->tuple:
     "Whether lower is better for `monitor` on `learn` (True, False, or None if nothing tells), and what says so"
     if monitor in ('train_loss', 'valid_loss'): return True, 'a loss'
@@ -67,8 +70,10 @@ _COMPS = {np.less: np.less, operator.lt: np.less, np.less_equal: np.less_equal, 
           operator.ge: np.greater_equal}
 _NAMED = {'min': np.less, 'less': np.less, 'max': np.greater, 'greater': np.greater}
 
+# %% ../nbs/05_options.ipynb #trk09a
 def lower_by_name(monitor): return 'loss' in monitor or 'error' in monitor
 
+# %% ../nbs/05_options.ipynb #trk09b
 def check_comp(comp, monitor):
     if comp is None: return np.less if lower_by_name(monitor) else np.greater
     if isinstance(comp, str) and comp in _NAMED: res = _NAMED[comp]
@@ -90,6 +95,7 @@ def _as_number(v, name):
     if isinstance(v, bool) or not isinstance(v, numbers.Real): raise TypeError(name)
     return float(v)
 
+# %% ../nbs/05_options.ipynb #trk10a
 def _check_fname(fname):
     if (not isinstance(fname, str) or not fname or fname in ('.', '..') or '/' in fname or '\\' in fname
         or '..' in fname):
@@ -143,6 +149,7 @@ def _check_template(filename):
                          f"such as '{{epoch}}', and balanced braces; otherwise every checkpoint it names would get the "
                          f"same name.")
 
+# %% ../nbs/05_options.ipynb #trk12a
 def _check_whole(name, v, low=1):
     if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < low):
         raise ValueError(f"SaveModelCallback({name}={v!r}): `{name}` must be None or a whole number >= {low}.")
@@ -208,6 +215,7 @@ def recorded_names(recorder)->list:
     names = list(recorder.metric_names[1:])
     return names[:-1] if recorder.add_time and names and names[-1] == 'time' else names
 
+# %% ../nbs/05_options.ipynb #optb02a
 def logged_names(recorder, trained:bool, validated:bool)->list:
     "The names of the values the recorder logged this epoch, in order"
     names = recorded_names(recorder)
@@ -274,6 +282,7 @@ def decide_direction(cb):
                       f"count as better, but {why} is one where {'lower' if lower else 'higher'} is better. Leave "
                       f"`comp=None` to take its direction.")
 
+# %% ../nbs/05_options.ipynb #optb06a
 def say_direction(cb):
     "Say once which direction was chosen for a monitor nothing tells of, and how to change it"
     if cb._direction_settled or rank_distrib(): return

@@ -20,6 +20,7 @@ def _try(f):
     try: return f()
     except Exception: return None
 
+# %% ../nbs/03_provenance.ipynb #p006a
 def _version(package:str)->str|None:
     try: return version(package)
     except PackageNotFoundError: return None
@@ -32,6 +33,7 @@ def _name(f)->str|None:
     inner = getattr(f, 'func', None)  # `partial(SGD, mom=0.9)`; `MSELossFlat()` wraps `nn.MSELoss`
     return _name(inner) if inner is not None and inner is not f else type(f).__name__
 
+# %% ../nbs/03_provenance.ipynb #p007a
 def _number(v)->float|None:
     "`v` as a finite float, or None: a hyper-parameter may be a numpy number or a one-element tensor"
     if isinstance(v, bool): return None
@@ -45,12 +47,14 @@ def _hypers(learn)->dict|None:
     if opt is None: return None
     return {k: n for k,v in opt.hypers[0].items() if (n := _number(v)) is not None}
 
+# %% ../nbs/03_provenance.ipynb #p009a
 def _items(learn)->dict:
     "How many items each split holds, where its data set has a length"
     dls = getattr(learn, 'dls', None)
     found = {s: _try(lambda: len(getattr(dls, s).dataset)) for s in ('train', 'valid')}
     return {s: n for s,n in found.items() if n is not None}
 
+# %% ../nbs/03_provenance.ipynb #p009b
 def _device(learn)->str:
     "Where the data go (`dls.device`), else where the model's first parameter is"
     return str(getattr(learn.dls, 'device', None) or next(learn.model.parameters()).device)

@@ -29,6 +29,7 @@ def random_states(learn)->dict:
     if torch.cuda.is_available() and torch.cuda.is_initialized(): st['cuda'] = torch.cuda.get_rng_state_all()
     return st
 
+# %% ../nbs/09_resume.ipynb #res07a
 def set_random_states(learn, st:dict):
     "Put back the random states `random_states` took (as `weights_only` loading gives them: lists, not tuples)"
     py = st['python']
@@ -47,6 +48,7 @@ def _smooth_loss_state(learn):
     if sl is None: return None
     return [sl.val.detach().clone().as_subclass(torch.Tensor) if isinstance(sl.val, torch.Tensor) else sl.val, sl.count]
 
+# %% ../nbs/09_resume.ipynb #res09a
 def resume_payload(learn, epoch, iteration:int, records:list)->dict:
     "What a checkpoint saved at `epoch` (None: mid-epoch) needs to resume: its size does not grow with the saves"
     return dict(epoch=epoch, iteration=iteration, rng=random_states(learn), rows=epoch_rows(records),
@@ -111,6 +113,7 @@ def _from_json(v):
     "A number as the `.json` stores it: a value that is not finite is written as a string (`json_safe`)"
     return float(v) if v in ('NaN', 'Infinity', '-Infinity') else v
 
+# %% ../nbs/09_resume.ipynb #res16a
 def earlier_checkpoints(cb, own:bool=False)->list:
     "`(record, description)` of each checkpoint of tracker `cb`'s `fname` in its folder, bar its own unless `own`"
     folder = Path(cb.path)/cb.model_dir
@@ -156,6 +159,7 @@ def _say_replaced(cb, best, other_monitor:bool):
                   f"callback's: epoch {best.epoch}, {best.monitor} {best.value}). This fit starts its best afresh, as "
                   f"fastai's does, and its first epoch will replace that file even if worse. {keep}")
 
+# %% ../nbs/09_resume.ipynb #res18a
 def _resume_direction(cb, best, comp):
     "Take the direction the resumed run's best was chosen by (its `.json` records it); refuse a `comp` saying otherwise"
     if comp not in ('less', 'greater'): return
