@@ -159,7 +159,11 @@ for _key in CHANGES:
 # %% ../nbs/08_learner.ipynb #lrn30
 def _best_in_folder(folder:Path)->Path:
     "The best checkpoint in `folder`, by what its `.json`s say"
-    found = [(jp, d) for jp, d in list_checkpoints(folder) if isinstance(d, dict)]
+    listed = list_checkpoints(folder)
+    if damaged := [(jp, d) for jp, d in listed if not isinstance(d, dict)]:  # it may be the best: none can be chosen
+        raise CheckpointError(f"{folder}: {len(damaged)} checkpoint description(s) cannot be read, so the best in the "
+                              f"folder cannot be told: {damaged[0][1]} Restore or remove it, or name the checkpoint to load.")
+    found = listed
     best = found if len(found) == 1 else [(jp, d) for jp, d in found if d['reason'] == 'best']
     if len(best) == 1: return pth_path(best[0][0])
     if not best:

@@ -22,6 +22,7 @@ def _try(f):
 
 # %% ../nbs/03_provenance.ipynb #p006a
 def _version(package:str)->str|None:
+    if package == 'fastai_bestmodel': from fastai_bestmodel import __version__; return __version__  # the code running
     try: return version(package)
     except PackageNotFoundError: return None
 

@@ -120,6 +120,9 @@ def earlier_checkpoints(cb, own:bool=False)->list:
     if rank_distrib() or not folder.is_dir(): return []
     found = []
     for jp, d in list_checkpoints(folder, recurse=bool(cb.filename and '/' in cb.filename)):
+        if not isinstance(d, dict) and cb.resume:  # what it holds is unknown: taking up the rest could replace a better one
+            raise CheckpointError(f"SaveModelCallback(resume=True): {d} Resuming cannot tell what it holds, and could "
+                                  f"replace a better model: restore that .json or move the checkpoint out of {folder}.")
         if not isinstance(d, dict) or (d['digest'] in cb._wrote and not own): continue
         if d['tracker'] != cb.fname: continue
         m, ranked = d['metadata'], REASONS[d['reason']].ranked
@@ -203,6 +206,7 @@ def _go_on_counting(cb, found:list, best):
     "Take the training of the checkpoints `found`, and count this fit's epochs after theirs unless `start_epoch` does"
     trainings = [r.training for r in ([best] if best else []) + found if r.training]
     if trainings: cb.training_id = trainings[0]
+    for r in found: r.training = r.training or cb.training_id  # a format 1 checkpoint knew no training: it is this one
     whole = [r for r in found if REASONS[r.reason].whole_epoch and isinstance(r.epoch, int)]
     if cb.epoch or not whole: return  # a fit at `start_epoch` numbers its epochs as the run it continues did
     last = max(whole, key=lambda r: r.epoch)

@@ -17,8 +17,9 @@ from fastai.torch_core import get_model, rank_distrib
 from .checkpoint import finish_interrupted_saves, read_checkpoint, json_path, CheckpointError, REASONS
 from .writer import CheckpointWriter, AsyncCheckpointWriter
 from .provenance import training_provenance
-from .policies import (SaveRecord, POSITIONS, fill_template, worseness, top_k_drop, same_epoch,
-                                      newest_n_drop, save_due)
+# private names: `SaveRecord` and `fill_template` left this module, and importing them from here warns
+from .policies import SaveRecord as _Record, fill_template as _fill
+from .policies import POSITIONS, worseness, top_k_drop, same_epoch, newest_n_drop, save_due
 from .options import (check_comp, check_arguments, check_interval, check_policies, recorded_names,
                                      logged_names, check_names, check_validation, check_other_trackers,
                                      decide_direction, say_direction)
@@ -204,7 +205,7 @@ def _epoch_ended(self:SaveModelCallback):
     # 'link': the epoch's own checkpoint, if a policy just saved one, under the last's name too
     src = next((r for r in self.records[n:] if r.epoch == epoch), None) if self.save_last == 'link' else None
     if src is None:
-        self._save(SaveRecord(self._path(f'{self.fname}_last'), 'last', epoch, self._iters_done, meta,
+        self._save(_Record(self._path(f'{self.fname}_last'), 'last', epoch, self._iters_done, meta,
                               training=self.training_id))
     else: self._link(src, self._path(f'{self.fname}_last'), 'last')
 
@@ -236,7 +237,7 @@ def _worseness(self:SaveModelCallback, value)->float: return worseness(value, se
 
 # %% ../nbs/10_tracker.ipynb #trk36
 @patch
-def _save(self:SaveModelCallback, rec:SaveRecord, moved:SaveRecord=None, drop=(), version_counter=False)->SaveRecord:
+def _save(self:SaveModelCallback, rec:_Record, moved:_Record=None, drop=(), version_counter=False)->_Record:
     "Record the save `rec`, hand it to the writer: the checkpoint `moved` aside first, the records `drop` deleted after"
     self.records += [r for r in (moved, rec) if r is not None]
     drop = [r for r in drop if Path(r.path).resolve() != self._resumed_from]
@@ -257,7 +258,7 @@ def _save(self:SaveModelCallback, rec:SaveRecord, moved:SaveRecord=None, drop=()
 
 # %% ../nbs/10_tracker.ipynb #trk37
 @patch
-def _state(self:SaveModelCallback, rec:SaveRecord):
+def _state(self:SaveModelCallback, rec:_Record):
     "What to save for `rec`: the model's state dict, or with the optimizer's, which carries what resuming needs"
     model = get_model(self.model).state_dict()
     if not (self.with_opt and self.opt is not None): return model
@@ -274,22 +275,22 @@ def _provenance_now(self:SaveModelCallback)->dict:
 
 # %% ../nbs/10_tracker.ipynb #trk37b
 @patch
-def _link(self:SaveModelCallback, src:SaveRecord, path, reason)->SaveRecord:
+def _link(self:SaveModelCallback, src:_Record, path, reason)->_Record:
     "Record `path` as a checkpoint of `src`'s weights, and have the writer link it once `src` is written"
-    rec = SaveRecord(path, reason, src.epoch, src.iteration, src.metadata, training=src.training)
+    rec = _Record(path, reason, src.epoch, src.iteration, src.metadata, training=src.training)
     self.records.append(rec)
     if not rank_distrib(): self._writer.submit_link(src, path, reason=reason, on_done=self._job_done(rec))
     return rec
 
 # %% ../nbs/10_tracker.ipynb #trk39
-def _settle(rec:SaveRecord, desc:dict|None, superseded=False):
+def _settle(rec:_Record, desc:dict|None, superseded=False):
     "Set `rec`'s status, digest and name from the description of what the writer wrote for it (None: nothing)"
     if desc is None: rec.status = 'replaced' if superseded else 'failed'; return
     rec.path, rec.digest, rec.status = Path(rec.path).with_name(desc['weights']), desc['digest'], 'written'
 
 # %% ../nbs/10_tracker.ipynb #trk39a
 @patch
-def _job_done(self:SaveModelCallback, rec:SaveRecord, moved:SaveRecord=None, drop=()):
+def _job_done(self:SaveModelCallback, rec:_Record, moved:_Record=None, drop=()):
     "The callback for the writer's job for `rec`: statuses, digests and names from what the job did"
     def done(res:dict):
         if moved is not None: _settle(moved, res['kept'])
@@ -304,7 +305,7 @@ def _job_done(self:SaveModelCallback, rec:SaveRecord, moved:SaveRecord=None, dro
 
 # %% ../nbs/10_tracker.ipynb #trk40
 @patch(as_prop=True)
-def chosen_record(self:SaveModelCallback)->SaveRecord:
+def chosen_record(self:SaveModelCallback)->_Record:
     "The record of the model this tracker chose (`last_saved_path`): the best, or what `every_epoch`/`at_end` saved"
     return next((r for r in reversed(self.records) if REASONS[r.reason].chosen), None)
 
@@ -330,7 +331,7 @@ def _top_k_path(self:SaveModelCallback, meta)->Path:
     "The name for the top-k checkpoint of `meta`'s epoch: its `filename` (`save_checkpoint` adds `-v1`... if taken)"
     template = ifnone(self.filename, self.fname + '-{epoch}-{' + self.monitor + ':.4f}')
     values = {**meta, 'step': meta['iteration'], 'iteration': meta['iteration']}
-    return self._path(fill_template(template, values, self.auto_insert_metric_name))
+    return self._path(_fill(template, values, self.auto_insert_metric_name))
 
 # %% ../nbs/10_tracker.ipynb #trk43
 @patch
@@ -338,7 +339,7 @@ def _keep_top_k(self:SaveModelCallback, meta, val):
     "Save this epoch if it is among the k best: as `<fname>.pth` if it is the best; drop the one it pushes out"
     best_path, kept = self._path(self.fname), [r for r in self._kept if r.live]
     old_best = next((r for r in kept if Path(r.path) == best_path), None)
-    new = SaveRecord(best_path if self.new_best else self._top_k_path(meta), 'best' if self.new_best else 'top_k',
+    new = _Record(best_path if self.new_best else self._top_k_path(meta), 'best' if self.new_best else 'top_k',
                      meta['epoch'], self._iters_done, meta, self.monitor, val, training=self.training_id)
     redo = same_epoch(kept, new)  # an epoch a resumed run redoes: it stays in the k best once
     if redo is not None and redo is old_best and not self.new_best: return
@@ -348,7 +349,7 @@ def _keep_top_k(self:SaveModelCallback, meta, val):
     if drop is new: return
     moved = None
     if self.new_best and old_best is not None and old_best not in (drop, redo):
-        moved = SaveRecord(self._top_k_path(old_best.metadata), 'top_k', old_best.epoch, old_best.iteration,
+        moved = _Record(self._top_k_path(old_best.metadata), 'top_k', old_best.epoch, old_best.iteration,
                            old_best.metadata, self.monitor, old_best.value, old_best.digest, training=old_best.training)
     self._save_ranked(new, moved, kept, drop, old_best, redo)
 
@@ -387,7 +388,7 @@ def _meta_now(self:SaveModelCallback, **extra)->dict:
 def _save_periodic(self:SaveModelCallback, path, meta, reason):
     "Save a periodic checkpoint; past `keep_last_n`, the oldest goes once this one is on disk"
     old = newest_n_drop([r for r in self._periodic if r.live], self.keep_last_n)
-    rec = SaveRecord(path, reason, meta['epoch'], self._iters_done, meta, training=self.training_id)
+    rec = _Record(path, reason, meta['epoch'], self._iters_done, meta, training=self.training_id)
     self._periodic = ([r for r in self._periodic if r not in old]
                       + [self._save(rec, drop=old, version_counter=reason == 'periodic')])
 
@@ -435,7 +436,7 @@ def _after_exception(self:SaveModelCallback, e:BaseException):
         if self.save_on_exception:
             self._iters_done = self._iters_before + self.train_iter
             meta = self._meta_now(exception=type(e).__name__)
-            rec = SaveRecord(self._path(f'{self.fname}_interrupted'), 'interrupted', meta['epoch'], self._iters_done,
+            rec = _Record(self._path(f'{self.fname}_interrupted'), 'interrupted', meta['epoch'], self._iters_done,
                              meta, training=self.training_id)
             self._save(rec)
         self._finish_saving(at_end=False)
@@ -459,7 +460,7 @@ def _finish_saving(self:SaveModelCallback, at_end:bool=True):
     "Save at the end if `at_end`; wait for the writes, and let the writer go"
     if at_end and self.at_end:
         meta = ifnone(self._last_meta, {'epoch': self._epochs_done - 1, 'iteration': self._iters_done})
-        self._save(SaveRecord(self._path(self.fname), 'end', meta['epoch'], self._iters_done, meta,
+        self._save(_Record(self._path(self.fname), 'end', meta['epoch'], self._iters_done, meta,
                               training=self.training_id))
     self._seconds_before += time.monotonic() - self._fit_start  # a `fine_tune`'s second fit goes on counting
     w = self._writer

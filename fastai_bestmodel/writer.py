@@ -266,8 +266,9 @@ def wait_for_saves():
 def _say_waiting():
     "At exit: say what it waits for (a script seemingly stuck is then not stopped mid-write), and wait for the writers"
     writers = [t for t in threading.enumerate() if t.name == _WRITER_THREAD]
-    if writers: print(f"fastai_bestmodel: waiting for {len(writers)} checkpoint write(s) to finish before exiting...",
-                      flush=True)
+    for t in writers: t.join(0.2)  # a thread done writing is only leaving its loop: no need to say anything
+    if writers := [t for t in writers if t.is_alive()]:
+        print(f"fastai_bestmodel: waiting for {len(writers)} checkpoint write(s) to finish before exiting...", flush=True)
     for t in writers: t.join()
 
 # %% ../nbs/02_writer.ipynb #reg2a

@@ -176,3 +176,21 @@ def test_a_json_with_a_hand_edited_metric_is_refused(tmp_path):
     assert named.search(str(e.value)), str(e.value)
     with pytest.raises(CheckpointError) as e: load_best_model(learn, 'model')
     assert named.search(str(e.value)), str(e.value)
+
+
+def test_a_hand_edited_json_is_never_passed_over_in_silence(tmp_path):
+    "Found by the trial of issue 22: a folder's best, and `resume=True`, skipped a damaged `.json` and chose another"
+    learn = synth_learner(n_trn=2, path=tmp_path, metrics=ScriptedMetric([0.5, 0.9, 0.7], 'score'))
+    with learn.no_bar(), learn.no_logging():
+        learn.fit(3, lr=1e-2, cbs=SaveModelCallback(monitor='score', comp='max', save_top_k=2))
+    jp = tmp_path / 'models' / 'model.json'
+    desc = json.loads(jp.read_text())
+    desc['metadata']['score'] = 0.99
+    jp.write_text(json.dumps(desc, indent=1))
+    best = (tmp_path / 'models' / 'model.pth').read_bytes()
+    with pytest.raises(CheckpointError, match=r'model\.json'): load_best_model(learn, tmp_path / 'models')
+    learn2 = synth_learner(n_trn=2, path=tmp_path, metrics=ScriptedMetric([0.5], 'score'))
+    with pytest.raises(CheckpointError, match=r'model\.json'):
+        with learn2.no_bar(), learn2.no_logging():
+            learn2.fit(1, lr=1e-2, cbs=SaveModelCallback(monitor='score', comp='max', save_top_k=2, resume=True))
+    assert (tmp_path / 'models' / 'model.pth').read_bytes() == best  # nothing replaced it
