@@ -162,7 +162,8 @@ def _best_in_folder(folder:Path)->Path:
     listed = list_checkpoints(folder)
     if damaged := [(jp, d) for jp, d in listed if not isinstance(d, dict)]:  # it may be the best: none can be chosen
         raise CheckpointError(f"{folder}: {len(damaged)} checkpoint description(s) cannot be read, so the best in the "
-                              f"folder cannot be told: {damaged[0][1]} Restore or remove it, or name the checkpoint to load.")
+                              f"folder cannot be told: {damaged[0][1]} Restore or remove it, or name the checkpoint "
+                              f"to load.")
     found = listed
     best = found if len(found) == 1 else [(jp, d) for jp, d in found if d['reason'] == 'best']
     if len(best) == 1: return pth_path(best[0][0])

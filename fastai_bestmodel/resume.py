@@ -120,7 +120,8 @@ def earlier_checkpoints(cb, own:bool=False)->list:
     if rank_distrib() or not folder.is_dir(): return []
     found = []
     for jp, d in list_checkpoints(folder, recurse=bool(cb.filename and '/' in cb.filename)):
-        if not isinstance(d, dict) and cb.resume:  # what it holds is unknown: taking up the rest could replace a better one
+        # What a damaged one holds is unknown: taking up the rest could replace a better model
+        if not isinstance(d, dict) and cb.resume:
             raise CheckpointError(f"SaveModelCallback(resume=True): {d} Resuming cannot tell what it holds, and could "
                                   f"replace a better model: restore that .json or move the checkpoint out of {folder}.")
         if not isinstance(d, dict) or (d['digest'] in cb._wrote and not own): continue

@@ -268,7 +268,8 @@ def _say_waiting():
     writers = [t for t in threading.enumerate() if t.name == _WRITER_THREAD]
     for t in writers: t.join(0.2)  # a thread done writing is only leaving its loop: no need to say anything
     if writers := [t for t in writers if t.is_alive()]:
-        print(f"fastai_bestmodel: waiting for {len(writers)} checkpoint write(s) to finish before exiting...", flush=True)
+        print(f"fastai_bestmodel: waiting for {len(writers)} checkpoint write(s) to finish before exiting...",
+              flush=True)
     for t in writers: t.join()
 
 # %% ../nbs/02_writer.ipynb #reg2a
