@@ -363,11 +363,13 @@ def link_checkpoint(src, # the checkpoint to give another name: its `.pth` or `.
                     reason:str=None, # the new name's `reason`, if not `src`'s
                     desc:dict=None, # `src`'s description, if the caller has it
                     version_counter:bool=False, # if `dst` is taken, link to the first free `<stem>-v1`, `-v2`, ...
+                    training:str=None, # the new name's `training`, if `src` has none (a format 1 checkpoint)
                    )->dict:
     "Make `dst` a checkpoint of `src`'s weights, hard-linked if possible, with its own `.json`; return its description"
     src, dst = pth_path(src), pth_path(dst)
     desc = dict(desc or read_checkpoint(src))
     if reason is not None: desc['reason'] = _check_reason(reason)
+    desc['training'] = desc.get('training') or training
     weights = src if src.exists() else _pending(src, desc['digest'])  # a save interrupted after its commit
     try:
         dst.parent.mkdir(parents=True, exist_ok=True)

@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np, torch
 from fastai.callback.core import Callback
 from fastai.torch_core import rank_distrib, to_cpu
-from .checkpoint import list_checkpoints, delete_checkpoint, load_checkpoint, CheckpointError, REASONS
+from .checkpoint import (list_checkpoints, delete_checkpoint, load_checkpoint, pth_path,
+                                         CheckpointError, REASONS)
 from .policies import SaveRecord, epoch_rows, worseness
 from .options import recorded_names
 from .learner import find_checkpoint, load_into, from_rank0
@@ -121,6 +122,9 @@ def earlier_checkpoints(cb, own:bool=False)->list:
     found = []
     for jp, d in list_checkpoints(folder, recurse=bool(cb.filename and '/' in cb.filename)):
         # What a damaged one holds is unknown: taking up the rest could replace a better model
+        if not isinstance(d, dict) and not cb.resume and pth_path(jp).stem == cb.fname and not rank_distrib():
+            warnings.warn(f"SaveModelCallback: {d} This fit starts its best afresh, as fastai's does, and will replace "
+                          f"{pth_path(jp).name}.")
         if not isinstance(d, dict) and cb.resume:
             raise CheckpointError(f"SaveModelCallback(resume=True): {d} Resuming cannot tell what it holds, and could "
                                   f"replace a better model: restore that .json or move the checkpoint out of {folder}.")

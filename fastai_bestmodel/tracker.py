@@ -251,7 +251,7 @@ def _save(self:SaveModelCallback, rec:_Record, moved:_Record=None, drop=(), vers
     kw.update(provenance=self._provenance_now(), reason=rec.reason,
               holds=['model', 'opt'] if isinstance(state, dict) and 'opt' in state and 'model' in state else ['model'],
               tracker=self.fname, training=rec.training, version_counter=version_counter)
-    keep = (moved.path, moved.reason, moved.digest, self.enable_version_counter) if moved else None
+    keep = (moved.path, moved.reason, moved.digest, self.enable_version_counter, moved.training) if moved else None
     self._writer.submit(rec.path, state, rec.metadata, keep_previous_as=keep, delete=drop,
                         on_done=self._job_done(rec, moved, drop), **kw)
     return rec

@@ -43,7 +43,7 @@ def _write_job(job, written:dict, **kwargs)->dict:
     return desc
 
 # %% ../nbs/02_writer.ipynb #w001b
-def _keep_previous(path:Path, written:dict, dst, reason, digest, version_counter:bool=False)->dict|None:
+def _keep_previous(path:Path, written:dict, dst, reason, digest, version_counter:bool=False, training=None)->dict|None:
     "Give the checkpoint at `path` the name `dst` too, if still the one the caller means; its description, or None"
     expected = ifnone(digest, written.get(path, {}).get('digest'))
     if expected is None: return None  # its save never finished (it failed): nothing of it is there to keep
@@ -58,7 +58,7 @@ def _keep_previous(path:Path, written:dict, dst, reason, digest, version_counter
                       f"save replaced it, such as another run saving the same name into this folder. It is not kept "
                       f"under that name.")
         return None
-    desc = link_checkpoint(path, dst, reason=reason, version_counter=version_counter)
+    desc = link_checkpoint(path, dst, reason=reason, version_counter=version_counter, training=training)
     written[Path(dst).with_name(desc['weights'])] = desc
     return desc
 

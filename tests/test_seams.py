@@ -194,3 +194,6 @@ def test_a_hand_edited_json_is_never_passed_over_in_silence(tmp_path):
         with learn2.no_bar(), learn2.no_logging():
             learn2.fit(1, lr=1e-2, cbs=SaveModelCallback(monitor='score', comp='max', save_top_k=2, resume=True))
     assert (tmp_path / 'models' / 'model.pth').read_bytes() == best  # nothing replaced it
+    learn3 = synth_learner(n_trn=2, path=tmp_path, metrics=ScriptedMetric([0.5], 'score'))
+    with pytest.warns(UserWarning, match=r'model\.json.*will replace model\.pth'):  # fastai's meaning, said
+        with learn3.no_bar(), learn3.no_logging(): learn3.fit(1, lr=1e-2, cbs=SaveModelCallback(monitor='score', comp='max'))
