@@ -28,11 +28,11 @@ def _imports(name)->set:
         if isinstance(node, ast.ImportFrom):
             mod = node.module or ''
             if node.level == 1: found |= {mod.split('.')[0]} if mod else {a.name for a in node.names}
-            elif mod == 'fastai_bestmodel': found |= {a.name for a in node.names}
+            elif mod == 'fastai_bestmodel': found |= {a.name for a in node.names}  # modules, or `__version__`
             elif mod.startswith('fastai_bestmodel.'): found.add(mod.split('.')[1])
         elif isinstance(node, ast.Import):
             found |= {a.name.split('.')[1] for a in node.names if a.name.startswith('fastai_bestmodel.')}
-    return found - {name}
+    return (found & set(ORDER)) - {name}  # the package's modules (not `__version__`, its own attribute)
 
 
 def test_every_module_is_in_the_reading_order():
