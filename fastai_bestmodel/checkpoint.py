@@ -430,9 +430,9 @@ def finish_interrupted_saves(folder):
 
 # %% ../nbs/01_checkpoint.ipynb #dep01
 def __getattr__(name):
-    "`wait_for_saves`, which moved to `writer`, from its old place, with a warning"
+    "`wait_for_saves` from its old place, with a warning: `writer.wait_for_saves`, which does nothing now"
     if name != 'wait_for_saves': raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
-    warnings.warn('`fastai_bestmodel.checkpoint.wait_for_saves` moved to `fastai_bestmodel.writer.wait_for_saves`.',
-                  DeprecationWarning, stacklevel=2)
+    warnings.warn('`fastai_bestmodel.checkpoint.wait_for_saves` is no longer needed: since 0.1.0 a fit returns '
+                  'once its checkpoints are written. Remove it.', DeprecationWarning, stacklevel=2)
     from .writer import wait_for_saves
     return wait_for_saves

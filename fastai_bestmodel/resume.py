@@ -88,8 +88,8 @@ class _ResumeState(Callback):
 def _rows(resume:dict)->dict:
     "Each epoch's recorded values: `rows`, or (a checkpoint of version 1) from the records it carried"
     if 'rows' in resume: return {int(k): v for k, v in resume['rows'].items()}
-    return {r['epoch']: r['metadata'] for r in resume.get('records', [])
-            if isinstance(r['epoch'], int) and r['reason'] != 'periodic'}
+    return epoch_rows([SaveRecord(r['path'], r['reason'], r['epoch'], r.get('iteration'), r['metadata'])
+                       for r in resume.get('records', [])])
 
 # %% ../nbs/09_resume.ipynb #res13
 def resume_training(learn, # the `Learner` to resume, built as the run's was

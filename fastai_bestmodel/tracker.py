@@ -245,12 +245,11 @@ def _save(self:SaveModelCallback, rec:_Record, moved:_Record=None, drop=(), vers
     # `every_epoch`/`at_end` saved
     if REASONS[rec.reason].chosen: self.last_saved_metadata, self.last_saved_path = rec.metadata, rec.path
     if rank_distrib(): return rec  # only rank 0 writes
-    state = self._state(rec)
+    state, holds = self._state(rec)
     kw = (dict(monitor=self.monitor, comp='less' if self.lower_is_better else 'greater') if REASONS[rec.reason].ranked
           else {})
     kw.update(provenance=self._provenance_now(), reason=rec.reason,
-              holds=['model', 'opt'] if isinstance(state, dict) and 'opt' in state and 'model' in state else ['model'],
-              tracker=self.fname, training=rec.training, version_counter=version_counter)
+              holds=holds, tracker=self.fname, training=rec.training, version_counter=version_counter)
     keep = (moved.path, moved.reason, moved.digest, self.enable_version_counter, moved.training) if moved else None
     self._writer.submit(rec.path, state, rec.metadata, keep_previous_as=keep, delete=drop,
                         on_done=self._job_done(rec, moved, drop), **kw)
@@ -259,13 +258,13 @@ def _save(self:SaveModelCallback, rec:_Record, moved:_Record=None, drop=(), vers
 # %% ../nbs/10_tracker.ipynb #trk37
 @patch
 def _state(self:SaveModelCallback, rec:_Record):
-    "What to save for `rec`: the model's state dict, or with the optimizer's, which carries what resuming needs"
+    "What to save for `rec`, and what it holds: the model's state, or with the optimizer's and what resuming needs"
     model = get_model(self.model).state_dict()
-    if not (self.with_opt and self.opt is not None): return model
+    if not (self.with_opt and self.opt is not None): return model, ['model']
     # What resuming needs rides in the optimizer's state, which fastai's `Optimizer.load_state_dict` reads around
     resume = resume_payload(self.learn, rec.epoch if REASONS[rec.reason].whole_epoch else None, self._iters_done,
                             self.records)
-    return {'model': model, 'opt': {**self.opt.state_dict(), 'resume': resume}}
+    return {'model': model, 'opt': {**self.opt.state_dict(), 'resume': resume}}, ['model', 'opt']
 
 # %% ../nbs/10_tracker.ipynb #trk37a
 @patch
