@@ -9,8 +9,8 @@ Docs: https://github.com/fastai-bestmodel/fastai_bestmodel/all.html.md"""
 __all__ = []
 
 # %% ../nbs/15_all.ipynb #c003
-from .tracker import SaveModelCallback, TrainingTerminated, deciding_tracker
-from .learner import load_best_model, load_best_state, find_checkpoint
+from .tracker import SaveModelCallback, deciding_tracker
+from .learner import load_best_model, load_best_state, find_checkpoint, TrainingTerminated
 from .resume import resume_training
 from .report import checkpoint_table, best_vs_last, plot_checkpoints
 from .checkpoint import (read_checkpoint, load_checkpoint, list_checkpoints, verify_checkpoint,

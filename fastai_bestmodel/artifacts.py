@@ -95,11 +95,15 @@ def _restore_offline_state(run)->list|None:
 # %% ../nbs/07_artifacts.ipynb #c009l
 _MAX_KEYS = 100  # wandb 0.31 refuses an artifact with more top-level metadata keys
 
-def _artifact_metadata(meta:dict)->dict:
-    "A checkpoint's metadata as W&B takes them: as they are, or past 100 keys the recorded values under `metrics`"
-    if len(meta) <= _MAX_KEYS: return meta
+def _artifact_metadata(desc:dict, run_epoch:int=None)->dict:
+    "What W&B takes as metadata of a checkpoint's description: its epoch's values, and its `provenance` under one key"
+    meta, prov = desc['metadata'], {'provenance': desc['provenance']} if desc.get('provenance') else {}
+    # a second fit in the run counts epochs from 0; W&B's charts do not
+    if run_epoch is not None and run_epoch != meta.get('epoch') and 'run_epoch' not in meta:
+        meta = {**meta, 'run_epoch': run_epoch}
+    if len(meta) + len(prov) <= _MAX_KEYS: return {**meta, **prov}
     top = {k: meta[k] for k in POSITIONS if k in meta}  # where the checkpoint is in training: kept at the top
-    return {**top, 'metrics': {k: v for k,v in meta.items() if k not in top}}
+    return {**top, 'metrics': {k: v for k,v in meta.items() if k not in top}, **prov}
 
 # %% ../nbs/07_artifacts.ipynb #c009c
 class CheckpointReplacedError(CheckpointError): "The checkpoint at a path is no longer the one a caller meant to log"
@@ -119,13 +123,13 @@ def _verified(path, digest:str=None)->tuple:
 
 # %% ../nbs/07_artifacts.ipynb #c009cb
 def _files_to_log(weights, desc:dict, name:str, seen:dict|None, aliases:list)->tuple:
-    "`(files, metadata)` to log: the checkpoint's; for weights `seen` in the run, those logged then (None: changed)"
+    "`(files, description)` to log: the checkpoint's; for weights `seen` in the run, those logged then (None: changed)"
     stem = Path(desc['weights']).stem
     if seen is None:
         w = Path(weights).absolute()  # found again from any folder
-        return {f'{stem}.pth': str(w), f'{stem}.json': str(json_path(w))}, desc['metadata']
+        return {f'{stem}.pth': str(w), f'{stem}.json': str(json_path(w))}, desc
     logged = _same_files(seen['files'], desc['digest'], seen['json'])
-    if logged is not None: return seen['files'], logged['metadata']
+    if logged is not None: return seen['files'], logged
     new = [a for a in aliases if a not in seen['aliases']]
     print(f"{weights}: its weights were logged in this run as {name}, from files that have changed since; "
           f"aliases {new} not added (a new version would duplicate the weights).")
@@ -151,11 +155,9 @@ def log_checkpoint(path, # a checkpoint's `.pth` or `.json`, written by `SaveMod
     state = logged_versions(run)
     seen = state.setdefault(name, {}).get(desc['digest'])  # these weights are a version already: it gets the new
     if seen is not None and all(a in seen['aliases'] for a in aliases): return None  # aliases by the same files again
-    files, meta = _files_to_log(weights, desc, name, seen, aliases)
+    files, logged = _files_to_log(weights, desc, name, seen, aliases)
     if files is None: return None
-    run_epoch = ifnone(epoch, meta.get('epoch'))  # a second fit in the run counts epochs from 0; W&B's charts do not
-    if run_epoch != meta.get('epoch') and 'run_epoch' not in meta: meta = {**meta, 'run_epoch': run_epoch}
-    art = wandb.Artifact(name=name, type='model', metadata=_artifact_metadata(meta), description=description)
+    art = wandb.Artifact(name=name, type='model', metadata=_artifact_metadata(logged, epoch), description=description)
     for n, p in files.items(): art.add_file(p, name=n)  # W&B copies each file now: no later save changes the upload
     run.log_artifact(art, aliases=aliases)
     state[name][desc['digest']] = dict(aliases=sorted({*aliases, *(seen or {}).get('aliases', [])}), files=files,

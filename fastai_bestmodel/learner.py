@@ -7,7 +7,7 @@ Docs: https://github.com/fastai-bestmodel/fastai_bestmodel/learner.html.md"""
 
 # %% ../nbs/08_learner.ipynb #lrn05
 from __future__ import annotations
-import functools, hashlib, inspect, re, textwrap, warnings
+import functools, hashlib, inspect, re, signal, textwrap, threading, warnings
 from dataclasses import dataclass
 from pathlib import Path
 import torch
@@ -17,12 +17,13 @@ from fastai.callback.core import CancelFitException
 import fastai.callback.schedule  # defines `Learner.fine_tune`
 from fastai.learner import Learner, noop
 from fastai.torch_core import get_model, rank_distrib, num_distrib
-from .checkpoint import load_checkpoint, list_checkpoints, json_path, pth_path, CheckpointError
+from .checkpoint import (load_checkpoint, list_checkpoints, read_checkpoint, json_path, pth_path,
+                                         CheckpointError)
 
 # %% auto #0
 __all__ = ['CHANGES', 'Change', 'source_digest', 'fastai_original', 'change_fastai', 'fastai_changes', 'restore_fastai',
-           'change_fastai_wandb', 'find_checkpoint', 'load_best_state', 'load_best_model', 'load_into', 'from_rank0',
-           'share_from_rank0']
+           'TrainingTerminated', 'catch_sigterm', 'release_sigterm', 'change_fastai_wandb', 'find_checkpoint',
+           'load_best_state', 'load_best_model', 'load_into', 'is_as_saved', 'from_rank0', 'share_from_rank0']
 
 # %% ../nbs/08_learner.ipynb #lrn08
 @dataclass(frozen=True)
@@ -107,6 +108,27 @@ def _with_events(self, f, event_type, ex, final=noop):
         for cb in sorted(self.cbs, key=lambda c: c.order):
             if callable(getattr(type(cb), '_after_exception', None)): cb._after_exception(e)
         raise
+
+# %% ../nbs/08_learner.ipynb #lrn17
+class TrainingTerminated(SystemExit):
+    "Raised in the training loop when the process receives SIGTERM, so that a fit can save before it stops"
+
+# %% ../nbs/08_learner.ipynb #lrn17a
+def _on_sigterm(signum, frame):
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends the process at once, as it would have
+    raise TrainingTerminated(128 + signum)
+
+def _main_thread()->bool: return threading.current_thread() is threading.main_thread()
+
+# %% ../nbs/08_learner.ipynb #lrn17b
+def catch_sigterm():
+    "Turn the first SIGTERM into `TrainingTerminated`, if this is the main thread and nothing else handles SIGTERM"
+    if _main_thread() and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL: signal.signal(signal.SIGTERM, _on_sigterm)
+
+# %% ../nbs/08_learner.ipynb #lrn17c
+def release_sigterm():
+    "Give SIGTERM its default back, if `catch_sigterm` holds it"
+    if _main_thread() and signal.getsignal(signal.SIGTERM) is _on_sigterm: signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 # %% ../nbs/08_learner.ipynb #lrn20
 def _format_config_value(v, depth=0):
@@ -263,6 +285,23 @@ def load_into(learn, path, state, desc, with_opt=None, strict=True):
     if ifnone(with_opt, has_opt):
         if learn.opt is None: learn.create_opt()
         learn.opt.load_state_dict({**state['opt'], 'hypers': L(state['opt']['hypers'])})
+
+# %% ../nbs/08_learner.ipynb #lrn34a
+def is_as_saved(path, digest:str, epoch:int, fname:str)->bool:
+    "Whether the checkpoint at `path` is still the one saved with `digest` (for epoch `epoch`); warns if not"
+    path = Path(path)
+    if not (path.exists() and json_path(path).exists()):
+        warnings.warn(f"SaveModelCallback did not load the best model: {path} (epoch {epoch}) was deleted "
+                      f"after this fit saved it, by hand or by another program. The learner keeps its final weights.")
+        return False
+    try: now = read_checkpoint(path)['digest']
+    except CheckpointError as e: now = f'unreadable ({e})'
+    if now == digest: return True
+    warnings.warn(f"SaveModelCallback did not load the best model: {path} is no longer the checkpoint "
+                  f"this fit saved (epoch {epoch}, {digest}; it now holds {now}). Another save "
+                  f"replaced it: another process training into the same folder, or `learn.save({fname!r})`. "
+                  f"The learner keeps its final weights. Give each run its own `fname` or `Learner(path=...)`.")
+    return False
 
 # %% ../nbs/08_learner.ipynb #lrn39
 def from_rank0(o):

@@ -15,9 +15,9 @@ from fastai.torch_core import rank_distrib
 from .policies import TEMPLATE_FIELD, POSITIONS, fill_template
 
 # %% auto #0
-__all__ = ['monitor_direction', 'lower_by_name', 'check_comp', 'check_arguments', 'check_interval', 'check_policies',
-           'recorded_names', 'logged_names', 'check_names', 'check_validation', 'check_other_trackers',
-           'decide_direction', 'say_direction']
+__all__ = ['monitor_direction', 'lower_by_name', 'check_comp', 'check_arguments', 'check_async_save', 'check_interval',
+           'check_policies', 'recorded_names', 'logged_names', 'check_names', 'check_validation',
+           'check_other_trackers', 'decide_direction', 'say_direction', 'epoch_row', 'say_nothing_saved', 'say_waited']
 
 # %% ../nbs/05_options.ipynb #trk04
 import fastai.metrics as _fm
@@ -109,7 +109,7 @@ def _check_fname(fname):
                          f"fastai: {fname.rsplit('.', 1)[0]!r} saves {fname.rsplit('.', 1)[0]}.pth and its .json.")
 
 # %% ../nbs/05_options.ipynb #trk11
-def check_arguments(monitor, min_delta, fname, every_epoch, at_end, async_save, save_last, **flags)->float:
+def check_arguments(monitor, min_delta, fname, every_epoch, at_end, save_last, **flags)->float:
     "Check the arguments of `SaveModelCallback` but for its policies', and return `min_delta` as a float"
     if not isinstance(monitor, str) or not monitor:
         raise ValueError(f"SaveModelCallback(monitor={monitor!r}): `monitor` must be the name of a value the recorder "
@@ -126,9 +126,6 @@ def check_arguments(monitor, min_delta, fname, every_epoch, at_end, async_save, 
     if every_epoch and at_end:
         raise ValueError("SaveModelCallback(every_epoch=..., at_end=True): `every_epoch` and `at_end` cannot both be "
                          "set; pick one way of choosing what to save.")
-    if not isinstance(async_save, bool) and async_save != 'background':
-        raise ValueError(f"SaveModelCallback(async_save={async_save!r}): `async_save` must be True, False or "
-                         f"'background' (the fit returns before its last checkpoint is written).")
     if not isinstance(save_last, bool) and save_last != 'link':
         raise ValueError(f"SaveModelCallback(save_last={save_last!r}): `save_last` must be True, False or 'link' (a "
                          f"link to the last epoch's checkpoint where another policy saved one, instead of a second "
@@ -136,6 +133,19 @@ def check_arguments(monitor, min_delta, fname, every_epoch, at_end, async_save, 
     for n,v in dict(at_end=at_end, **flags).items():
         if not isinstance(v, bool): raise ValueError(f"SaveModelCallback({n}={v!r}): `{n}` must be True or False.")
     return delta
+
+# %% ../nbs/05_options.ipynb #trk11a
+def check_async_save(async_save)->bool:
+    "`async_save` checked: True or False ('background', gone since 0.1.0, warns and means True)"
+    if async_save == 'background':
+        warnings.warn("SaveModelCallback(async_save='background') is gone since 0.1.0 (it saved a fit about 2% of its "
+                      "time, measured in benchmarks/mechanisms.py); it now means async_save=True: the fit returns once "
+                      "its checkpoints are written.", DeprecationWarning, stacklevel=4)
+        return True
+    if not isinstance(async_save, bool):
+        raise ValueError(f"SaveModelCallback(async_save={async_save!r}): `async_save` must be True (write in a "
+                         f"background thread while training goes on) or False.")
+    return async_save
 
 # %% ../nbs/05_options.ipynb #trk12
 def _check_template(filename):
@@ -292,3 +302,47 @@ def say_direction(cb):
                   f"better (it is not a loss, nor one of fastai's metrics), so {better} values count as better, from "
                   f"its name. If that is wrong, pass `comp='{other}'`; `comp='{'min' if other == 'max' else 'max'}'` "
                   f"says it is right.")
+
+# %% ../nbs/05_options.ipynb #optc02
+_OMIT = object()
+
+def _stored(v):
+    "A recorded value as the metadata store it: a float, a list of floats for a vector, or `_OMIT`"
+    if v is None: return _OMIT  # not computed this epoch (no validation set): not a value, not NaN
+    if isinstance(v, torch.Tensor): v = v.detach().cpu().numpy()
+    try:
+        a = np.asarray(v, dtype=float)
+        return float(a.reshape(())) if a.size == 1 else a.tolist()
+    except (TypeError, ValueError): return _OMIT
+
+# %% ../nbs/05_options.ipynb #optc03
+def epoch_row(recorder, trained:bool, validated:bool)->dict:
+    "The values the recorder logged for this epoch, by name: what trained and validated logged, stored as metadata"
+    names, values = logged_names(recorder, trained, validated), recorder.values[-1]
+    if len(names) != len(values):
+        warnings.warn(f"SaveModelCallback cannot tell which value is which in the recorder's row {values} "
+                      f"(expected {names}): this epoch is not considered.")
+        return {}
+    return {n: s for n,v in zip(names, values) if (s := _stored(v)) is not _OMIT}
+
+# %% ../nbs/05_options.ipynb #optc06
+def say_nothing_saved(cb):
+    "Warn that `cb` saved no model in this fit, and why"
+    why = (f"{cb.monitor!r} had no finite value (NaN or infinite at epochs {cb._nonfinite}). "
+           f"Check the learning rate and the data"
+           if cb._nonfinite else
+           f"{cb.monitor!r} was not recorded at epochs {cb._unrecorded}: the learner has no validation set, or its "
+           f"validation was skipped" if cb._unrecorded else
+           f"no epoch of this fit beat the best {cb.monitor} it started from ({cb.best}: kept from an earlier fit "
+           f"by `reset_on_fit=False`, or set by hand)" if cb._epochs_done > cb._epochs_before else
+           "no epoch finished")
+    warnings.warn(f"SaveModelCallback saved no model in this fit: {why}; nothing was loaded.")
+
+# %% ../nbs/05_options.ipynb #optc08
+def say_waited(cb):
+    "Say when `cb`'s fit waited for its background writer, if it waited half a second or more"
+    waited, waits, saves = cb.write_waits  # kept after the fit, for one run quietly
+    if waited < 0.5 or not cb._speaks: return
+    print(f"SaveModelCallback(async_save={cb.async_save!r}): {waits} of {saves} saves waited {waited:.1f} s in all "
+          f"for the write before them: saves came faster than they could be written (training left the writer no idle "
+          f"core, or the disk is slow), so writing in the background gained little here.")

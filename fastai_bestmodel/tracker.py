@@ -7,28 +7,29 @@ Docs: https://github.com/fastai-bestmodel/fastai_bestmodel/tracker.html.md"""
 
 # %% ../nbs/10_tracker.ipynb #trk01
 from __future__ import annotations
-import math, signal, threading, time, uuid, warnings
+import math, time, uuid, warnings
 from pathlib import Path
 import numpy as np, torch
 from fastcore.basics import store_attr, ifnone, patch
 from fastai.callback.tracker import SaveModelCallback as _FastaiSaveModelCallback
 from fastai.learner import join_path_file
 from fastai.torch_core import get_model, rank_distrib
-from .checkpoint import finish_interrupted_saves, read_checkpoint, json_path, CheckpointError, REASONS
+from .checkpoint import finish_interrupted_saves, REASONS
 from .writer import CheckpointWriter, AsyncCheckpointWriter
 from .provenance import training_provenance
 # private names: `SaveRecord` and `fill_template` left this module, and importing them from here warns
 from .policies import SaveRecord as _Record, fill_template as _fill
 from .policies import POSITIONS, worseness, top_k_drop, same_epoch, newest_n_drop, save_due
-from .options import (check_comp, check_arguments, check_interval, check_policies, recorded_names,
-                                     logged_names, check_names, check_validation, check_other_trackers,
-                                     decide_direction, say_direction)
-from .learner import from_rank0, share_from_rank0
+from .options import (check_comp, check_arguments, check_async_save, check_interval, check_policies,
+                                     recorded_names, check_names, check_validation, check_other_trackers,
+                                     decide_direction, say_direction, epoch_row, say_nothing_saved, say_waited)
+from .learner import (from_rank0, share_from_rank0, catch_sigterm, release_sigterm, is_as_saved,
+                                     TrainingTerminated)
 from . import learner as _learner  # `load_best_model` through it: the name left this module
 from .resume import _ResumeState, resume_payload, check_earlier_run
 
 # %% auto #0
-__all__ = ['SaveModelCallback', 'TrainingTerminated', 'deciding_tracker']
+__all__ = ['SaveModelCallback', 'deciding_tracker']
 
 # %% ../nbs/10_tracker.ipynb #trk17
 class SaveModelCallback(_FastaiSaveModelCallback):
@@ -77,15 +78,11 @@ class SaveModelCallback(_FastaiSaveModelCallback):
 @patch
 def _validate(self:SaveModelCallback):
     "Check the stored arguments, and set what follows from them: the comparison, the signed `min_delta`, the interval"
-    delta = check_arguments(self.monitor, self.min_delta, self.fname, self.every_epoch, self.at_end, self.async_save,
-                            self.save_last, load_best=self.load_best, resume=self.resume,
-                            auto_insert_metric_name=self.auto_insert_metric_name,
-                            enable_version_counter=self.enable_version_counter)
-    if self.async_save == 'background':
-        warnings.warn("SaveModelCallback(async_save='background') is gone since 0.1.0 (it saved a fit about 2% of its "
-                      "time, measured in benchmarks/mechanisms.py); it now means async_save=True: the fit returns once "
-                      "its checkpoints are written.", DeprecationWarning, stacklevel=3)
-        self.async_save = True
+    delta = check_arguments(self.monitor, self.min_delta, self.fname, self.every_epoch, self.at_end, self.save_last,
+                            load_best=self.load_best, resume=self.resume,
+                            enable_version_counter=self.enable_version_counter,
+                            auto_insert_metric_name=self.auto_insert_metric_name)
+    self.async_save = check_async_save(self.async_save)
     self._interval = check_interval(self.train_time_interval)
     check_policies(self.save_top_k, self.filename, self.every_epoch, self.at_end, self.save_last,
                    self.every_n_train_steps, self._interval, self.keep_last_n, self.save_on_exception)
@@ -93,7 +90,7 @@ def _validate(self:SaveModelCallback):
     self._comp_given = self._direction_settled = self.comp is not None  # `comp=None`: the learner's metric decides
     self.comp, self.lower_is_better, self.best = comp, comp in (np.less, np.less_equal), None
     self.min_delta = -delta if self.lower_is_better else delta  # stored signed, as fastai does
-    self._tracking, self._sigterm, self._wrote = False, False, set()  # `_wrote`: digests of what it saved, in any fit
+    self._tracking, self._wrote = False, set()  # `_wrote`: digests of what it saved, in any fit
     self._epochs_before, self._iters_before, self._provenance, self._fit_start = 0, 0, {}, time.monotonic()
     self._clear_training()
     self._init_state()
@@ -141,7 +138,7 @@ def _start_tracking(self:SaveModelCallback):
     self._provenance, self._fit_start = training_provenance(self.learn), self._clock
     if self._writer is None: self._writer = AsyncCheckpointWriter() if self.async_save else CheckpointWriter()
     # also without `save_on_exception`: a write under way then finishes, or leaves no temporary file
-    self._catch_sigterm()
+    catch_sigterm()
 
 # %% ../nbs/10_tracker.ipynb #trk25
 @patch
@@ -157,30 +154,6 @@ def _reset_fit(self:SaveModelCallback):
     self.training_id = from_rank0(self.training_id)
     say_direction(self)
 
-# %% ../nbs/10_tracker.ipynb #trk31
-_OMIT = object()
-
-def _stored(v):
-    "A recorded value as the metadata store it: a float, a list of floats for a vector, or `_OMIT`"
-    if v is None: return _OMIT  # not computed this epoch (no validation set): not a value, not NaN
-    if isinstance(v, torch.Tensor): v = v.detach().cpu().numpy()
-    try:
-        a = np.asarray(v, dtype=float)
-        return float(a.reshape(())) if a.size == 1 else a.tolist()
-    except (TypeError, ValueError): return _OMIT
-
-# %% ../nbs/10_tracker.ipynb #trk32
-@patch
-def _epoch_row(self:SaveModelCallback)->dict:
-    "This epoch's recorded values by name (rank 0's in distributed training)"
-    names, values = logged_names(self.recorder, *self._logged), self.recorder.values[-1]
-    if len(names) == len(values): row = {n: _stored(v) for n,v in zip(names, values)}
-    else:
-        warnings.warn(f"SaveModelCallback cannot tell which value is which in the recorder's row {values} "
-                      f"(expected {names}): this epoch is not considered.")
-        row = {}
-    return from_rank0({n: v for n,v in row.items() if v is not _OMIT})
-
 # %% ../nbs/10_tracker.ipynb #trk32a
 @patch(as_prop=True)
 def _speaks(self:SaveModelCallback)->bool:
@@ -194,7 +167,8 @@ def _epoch_ended(self:SaveModelCallback):
     "Compare the value monitored to its best score and save if best; save on `every_epoch`'s schedule, and the last"
     epoch = self._epochs_before + self.epoch
     self._epochs_done, self._iters_done = epoch + 1, self._iters_before + self.train_iter
-    meta = self._last_meta = {'epoch': epoch, 'iteration': self._iters_done, **self._epoch_row()}
+    row = from_rank0(epoch_row(self.recorder, *self._logged))  # rank 0's row: all ranks agree on the best
+    meta = self._last_meta = {'epoch': epoch, 'iteration': self._iters_done, **row}
     self.epoch_values.append(meta)
     n = len(self.records)
     if self.every_epoch:
@@ -230,10 +204,6 @@ def _save_if_best(self:SaveModelCallback, epoch, meta):
     # than k are
     if self.save_top_k and (math.isfinite(val) or (self.save_top_k != 1 and epoch not in self._unrecorded)):
         self._keep_top_k(meta, val)
-
-# %% ../nbs/10_tracker.ipynb #trk34a
-@patch
-def _worseness(self:SaveModelCallback, value)->float: return worseness(value, self.lower_is_better)
 
 # %% ../nbs/10_tracker.ipynb #trk36
 @patch
@@ -369,7 +339,8 @@ def _save_ranked(self:SaveModelCallback, new, moved, kept, drop, old_best, redo)
 @patch(as_prop=True)
 def best_k_models(self:SaveModelCallback)->dict:
     "The top-k checkpoints kept now, best first: path -> monitored value (Lightning's name)"
-    return {r.path: r.value for r in sorted((r for r in self._kept if r.live), key=lambda r: self._worseness(r.value))}
+    kept = sorted((r for r in self._kept if r.live), key=lambda r: worseness(r.value, self.lower_is_better))
+    return {r.path: r.value for r in kept}
 
 # %% ../nbs/10_tracker.ipynb #trk47
 @patch
@@ -402,34 +373,12 @@ def _batch_ended(self:SaveModelCallback):
     self._clock = time.monotonic()
     self._save_periodic(self._path(f'{self.fname}_step{self._iters_done}'), self._meta_now(), 'periodic')
 
-# %% ../nbs/10_tracker.ipynb #trk50
-class TrainingTerminated(SystemExit):
-    "Raised in the training loop when the process receives SIGTERM, so that a fit can save before it stops"
-
-# %% ../nbs/10_tracker.ipynb #trk50a
-@patch
-def _catch_sigterm(self:SaveModelCallback):
-    "Turn the first SIGTERM into `TrainingTerminated`, if this is the main thread and nothing else handles SIGTERM"
-    if (threading.current_thread() is not threading.main_thread()
-        or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL): return
-    def on_sigterm(signum, frame):
-        self._restore_sigterm()  # a second SIGTERM ends the process at once, as it would have
-        raise TrainingTerminated(128 + signum)
-    signal.signal(signal.SIGTERM, on_sigterm)
-    self._sigterm = True
-
-# %% ../nbs/10_tracker.ipynb #trk50b
-@patch
-def _restore_sigterm(self:SaveModelCallback):
-    if getattr(self, '_sigterm', False): signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    self._sigterm = False
-
 # %% ../nbs/10_tracker.ipynb #trk52
 @patch
 def _after_exception(self:SaveModelCallback, e:BaseException):
     "Save `<fname>_interrupted.pth` if `save_on_exception`, and finish the saves already started"
-    self._restore_sigterm()
     if not self._tracking: return
+    release_sigterm()
     self._tracking, rec = False, None
     try:
         if self.save_on_exception:
@@ -467,26 +416,6 @@ def _finish_saving(self:SaveModelCallback, at_end:bool=True):
     try: self.wait()
     finally: self._writer = None  # the writer and its buffers do not outlive the fit
 
-# %% ../nbs/10_tracker.ipynb #trk55
-@patch
-def _is_own_checkpoint(self:SaveModelCallback)->bool:
-    "Whether the checkpoint at `last_saved_path` is still the one this tracker wrote; warns if not"
-    saved = next((r.digest for r in reversed(self.records) if r.path == self.last_saved_path), None)
-    if rank_distrib() or saved is None: return True  # only rank 0 wrote, and knows what
-    path = Path(self.last_saved_path)
-    if not (path.exists() and json_path(path).exists()):
-        warnings.warn(f"SaveModelCallback did not load the best model: {path} (epoch {self.best_epoch}) was deleted "
-                      f"after this fit saved it, by hand or by another program. The learner keeps its final weights.")
-        return False
-    try: now = read_checkpoint(self.last_saved_path)['digest']
-    except CheckpointError as e: now = f'unreadable ({e})'
-    if now == saved: return True
-    warnings.warn(f"SaveModelCallback did not load the best model: {self.last_saved_path} is no longer the checkpoint "
-                  f"this fit saved (epoch {self.best_epoch}, {saved}; it now holds {now}). Another save "
-                  f"replaced it: another process training into the same folder, or `learn.save({self.fname!r})`. "
-                  f"The learner keeps its final weights. Give each run its own `fname` or `Learner(path=...)`.")
-    return False
-
 # %% ../nbs/10_tracker.ipynb #trk57
 def _loads_best(cb)->bool: return cb.load_best and not (cb.at_end or cb.every_epoch) and cb.save_top_k != 0
 
@@ -500,43 +429,21 @@ def deciding_tracker(learn)->SaveModelCallback:
 @patch
 def _fit_ended(self:SaveModelCallback):
     "Save the final model if `at_end`, else load the best one if `load_best` and this tracker decides"
-    self._restore_sigterm()
     if not self._tracking: return
+    release_sigterm()
     decides = deciding_tracker(self.learn) is self
     self._tracking = False
     self._finish_saving()
-    self._say_waited()
+    say_waited(self)
     if self.at_end or self.every_epoch or not self.save_top_k: return
-    if self.last_saved_path is None: return self._say_nothing_saved()
+    if self.last_saved_path is None: return say_nothing_saved(self)
     # Only rank 0 wrote, and only it reads: the others may be other machines, without its folder
     load = not rank_distrib() and self.load_best and decides
-    if not from_rank0(load and self._is_own_checkpoint()): return
+    rec = self.chosen_record  # its file must still hold what this fit wrote
+    if not from_rank0(load and (rec.digest is None or is_as_saved(rec.path, rec.digest, rec.epoch, self.fname))): return
     if not rank_distrib():
         _learner.load_best_model(self.learn, Path(self.last_saved_path).absolute(), with_opt=self.with_opt)
     share_from_rank0(self.learn, self.with_opt and self.opt is not None)
-
-# %% ../nbs/10_tracker.ipynb #trk60
-@patch
-def _say_nothing_saved(self:SaveModelCallback):
-    why = (f"{self.monitor!r} had no finite value (NaN or infinite at epochs {self._nonfinite}). "
-           f"Check the learning rate and the data"
-           if self._nonfinite else
-           f"{self.monitor!r} was not recorded at epochs {self._unrecorded}: the learner has no validation set, or its "
-           f"validation was skipped" if self._unrecorded else
-           f"no epoch of this fit beat the best {self.monitor} it started from ({self.best}: kept from an earlier fit "
-           f"by `reset_on_fit=False`, or set by hand)" if self._epochs_done > self._epochs_before else
-           "no epoch finished")
-    warnings.warn(f"SaveModelCallback saved no model in this fit: {why}; nothing was loaded.")
-
-# %% ../nbs/10_tracker.ipynb #trk63
-@patch
-def _say_waited(self:SaveModelCallback):
-    "With `async_save`, say when the loop waited for the writer: saves came faster than it could write them"
-    waited, waits, saves = self.write_waits  # kept after the fit, for one run quietly
-    if waited < 0.5 or not self._speaks: return
-    print(f"SaveModelCallback(async_save={self.async_save!r}): {waits} of {saves} saves waited {waited:.1f} s in all "
-          f"for the write before them: saves came faster than they could be written (training left the writer no idle "
-          f"core, or the disk is slow), so writing in the background gained little here.")
 
 # %% ../nbs/10_tracker.ipynb #trkmoved
 _MOVED = {'load_best_model': 'learner', 'load_best_state': 'learner', 'find_checkpoint': 'learner',

@@ -46,6 +46,28 @@ def _detach(learn, cb):
 # %% ../nbs/11_wandb.ipynb #c012a
 _MODES = {False: None, True: 'end', 'end': 'end', 'all': 'all', 'best_and_last': 'best_and_last'}
 
+# %% ../nbs/11_wandb.ipynb #c012c
+def _check_arguments(log_model, keep_versions, protect, link_to)->tuple:
+    "`WandbCallback`'s own arguments checked, each error naming it; `protect` as a tuple"
+    if not isinstance(log_model, (bool, str)) or log_model not in _MODES:
+        raise ValueError(f"WandbCallback(log_model={log_model!r}): give False, True (or 'end'), 'all' or "
+                         f"'best_and_last'.")
+    if keep_versions is not None and (isinstance(keep_versions, bool) or not isinstance(keep_versions, int)
+                                      or keep_versions < 0):
+        raise ValueError(f"WandbCallback(keep_versions={keep_versions!r}): give a number of versions >= 0, or None "
+                         f"to keep all.")
+    if isinstance(protect, str): protect = (protect,)
+    if not isinstance(protect, (list, tuple)) or not all(isinstance(p, str) for p in protect):
+        raise ValueError(f"WandbCallback(protect={protect!r}): give the aliases whose versions are kept, as a "
+                         f"tuple of strings (shell patterns), such as {_art.PROTECTED!r}.")
+    if link_to is not None and (not isinstance(link_to, str) or not 1 <= link_to.count('/') <= 2 or ':' in link_to):
+        raise ValueError(f"WandbCallback(link_to={link_to!r}): give a registry collection as "
+                         f"`wandb-registry-<registry>/<collection>`, such as 'wandb-registry-model/digits'.")
+    if (keep_versions is not None or link_to) and not _MODES[log_model]:
+        raise ValueError(f"WandbCallback(keep_versions=..., link_to=...) act on the uploaded model: set "
+                         f"`log_model` too.")
+    return tuple(protect)
+
 # %% ../nbs/11_wandb.ipynb #c012b
 class WandbCallback(_FastaiWandbCallback):
     "fastai's `WandbCallback`, logging the best model with its own epoch's metrics and `best_*` in the summary"
@@ -58,23 +80,7 @@ class WandbCallback(_FastaiWandbCallback):
                  protect=_art.PROTECTED, # aliases (shell patterns) whose versions are never deleted
                  link_to:str=None, # a W&B registry collection (`wandb-registry-model/<name>`) to link the best model to
                  **kwargs): # fastai's `WandbCallback` arguments: `log_preds`, `model_name`, ...
-        if not isinstance(log_model, (bool, str)) or log_model not in _MODES:
-            raise ValueError(f"WandbCallback(log_model={log_model!r}): give False, True (or 'end'), 'all' or "
-                             f"'best_and_last'.")
-        if keep_versions is not None and (isinstance(keep_versions, bool) or not isinstance(keep_versions, int)
-                                          or keep_versions < 0):
-            raise ValueError(f"WandbCallback(keep_versions={keep_versions!r}): give a number of versions >= 0, or None "
-                             f"to keep all.")
-        if isinstance(protect, str): protect = (protect,)
-        if not isinstance(protect, (list, tuple)) or not all(isinstance(p, str) for p in protect):
-            raise ValueError(f"WandbCallback(protect={protect!r}): give the aliases whose versions are kept, as a "
-                             f"tuple of strings (shell patterns), such as {_art.PROTECTED!r}.")
-        if link_to is not None and (not isinstance(link_to, str) or not 1 <= link_to.count('/') <= 2 or ':' in link_to):
-            raise ValueError(f"WandbCallback(link_to={link_to!r}): give a registry collection as "
-                             f"`wandb-registry-<registry>/<collection>`, such as 'wandb-registry-model/digits'.")
-        if (keep_versions is not None or link_to) and not _MODES[log_model]:
-            raise ValueError(f"WandbCallback(keep_versions=..., link_to=...) act on the uploaded model: set "
-                             f"`log_model` too.")
+        protect = _check_arguments(log_model, keep_versions, protect, link_to)
         super().__init__(log_model=log_model, **kwargs)
         store_attr('keep_versions,protect,link_to')
     # fastai's adds its own tracker to the learner for good; ours adds one in `before_fit`, for that fit
@@ -83,29 +89,31 @@ class WandbCallback(_FastaiWandbCallback):
     @property
     def mode(self)->str: return _MODES[self.log_model]  # None (no upload), 'end', 'all' or 'best_and_last'
 
-    def _trackers(self, add:bool)->list:
-        "The user's `SaveModelCallback`s, else (if `add`) one added for this fit, or kept for the rest of a `fine_tune`"
-        added = getattr(self, '_added', None)
-        # left by a fit that ended in an exception
-        if added is not None and added in self.learn.cbs: _detach(self.learn, added)
-        ours = [cb for cb in self.learn.cbs if isinstance(cb, SaveModelCallback)]
-        if ours:
-            if self.model_name is not None and len(ours) == 1: ours[0].fname = self.model_name
-            return ours
-        if not add: return []
-        if any(isinstance(cb, _FastaiSaveModelCallback) for cb in self.learn.cbs):
-            raise TypeError(f"WandbCallback(log_model=True) needs fastai_bestmodel's SaveModelCallback, which records "
-                            f"the metrics of the epoch it saves; the learner has "
-                            f"fastai.callback.tracker.SaveModelCallback. Use `from fastai_bestmodel.tracker import "
-                            f"SaveModelCallback` instead.")
-        # One for every fit of this callback: a later fit starts afresh (`reset_on_fit`), and knows the files it
-        # wrote itself
-        if added is None:
-            added = SaveModelCallback(fname=ifnone(self.model_name, 'model'), save_last=self.mode == 'best_and_last')
-        self._added = added
-        self.learn.add_cb(added)
-        added('before_fit')  # added after the tracker's turn in this event: start it by hand
-        return [added]
+# %% ../nbs/11_wandb.ipynb #c012e
+@patch
+def _trackers(self:WandbCallback, add:bool)->list:
+    "The user's `SaveModelCallback`s, else (if `add`) one added for this fit, or kept for the rest of a `fine_tune`"
+    added = getattr(self, '_added', None)
+    # left by a fit that ended in an exception
+    if added is not None and added in self.learn.cbs: _detach(self.learn, added)
+    ours = [cb for cb in self.learn.cbs if isinstance(cb, SaveModelCallback)]
+    if ours:
+        if self.model_name is not None and len(ours) == 1: ours[0].fname = self.model_name
+        return ours
+    if not add: return []
+    if any(isinstance(cb, _FastaiSaveModelCallback) for cb in self.learn.cbs):
+        raise TypeError(f"WandbCallback(log_model=True) needs fastai_bestmodel's SaveModelCallback, which records "
+                        f"the metrics of the epoch it saves; the learner has "
+                        f"fastai.callback.tracker.SaveModelCallback. Use `from fastai_bestmodel.tracker import "
+                        f"SaveModelCallback` instead.")
+    # One for every fit of this callback: a later fit starts afresh (`reset_on_fit`), and knows the files it
+    # wrote itself
+    if added is None:
+        added = SaveModelCallback(fname=ifnone(self.model_name, 'model'), save_last=self.mode == 'best_and_last')
+    self._added = added
+    self.learn.add_cb(added)
+    added('before_fit')  # added after the tracker's turn in this event: start it by hand
+    return [added]
 
 # %% ../nbs/11_wandb.ipynb #c014
 @patch
@@ -126,20 +134,25 @@ def before_fit(self:WandbCallback):
         raise ValueError('WandbCallback needs a W&B run: call `wandb.init(project=...)` before fitting '
                          '(with WANDB_MODE=offline it needs no account or network).')
     self._no_earlier_part = _art._restore_offline_state(wandb.run) == []  # before `_handle` reads the `best-*` summary
-    if not hasattr(self.learn, 'lr_finder') and not hasattr(self, 'gather_preds'):
-        self._cbs = self._trackers(add=bool(self.mode))
-        no_last = [cb.fname for cb in self._cbs if self.mode == 'best_and_last' and not cb.save_last]
-        if no_last: raise ValueError(f"WandbCallback(log_model='best_and_last') uploads the last epoch's checkpoint, "
-                                     f"which SaveModelCallback(fname={no_last[0]!r}) saves only with `save_last=True`: "
-                                     f"pass it, or use log_model='end' to upload the best alone.")
-        # Records from before this fit were saved where this callback cannot tell the run's epoch, and were logged then;
-        # except in the second fit of a `fine_tune`, whose first fit left its end-of-fit uploads to it
-        group = getattr(self.learn, '_fit_group', None)
-        continues, self._group = group is not None and group is getattr(self, '_group', None), group
-        for cb in self._cbs:
-            self._read_records(cb, 'before_fit')
-            if not continues: self._handled.update(cb.records)
+    if not hasattr(self.learn, 'lr_finder') and not hasattr(self, 'gather_preds'): self._start_trackers()
     _FastaiWandbCallback.before_fit(self)
+
+# %% ../nbs/11_wandb.ipynb #c014s
+@patch
+def _start_trackers(self:WandbCallback):
+    "The trackers this training fit logs, checked; the records they made before it passed over"
+    self._cbs = self._trackers(add=bool(self.mode))
+    no_last = [cb.fname for cb in self._cbs if self.mode == 'best_and_last' and not cb.save_last]
+    if no_last: raise ValueError(f"WandbCallback(log_model='best_and_last') uploads the last epoch's checkpoint, "
+                                 f"which SaveModelCallback(fname={no_last[0]!r}) saves only with `save_last=True`: "
+                                 f"pass it, or use log_model='end' to upload the best alone.")
+    # Records from before this fit were saved where this callback cannot tell the run's epoch, and were logged then;
+    # except in the second fit of a `fine_tune`, whose first fit left its end-of-fit uploads to it
+    group = getattr(self.learn, '_fit_group', None)
+    continues, self._group = group is not None and group is getattr(self, '_group', None), group
+    for cb in self._cbs:
+        self._read_records(cb, 'before_fit')
+        if not continues: self._handled.update(cb.records)
 
 # %% ../nbs/11_wandb.ipynb #c014t
 @patch
@@ -222,21 +235,8 @@ def _handle(self:WandbCallback, cb, rec, decides:bool, upload:bool=True, quiet:b
     sub = summary.get(key)
     logged = sub.get(cb.monitor) if sub is not None else None
     best = rec.reason == 'best' and _not_worse(cb, rec.value, logged)
-    if upload:
-        name = ifnone(self.model_name, f'run-{wandb.run.id}-{cb.fname}')
-        try: art = _art.log_checkpoint(rec.path, name=name,
-                                       aliases=_art.role_aliases(rec.reason, cb.monitor, best, decides),
-                                       epoch=epoch, digest=rec.digest)
-        except _art.CheckpointReplacedError as e:
-            # a later save of this fit, or another process, replaced or deleted it before its upload
-            if not quiet: print(f'WandbCallback: {e}; not logged.')
-            return
-        except Exception as e:
-            warnings.warn(f"WandbCallback could not log the model to W&B ({type(e).__name__}: {e}). The checkpoint is "
-                          f"safe on disk: {rec.path} and {json_path(rec.path)}. To upload it later, run "
-                          f"`fastai-bestmodel log {rec.path} --project {wandb.run.project} --id {wandb.run.id}`.")
-            art = None
-        if art is not None: self._logged.setdefault(name, []).append(art)
+    if upload and not self._upload(cb, rec, _art.role_aliases(rec.reason, cb.monitor, best, decides), epoch, quiet):
+        return
     if best:
         summary[key] = json_safe({**meta, 'epoch': ifnone(epoch, meta['epoch'])})
         if decides:
@@ -245,6 +245,24 @@ def _handle(self:WandbCallback, cb, rec, decides:bool, upload:bool=True, quiet:b
     elif rec.reason == 'best' and not quiet:
         print(f"WandbCallback: this fit's best {cb.monitor} ({rec.value}, epoch {epoch}) is worse than {logged}, "
               f"already logged in this W&B run; the {key!r} summary and alias stay on that model.")
+
+# %% ../nbs/11_wandb.ipynb #c016u
+@patch
+def _upload(self:WandbCallback, cb, rec, aliases:list, epoch, quiet:bool)->bool:
+    "Log `rec`'s checkpoint with `aliases`; False if its file no longer holds it. A W&B failure warns: the file is safe"
+    name = ifnone(self.model_name, f'run-{wandb.run.id}-{cb.fname}')
+    try: art = _art.log_checkpoint(rec.path, name=name, aliases=aliases, epoch=epoch, digest=rec.digest)
+    except _art.CheckpointReplacedError as e:
+        # a later save of this fit, or another process, replaced or deleted it before its upload
+        if not quiet: print(f'WandbCallback: {e}; not logged.')
+        return False
+    except Exception as e:
+        warnings.warn(f"WandbCallback could not log the model to W&B ({type(e).__name__}: {e}). The checkpoint is "
+                      f"safe on disk: {rec.path} and {json_path(rec.path)}. To upload it later, run "
+                      f"`fastai-bestmodel log {rec.path} --project {wandb.run.project} --id {wandb.run.id}`.")
+        return True
+    if art is not None: self._logged.setdefault(name, []).append(art)
+    return True
 
 # %% ../nbs/11_wandb.ipynb #c016b
 @patch
@@ -289,9 +307,9 @@ def after_fit(self:WandbCallback):
     finally: self.log_model = log_model
     try:
         if not self._trained: return
-        # uploads read the files: an `async_save='background'` fit's last writes land first, and their records
+        # uploads read the files: the trackers' last writes are done (a fit waits for them), so their records
         if self.mode:
-            for cb in self._cbs: cb.wait()  # get their digests (`written_records`), or 'all' would pass them over
+            for cb in self._cbs: cb.wait()  # have their digests (`written_records`), or 'all' would pass them over
         group = getattr(self.learn, '_fit_group', None)
         if group is not None and not group.last:  # the frozen fit of a `fine_tune`: its end is not the training's
             if self.mode == 'all': self._log_written()

@@ -39,8 +39,11 @@ def test_artifact_metadata_is_the_best_epochs_own(tmp_path, offline_run, values,
     art = models[0]
     # The recorder's row for the best epoch, read directly, as numbers
     want = {'epoch': best, 'iteration': (best + 1) * len(learn.dls.train), 'train_loss': float(rec[best][0]), 'valid_loss': float(rec[best][1]), name: values[best]}
-    assert art['metadata'] == want
-    assert all(isinstance(v, (int, float)) for v in art['metadata'].values())
+    # with what a reader needs to trust the model under one key, the .json's own (a listed change of 0.1.0)
+    desc = read_checkpoint(tmp_path / 'models' / 'model.pth')
+    assert desc['provenance']['model'] and desc['provenance']['versions']['fastai']
+    assert art['metadata'] == {**want, 'provenance': desc['provenance']}
+    assert all(isinstance(v, (int, float)) for k, v in art['metadata'].items() if k != 'provenance')
     assert set(art['aliases']) == {'best', f'best-{name}', f'epoch-{best}', 'latest'}
     # The summary carries the best model's values, not the last epoch's nor the lowest seen
     for k, v in want.items():
@@ -158,6 +161,7 @@ def test_more_values_than_wandb_takes_as_keys_all_reach_the_artifact(tmp_path, o
     assert len(models) == 1
     meta = models[0]['metadata']
     assert len(meta) <= 100
-    got = {k: v for k, v in meta.items() if k != 'metrics'} | meta.get('metrics', {})
+    assert meta['provenance'] == read_checkpoint(tmp_path / 'models' / 'model.pth')['provenance']
+    got = {k: v for k, v in meta.items() if k not in ('metrics', 'provenance')} | meta.get('metrics', {})
     assert got == want
     assert read_checkpoint(tmp_path / 'models' / 'model.pth')['metadata'] == want

@@ -35,7 +35,8 @@ def _check_each_version_is_its_epochs(versions, weights, rows):
     "Each version's metadata is its epoch's recorded row (and step: 2 batches an epoch) and its weights file holds that epoch's weights"
     for v in versions:
         e = v['metadata']['epoch']
-        assert v['metadata'] == {'epoch': e, 'iteration': (e + 1) * 2, **dict(zip(['train_loss', 'valid_loss', 'accuracy'], map(float, rows[e])))}
+        values = {k: x for k, x in v['metadata'].items() if k != 'provenance'}  # provenance: the .json's, see below
+        assert values == {'epoch': e, 'iteration': (e + 1) * 2, **dict(zip(['train_loss', 'valid_loss', 'accuracy'], map(float, rows[e])))}
         staged = next(Path(f['local_path']) for f in v['files'] if f['path'].endswith('.pth'))
         assert_same_weights(torch.load(staged, weights_only=True), weights[e])
 
@@ -89,8 +90,11 @@ def test_log_command_publishes_a_folder_written_without_wandb(tmp_path):
     versions = logged.versions(f'run-{logged.path.stem[4:]}-model')
     assert [(v['metadata']['epoch'], sorted(v['aliases'])) for v in versions] == [
         (1, ['epoch-1']), (3, ['best', 'best-accuracy', 'epoch-3', 'last', 'latest'])]
-    on_disk = {d['metadata']['epoch']: d['metadata'] for _, d in list_checkpoints(tmp_path/'models')}
-    for v in versions: assert v['metadata'] == on_disk[v['metadata']['epoch']]
+    # each version's metadata: its .json's (the one logged: `model_last.json` of weights also in `model.pth`), provenance included
+    on_disk = {p.stem: {**d['metadata'], 'provenance': d['provenance']} for p, d in list_checkpoints(tmp_path/'models')}
+    for v in versions:
+        logged_json = next(Path(f['path']).stem for f in v['files'] if f['path'].endswith('.json'))
+        assert v['metadata'] == on_disk[logged_json] and v['metadata']['provenance']['model']
     assert logged.summary['best_epoch'] == 3 and logged.summary['best-accuracy']['accuracy'] == 0.95
 
 

@@ -1,5 +1,6 @@
-"""Build the docs site from the notebooks, offline: each notebook executed (as nbdev's docs do), its `#| hide` cells and
-cell directives left out, rendered to HTML by nbconvert, with a menu of every page. Fails, naming the notebook and the
+"""Build the docs site from the notebooks, offline: each notebook executed (as nbdev's docs do), its `#| hide` and
+`#| export` cells (nbdev's convention: a page shows a definition's `show_doc`, not its source) and cell directives left
+out, rendered to HTML by nbconvert, with a menu of every page. Fails, naming the notebook and the
 cell, if a notebook raises, or if a public name of a module has no `show_doc` in its notebook.
 
 Quarto, which `nbdev-docs` uses, cannot be installed here (its PyPI package downloads a binary at install time).
@@ -49,7 +50,9 @@ def render(path:Path, shell_path:Path)->tuple:
     for c in nb.cells:
         src = c.source
         d = _directives(src)
-        if d & {'hide', 'default_exp'} or src.startswith('#| hide'): continue
+        # nbdev's convention: an `export` cell's source is the module's, and the page shows its `show_doc` (signature
+        # and docstring) instead; `exports` would show it. Hidden cells and directives are left out.
+        if d & {'hide', 'default_exp', 'export'} or src.startswith('#| hide'): continue
         cell = dict(cell_type=c.cell_type, id=c.get('id') or f'c{len(cells)}', metadata={},
                     source='\n'.join(l for l in src.splitlines() if not l.startswith('#|')).strip())
         if c.cell_type == 'code':
