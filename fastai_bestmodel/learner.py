@@ -1,5 +1,5 @@
-"""Every change this package makes to fastai, in one place, each guarded by the fastai versions it was checked
-with; and loading a checkpoint into a `Learner`.
+"""Every change this package makes to fastai (and to SIGTERM during a fit), in one place, each guarded by the
+fastai versions it was checked with; and loading a checkpoint into a `Learner`.
 
 Docs: https://github.com/fastai-bestmodel/fastai_bestmodel/learner.html.md"""
 

@@ -1,5 +1,6 @@
-"""The arguments of `SaveModelCallback`, checked when it is made, each error naming the argument; and which
-direction of a monitor is better, from the learner's metric.
+"""The arguments of `SaveModelCallback`, checked when it is made, each error naming the argument; which
+direction of a monitor is better, from the learner's metric; an epoch's row of values; what a tracker says at the
+end of a fit.
 
 Docs: https://github.com/fastai-bestmodel/fastai_bestmodel/options.html.md"""
 
