@@ -12,6 +12,7 @@ import nbformat
 from fastcore.nbio import read_nb
 from execnb.shell import CaptureShell
 from nbconvert import HTMLExporter
+from nbconvert.preprocessors import TagRemovePreprocessor
 
 ROOT = Path(__file__).resolve().parent.parent
 NBS = ROOT/'nbs'
@@ -56,7 +57,7 @@ def render(path:Path, shell_path:Path)->tuple:
         cell = dict(cell_type=c.cell_type, id=c.get('id') or f'c{len(cells)}', metadata={},
                     source='\n'.join(l for l in src.splitlines() if not l.startswith('#|')).strip())
         if c.cell_type == 'code':
-            if cell['source'].startswith('show_doc('): cell['source'] = ''  # the rendered signature says it
+            if cell['source'].startswith('show_doc('): cell['metadata'] = {'tags': ['hide_input']}  # its output says it
             outs = json.loads(json.dumps(c.get('outputs', []), default=str))
             for o in outs:  # multiline strings as lists of lines, as on disk: the exporter wants strings
                 if isinstance(o.get('text'), list): o['text'] = ''.join(o['text'])
@@ -67,7 +68,9 @@ def render(path:Path, shell_path:Path)->tuple:
             cell.update(execution_count=None, outputs=[o for o in outs if not (o.get('output_type') == 'stream' and o.get('name') == 'stderr')])
         cells.append(cell)
     out = nbformat.from_dict(dict(nbformat=4, nbformat_minor=5, metadata={}, cells=cells))
-    body, _ = HTMLExporter(template_name='lab', exclude_input_prompt=True, exclude_output_prompt=True).from_notebook_node(
+    exporter = HTMLExporter(template_name='lab', exclude_input_prompt=True, exclude_output_prompt=True)
+    exporter.register_preprocessor(TagRemovePreprocessor(remove_input_tags={'hide_input'}), enabled=True)
+    body, _ = exporter.from_notebook_node(
         out, resources=dict(metadata=dict(name=f'{_title(nb)} - fastai_bestmodel')))
     return _title(nb), body
 
