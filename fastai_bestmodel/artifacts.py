@@ -7,20 +7,21 @@ Docs: https://github.com/fastai-bestmodel/fastai_bestmodel/artifacts.html.md"""
 
 # %% ../nbs/07_artifacts.ipynb #a003
 from __future__ import annotations
-import fnmatch, json, re, sys
+import fnmatch, json, os, re, shutil, sys, uuid
 from pathlib import Path
 import wandb
 from fastcore.basics import ifnone
 from .checkpoint import CheckpointError, NotACheckpointError
-from .checkpoint import verify_checkpoint, list_checkpoints, json_path, pth_path, require_path
+from .checkpoint import (verify_checkpoint, read_checkpoint, list_checkpoints, json_path, pth_path,
+                                         require_path)
 from .durable import file_digest
 from .policies import POSITIONS
 from .offline import read_offline_run
 
 # %% auto #0
 __all__ = ['PROTECTED', 'position_alias', 'role_aliases', 'best_alias', 'logged_versions', 'CheckpointReplacedError',
-           'log_checkpoint', 'download_checkpoint', 'PruneError', 'prune_versions', 'link_to_registry',
-           'log_checkpoints']
+           'stage_checkpoint', 'build_artifact', 'log_checkpoint', 'download_checkpoint', 'PruneError',
+           'prune_versions', 'link_to_registry', 'log_checkpoints']
 
 # %% ../nbs/07_artifacts.ipynb #c009a
 def position_alias(epoch=None, iteration:int=None, reason:str=None)->list:
@@ -135,6 +136,37 @@ def _files_to_log(weights, desc:dict, name:str, seen:dict|None, aliases:list)->t
           f"aliases {new} not added (a new version would duplicate the weights).")
     return None, None
 
+# %% ../nbs/07_artifacts.ipynb #c009st
+def _build(name:str, files:dict, desc:dict, epoch=None, description:str='trained model', policy='mutable'):
+    "The `model` artifact of a checkpoint's `files` (name in it -> path) and description; W&B hashes each file here"
+    art = wandb.Artifact(name=name, type='model', metadata=_artifact_metadata(desc, epoch), description=description)
+    for n, p in files.items(): art.add_file(str(p), name=n, policy=policy)  # 'mutable': W&B copies it now
+    return art
+
+# %% ../nbs/07_artifacts.ipynb #c009sta
+def stage_checkpoint(path, # a checkpoint's `.pth`, as it is now
+                     folder, # where staged checkpoints go: the W&B run's own folder, which `wandb sync` reads
+                    )->Path:
+    "A copy of the checkpoint at `path` that no later save changes: hard links (copies across file systems)"
+    src, dst = pth_path(path), Path(folder)/uuid.uuid4().hex[:12]
+    dst.mkdir(parents=True)
+    for f in (src, json_path(src)):
+        try: os.link(f, dst/f.name)  # the same file: a later save replaces the name, never this file's contents
+        except OSError: shutil.copyfile(f, dst/f.name)
+    return dst/src.name
+
+# %% ../nbs/07_artifacts.ipynb #c009stb
+def build_artifact(path, # a staged checkpoint's `.pth` (see `stage_checkpoint`): files nothing changes any more
+                   name:str, # the artifact's name
+                   epoch=None, # the epoch counted over the run, if not the checkpoint's own
+                   description:str='trained model')->wandb.Artifact:
+    "The artifact `log_checkpoint(path, artifact=...)` logs, built in any thread: W&B's hashing, without a copy"
+    w = pth_path(path)
+    desc = read_checkpoint(w)
+    stem = Path(desc['weights']).stem
+    files = {f'{stem}.pth': str(Path(w).absolute()), f'{stem}.json': str(json_path(Path(w).absolute()))}
+    return _build(name, files, desc, epoch, description, policy='immutable')  # W&B reads them in place, later
+
 # %% ../nbs/07_artifacts.ipynb #c009d
 def log_checkpoint(path, # a checkpoint's `.pth` or `.json`, written by `SaveModelCallback`
                    name:str=None, # the artifact's name; default `run-<id>-<tracker's fname>`, this run's own
@@ -142,11 +174,12 @@ def log_checkpoint(path, # a checkpoint's `.pth` or `.json`, written by `SaveMod
                    description:str='trained model', # the artifact's description
                    epoch=None, # the epoch of its `epoch-<N>` alias, counted over the run; default: the checkpoint's own
                    digest:str=None, # the weights meant: if `path` holds others (or is gone), `CheckpointReplacedError`
+                   artifact=None, # `build_artifact(path, name, epoch)`, built already: `path` is staged, and trusted
                   ):
     "Log the checkpoint at `path` to the current W&B run as a `model` artifact whose metadata are its epoch's metrics"
     run = wandb.run
     if run is None: raise ValueError('log_checkpoint needs a W&B run: call `wandb.init(project=...)` first.')
-    weights, desc = _verified(path, digest)
+    weights, desc = _verified(path, digest) if artifact is None else (pth_path(path), read_checkpoint(path))
     meta, stem = desc['metadata'], Path(desc['weights']).stem
     name = ifnone(name, f"run-{run.id}-{desc['tracker'] or stem}")  # a tracker's best, top k, last: one artifact's
     aliases = list(ifnone(aliases, role_aliases(desc['reason'], desc['monitor'])))
@@ -157,8 +190,7 @@ def log_checkpoint(path, # a checkpoint's `.pth` or `.json`, written by `SaveMod
     if seen is not None and all(a in seen['aliases'] for a in aliases): return None  # aliases by the same files again
     files, logged = _files_to_log(weights, desc, name, seen, aliases)
     if files is None: return None
-    art = wandb.Artifact(name=name, type='model', metadata=_artifact_metadata(logged, epoch), description=description)
-    for n, p in files.items(): art.add_file(p, name=n)  # W&B copies each file now: no later save changes the upload
+    art = artifact if artifact is not None and seen is None else _build(name, files, logged, epoch, description)
     run.log_artifact(art, aliases=aliases)
     state[name][desc['digest']] = dict(aliases=sorted({*aliases, *(seen or {}).get('aliases', [])}), files=files,
                                        json=seen['json'] if seen else file_digest(files[f'{stem}.json']))

@@ -34,8 +34,9 @@ __all__ = ['SaveModelCallback', 'deciding_tracker']
 # %% ../nbs/10_tracker.ipynb #trk17
 class SaveModelCallback(_FastaiSaveModelCallback):
     "fastai's `SaveModelCallback` that records, and writes beside the weights, the metrics of the epoch it saved"
-    # a writer thread and a `fine_tune` call do not outlive the process: `export` leaves them out
-    _stateattrs = ('_writer', '_group')
+    # a writer thread, a `fine_tune` call and the loggers told of each write do not outlive the process: `export`
+    # leaves them out
+    _stateattrs = ('_writer', '_group', 'on_written')
     def __init__(self,
         monitor='valid_loss', # value (usually loss or metric) being monitored.
         comp=None, # np.less or 'min' if lower is better, np.greater or 'max' if higher is; None: from the metric.
@@ -47,7 +48,7 @@ class SaveModelCallback(_FastaiSaveModelCallback):
         reset_on_fit=True, # before each fit, forget the best of the previous fit (the fits of one `fine_tune` are one).
         load_best=True, # load the best weights into the learner at the end of fit; False keeps the final weights.
         async_save=False, # write in a background thread; 'background': the fit also returns before its last write.
-        save_last=False, # also keep `<fname>_last.pth`, the latest epoch; 'link': a link where it is saved already.
+        save_last=False, # also keep `<fname>_last.pth`, the latest epoch (a link where it is saved already).
         save_top_k=1, # keep the k best: the best as `<fname>.pth`, the others named by `filename`; -1 keeps all.
         filename=None, # template naming the top-k other than the best; default `'<fname>-{epoch}-{<monitor>:.4f}'`.
         every_n_train_steps=None, # also save every n training batches, as `<fname>_step<n>.pth`.
@@ -100,6 +101,7 @@ def _validate(self:SaveModelCallback):
 def _init_state(self:SaveModelCallback):  # also called when unpickled, as in `load_learner`
     self._writer, self._group, self.write_waits = None, None, (0, 0, 0)  # the last fit's waits for the writer
     self._resumed_from = None  # the checkpoint `resume_training` loaded for this fit, which no policy deletes
+    self.on_written = []  # called with each record written, as soon as it is (see `_job_done`)
 
 # %% ../nbs/10_tracker.ipynb #trk21a
 @patch
@@ -176,8 +178,8 @@ def _epoch_ended(self:SaveModelCallback):
             self._save_periodic(self._path(f'{self.fname}_{epoch}'), meta, 'every_epoch')
     else: self._save_if_best(epoch, meta)
     if not self.save_last: return
-    # 'link': the epoch's own checkpoint, if a policy just saved one, under the last's name too
-    src = next((r for r in self.records[n:] if r.epoch == epoch), None) if self.save_last == 'link' else None
+    # the epoch's own checkpoint, if a policy just saved one, under the last's name too: a link, not a second write
+    src = next((r for r in self.records[n:] if r.epoch == epoch), None)
     if src is None:
         self._save(_Record(self._path(f'{self.fname}_last'), 'last', epoch, self._iters_done, meta,
                               training=self.training_id))
@@ -268,6 +270,7 @@ def _job_done(self:SaveModelCallback, rec:_Record, moved:_Record=None, drop=()):
             self._wrote.add(rec.digest)
             for r in self.records:  # what the new file replaced
                 if r is not rec and r.status == 'written' and Path(r.path) == Path(rec.path): r.status = 'replaced'
+            for f in self.on_written: f(self, rec)  # before the next write: the file is still this record's
         for r in drop:
             if Path(r.path) in res['deleted']: r.status = 'deleted'
     return done

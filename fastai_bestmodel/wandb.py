@@ -7,7 +7,8 @@ Docs: https://github.com/fastai-bestmodel/fastai_bestmodel/wandb.html.md"""
 
 # %% ../nbs/11_wandb.ipynb #c003
 from __future__ import annotations
-import math, warnings, weakref
+import collections, math, threading, warnings, weakref
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 import wandb
 from fastcore.basics import ifnone, patch, store_attr
@@ -18,6 +19,7 @@ from .tracker import SaveModelCallback, deciding_tracker
 from .learner import change_fastai_wandb
 from .policies import POSITIONS
 from .checkpoint import json_path, json_safe
+from .writer import _lower_priority
 from . import artifacts as _art  # `_art.name`: a name imported here would skip `__getattr__`'s warning
 
 # %% auto #0
@@ -73,7 +75,7 @@ class WandbCallback(_FastaiWandbCallback):
     "fastai's `WandbCallback`, logging the best model with its own epoch's metrics and `best_*` in the summary"
     order = SaveModelCallback.order + 1
     # weak references and W&B artifacts: `learn.export()` leaves them out
-    _stateattrs = ('_run_epochs', '_cursor', '_handled', '_logged', '_group')
+    _stateattrs = ('_run_epochs', '_cursor', '_handled', '_logged', '_group', '_staged', '_queue', '_pool', '_lock')
     def __init__(self,
                  log_model=False, # what to upload: False, True or 'end', 'all', 'best_and_last' (see the table)
                  keep_versions:int=None, # after uploads keep the newest N versions, and those with a `protect`ed alias
@@ -126,6 +128,7 @@ def before_fit(self:WandbCallback):
     if not hasattr(self, '_cursor'): self._cursor = weakref.WeakKeyDictionary()
     # the records logged, or passed over, by this callback
     if not hasattr(self, '_handled'): self._handled = weakref.WeakSet()
+    if not hasattr(self, '_queue'): self._start_uploads()
     if rank_distrib():  # in distributed training only rank 0 talks to W&B; every rank tracks, so all load the same best
         if self.mode and not hasattr(self.learn, 'lr_finder'): self._trackers(add=True)
         self.run = False
@@ -153,6 +156,9 @@ def _start_trackers(self:WandbCallback):
     for cb in self._cbs:
         self._read_records(cb, 'before_fit')
         if not continues: self._handled.update(cb.records)
+        # 'all' uploads each checkpoint as written: staged then, before a later save can replace it
+        if self.mode == 'all' and self._stage_written not in cb.on_written: cb.on_written.append(self._stage_written)
+    self._stage_to = Path(wandb.run.dir).parent/'fastai_bestmodel'  # the run's folder, which `wandb sync` reads
 
 # %% ../nbs/11_wandb.ipynb #c014t
 @patch
@@ -207,11 +213,8 @@ def after_epoch(self:WandbCallback):
     _FastaiWandbCallback.after_epoch(self)
     if not self._trained: return
     for cb in self._cbs: self._read_records(cb, 'after_epoch')
-    if self.mode == 'all':
-        # Every checkpoint is to be uploaded before a later save replaces it: with `async_save`, wait for
-        # this epoch's writes
-        for cb in self._cbs: cb.wait()
-        self._log_written()
+    if self.mode == 'all': self._log_written()  # the checkpoints staged as written: no need to wait for the writer
+    self._publish()
 
 # %% ../nbs/11_wandb.ipynb #c014f
 @patch
@@ -228,15 +231,32 @@ def _not_worse(cb, value, logged)->bool:
 # %% ../nbs/11_wandb.ipynb #c016
 @patch
 def _handle(self:WandbCallback, cb, rec, decides:bool, upload:bool=True, quiet:bool=False):
-    "Log `rec`'s checkpoint (if `upload`) with the aliases of its role and epoch; summarise it if a best model"
+    "Queue `rec`'s upload (if `upload`), its artifact built off the loop; logged and summarised in order (`_publish`)"
     self._handled.add(rec)
-    epoch = self._run_epoch(cb, rec)
+    epoch, name = self._run_epoch(cb, rec), ifnone(self.model_name, f'run-{wandb.run.id}-{cb.fname}')
+    if upload and self._pool is None:
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix='fastai_bestmodel-wandb', initializer=_lower_priority)
+    built = self._pool.submit(self._build, rec, name, epoch) if upload else None
+    self._queue.append((built, cb, rec, decides, epoch, quiet))
+    self._publish()
+
+# %% ../nbs/11_wandb.ipynb #c016p
+@patch
+def _publish(self:WandbCallback, block:bool=False):
+    "Log the artifacts built so far (all, if `block`) in the order queued: W&B's aliases go to the version logged last"
+    while self._queue and (block or self._queue[0][0] is None or self._queue[0][0].done()):
+        self._summarise(*self._queue.popleft())
+
+# %% ../nbs/11_wandb.ipynb #c016q
+@patch
+def _summarise(self:WandbCallback, built, cb, rec, decides:bool, epoch, quiet:bool):
+    "Log `rec`'s built artifact (if any) with the aliases of its role and epoch; summarise it if a best model"
     meta, summary, key = rec.metadata, wandb.run.summary, _art.best_alias(cb.monitor)
     sub = summary.get(key)
     logged = sub.get(cb.monitor) if sub is not None else None
     best = rec.reason == 'best' and _not_worse(cb, rec.value, logged)
-    if upload and not self._upload(cb, rec, _art.role_aliases(rec.reason, cb.monitor, best, decides), epoch, quiet):
-        return
+    if built is not None and not self._upload(built, rec, _art.role_aliases(rec.reason, cb.monitor, best, decides),
+                                              epoch, quiet): return
     if best:
         summary[key] = json_safe({**meta, 'epoch': ifnone(epoch, meta['epoch'])})
         if decides:
@@ -248,10 +268,11 @@ def _handle(self:WandbCallback, cb, rec, decides:bool, upload:bool=True, quiet:b
 
 # %% ../nbs/11_wandb.ipynb #c016u
 @patch
-def _upload(self:WandbCallback, cb, rec, aliases:list, epoch, quiet:bool)->bool:
-    "Log `rec`'s checkpoint with `aliases`; False if its file no longer holds it. A W&B failure warns: the file is safe"
-    name = ifnone(self.model_name, f'run-{wandb.run.id}-{cb.fname}')
-    try: art = _art.log_checkpoint(rec.path, name=name, aliases=aliases, epoch=epoch, digest=rec.digest)
+def _upload(self:WandbCallback, built, rec, aliases:list, epoch, quiet:bool)->bool:
+    "Log `rec`'s `built` artifact with `aliases`; False if its file no longer held it; a W&B failure warns"
+    try:
+        staged, art, name = built.result()
+        art = _art.log_checkpoint(staged, name=name, aliases=aliases, epoch=epoch, artifact=art)
     except _art.CheckpointReplacedError as e:
         # a later save of this fit, or another process, replaced or deleted it before its upload
         if not quiet: print(f'WandbCallback: {e}; not logged.')
@@ -264,13 +285,54 @@ def _upload(self:WandbCallback, cb, rec, aliases:list, epoch, quiet:bool)->bool:
     if art is not None: self._logged.setdefault(name, []).append(art)
     return True
 
+# %% ../nbs/11_wandb.ipynb #c016v
+@patch
+def _build(self:WandbCallback, rec, name:str, epoch)->tuple:
+    "In the upload thread: `rec`'s staged checkpoint (staged now if it was not as written), its artifact, its name"
+    with self._lock: staged = self._staged.get(rec)
+    if staged is None:  # at the end of fit: no save follows, and the file must still hold `rec`'s weights
+        _art._verified(rec.path, rec.digest)
+        staged = _art.stage_checkpoint(rec.path, self._stage_to)
+    return staged, _art.build_artifact(staged, name, epoch), name
+
+# %% ../nbs/11_wandb.ipynb #c016w
+@patch
+def _stage_written(self:WandbCallback, cb, rec):
+    "A tracker's `on_written`, in its writer's thread: stage `rec`'s files before any later save replaces them"
+    if rec.reason in ('last', 'interrupted'): return  # uploaded at the end of the training, when nothing follows
+    try: staged = _art.stage_checkpoint(rec.path, self._stage_to)
+    except Exception as e:
+        return warnings.warn(f"WandbCallback could not stage {rec.path} for its upload ({type(e).__name__}: {e}); it "
+                             f"is uploaded at the end of fit if still on disk. The checkpoint is safe.")
+    with self._lock: self._staged[rec] = staged
+
+# %% ../nbs/11_wandb.ipynb #c016x
+@patch
+def _start_uploads(self:WandbCallback):
+    "The upload queue, and the records staged as written; the thread that builds artifacts starts with the first"
+    self._queue, self._pool, self._lock = collections.deque(), None, threading.Lock()
+    self._staged = weakref.WeakKeyDictionary()  # SaveRecord -> its staged `.pth`
+
+# %% ../nbs/11_wandb.ipynb #c016y
+@patch
+def _end_uploads(self:WandbCallback):
+    "Log every upload queued, stop staging, and let the upload thread go: nothing of it outlives the fit"
+    try: self._publish(block=True)
+    finally:
+        for cb in self._cbs:
+            if self._stage_written in cb.on_written: cb.on_written.remove(self._stage_written)
+        if self._pool is not None: self._pool.shutdown()
+        self._pool = None
+
 # %% ../nbs/11_wandb.ipynb #c016b
 @patch
 def _log_written(self:WandbCallback, final:bool=False):
     "`log_model='all'`: log each checkpoint written and not yet logged; `last` and `interrupted` when the training ends"
     decider = deciding_tracker(self.learn)
     for cb in self._cbs:
-        recs = [r for r in cb.written_records() if r not in self._handled and (final or r in self._run_epochs)]
+        with self._lock: staged = [r for r in cb.records if r in self._staged]  # as each was written
+        recs = [r for r in (cb.records if final else staged) if r not in self._handled
+                and (final or r in self._run_epochs) and (r in staged or r.status == 'written')]
         # `_last` is rewritten each epoch: its newest only
         last = next((r for r in reversed(recs) if r.reason == 'last'), None)
         for rec in recs:
@@ -297,6 +359,7 @@ def _log_at_end(self:WandbCallback):
             if rec not in self._handled: self._handle(cb, rec, decides)
         if chosen is None and not more:
             print(f'WandbCallback logged no model for {cb.monitor!r}: its SaveModelCallback saved none in this fit.')
+    self._publish(block=True)  # every upload logged before pruning and linking
 
 # %% ../nbs/11_wandb.ipynb #c016c
 @patch
@@ -317,6 +380,7 @@ def after_fit(self:WandbCallback):
         self._log_at_end()
         self._after_uploads()
     finally:
+        if self._trained: self._end_uploads()
         # kept in `_added` for a `fine_tune`'s next fit
         if getattr(self, '_added', None) is not None: _detach(self.learn, self._added)
 
