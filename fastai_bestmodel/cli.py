@@ -41,20 +41,13 @@ class _EpochTable:
 # %% ../nbs/14_cli.ipynb #c011
 def _fmt(d): return ', '.join(f'{k} {v:.4f}' if isinstance(v, float) else f'{k} {v}' for k,v in d.items())
 
-# %% ../nbs/14_cli.ipynb #c011a
-def demo(epochs:int=8, # epochs of `fit_one_cycle`
-         lr:float=3e-2, # maximum learning rate
-         path='bestmodel_demo', # folder for the checkpoint and the W&B run
-         project:str='fastai-bestmodel-demo', # W&B project
-         mode:str='offline', # W&B mode: 'offline' (no account needed) or 'online'
-         seed:int=42,
-        )->dict:
-    "Train a CNN on the digits, save and log its best model, and print what was saved and logged"
+# %% ../nbs/14_cli.ipynb #c011b
+def _fit_demo(path, project:str, mode:str, epochs:int, lr:float, seed:int)->tuple:
+    "Fit the digits learner with both callbacks, in a W&B run finished even if the fit fails: (learner, tracker, run)"
     with _libraries_quiet():
         import wandb
         from fastai_bestmodel.tracker import SaveModelCallback
         from fastai_bestmodel.wandb import WandbCallback
-        from fastai_bestmodel.offline import read_offline_run
         from fastai_bestmodel.test_utils import digits_learner
     path = Path(path).absolute(); path.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault('WANDB_SILENT', 'true')
@@ -65,6 +58,29 @@ def demo(epochs:int=8, # epochs of `fit_one_cycle`
     try:
         with learn.no_bar(): learn.fit_one_cycle(epochs, lr, cbs=[tracker, WandbCallback(log_model=True)])
     finally: run.finish()
+    return learn, tracker, run
+
+# %% ../nbs/14_cli.ipynb #c011c
+def _print_offline_run(run_dir:Path):
+    "Print what offline W&B run `run_dir` logged (model artifacts, `best_` summary) and how to upload it; return it"
+    with _libraries_quiet(): from fastai_bestmodel.offline import read_offline_run
+    logged = read_offline_run(run_dir)
+    for a in (a for a in logged.artifacts if a['type'] == 'model'):
+        print(f"W&B artifact {a['name']!r} ({a['type']}), aliases {sorted(a['aliases'])}: {_fmt(a['metadata'])}")
+    print(f"W&B summary: {_fmt({k: v for k,v in logged.summary.items() if k.startswith('best_')})}")
+    print(f'W&B offline run: {run_dir}\nupload it with: wandb sync {run_dir}')
+    return logged
+
+# %% ../nbs/14_cli.ipynb #c011a
+def demo(epochs:int=8, # epochs of `fit_one_cycle`
+         lr:float=3e-2, # maximum learning rate
+         path='bestmodel_demo', # folder for the checkpoint and the W&B run
+         project:str='fastai-bestmodel-demo', # W&B project
+         mode:str='offline', # W&B mode: 'offline' (no account needed) or 'online'
+         seed:int=42,
+        )->dict:
+    "Train a CNN on the digits, save and log its best model, and print what was saved and logged"
+    learn, tracker, run = _fit_demo(path, project, mode, epochs, lr, seed)
     names = [n for n in learn.recorder.metric_names[1:] if n != 'time']
     last = {'epoch': len(learn.recorder.values)-1, **dict(zip(names, map(float, learn.recorder.values[-1])))}
     run_dir = Path(run.dir).parent
@@ -73,13 +89,7 @@ def demo(epochs:int=8, # epochs of `fit_one_cycle`
     print(f'checkpoint: {tracker.last_saved_path}')
     print(f'described by: {json_path(tracker.last_saved_path)}')
     res = dict(best=tracker.last_saved_metadata, last=last, checkpoint=tracker.last_saved_path, run_dir=run_dir)
-    if mode == 'offline':
-        logged = read_offline_run(run_dir)
-        for a in (a for a in logged.artifacts if a['type'] == 'model'):
-            print(f"W&B artifact {a['name']!r} ({a['type']}), aliases {sorted(a['aliases'])}: {_fmt(a['metadata'])}")
-        print(f"W&B summary: {_fmt({k: v for k,v in logged.summary.items() if k.startswith('best_')})}")
-        print(f'W&B offline run: {run_dir}\nupload it with: wandb sync {run_dir}')
-        res['logged'] = logged
+    if mode == 'offline': res['logged'] = _print_offline_run(run_dir)
     return res
 
 # %% ../nbs/14_cli.ipynb #c014y
@@ -94,6 +104,7 @@ def _above_zero(convert, what:str):
 
 # %% ../nbs/14_cli.ipynb #c015
 def _parser()->argparse.ArgumentParser:
+    "The `fastai-bestmodel` command's parser: each subcommand and its arguments added by its own helper"
     p = argparse.ArgumentParser(prog='fastai-bestmodel', description='Best-model checkpoints for fastai, logged to W&B '
                                                                      'with their own metrics.',
                                 epilog='Exit codes: 0 ok; 1 a checkpoint failed its check (or W&B failed); 2 bad '
@@ -101,6 +112,12 @@ def _parser()->argparse.ArgumentParser:
     sub = p.add_subparsers(dest='command', required=True)
     def cmd(name, help):
         return sub.add_parser(name, help=help, description=help[0].upper() + help[1:] + '.', epilog=p.epilog)
+    for add in (_demo_command, _show_command, _ls_command, _log_command, _prune_command, _link_command): add(cmd)
+    return p
+
+# %% ../nbs/14_cli.ipynb #c015d
+def _demo_command(cmd):
+    "Add `demo` with `cmd`: the training's settings"
     d = cmd('demo', 'train a CNN on the bundled digits, save and log its best model (W&B offline by default)')
     d.add_argument('--epochs', type=_above_zero(int, 'a whole number >= 1'), default=8,
                    help='epochs of fit_one_cycle (default 8)')
@@ -111,13 +128,25 @@ def _parser()->argparse.ArgumentParser:
     d.add_argument('--mode', choices=['offline', 'online'], default='offline', help='W&B mode (offline needs no '
                                                                                     'account)')
     d.add_argument('--seed', type=int, default=42, help='random seed')
+
+# %% ../nbs/14_cli.ipynb #c015s
+def _show_command(cmd):
+    "Add `show` with `cmd`: the checkpoint or folder to describe"
     s = cmd('show', help="print a checkpoint's description and check its digest; for a folder, one line for each "
                          "checkpoint in it")
     s.add_argument('path', help="a checkpoint's .pth, its .json, its name without suffix, or a folder of checkpoints")
+
+# %% ../nbs/14_cli.ipynb #c015l
+def _ls_command(cmd):
+    "Add `ls` with `cmd`: the folder, and how to list it"
     t = cmd('ls', 'a table of the checkpoints in a folder, best first, each digest checked')
     t.add_argument('folder', help="a folder of checkpoints: the learner's models folder")
     t.add_argument('--json', action='store_true', help='print the rows as JSON, for scripts')
     t.add_argument('-r', '--recurse', action='store_true', help='also the folders below it')
+
+# %% ../nbs/14_cli.ipynb #c015g
+def _log_command(cmd):
+    "Add `log` with `cmd`: the checkpoints, and the W&B run to log them to"
     l = cmd('log', "log checkpoints to a W&B run, each with its own metadata and aliases: a run's models, uploaded "
                    "later")
     l.add_argument('path', help="a checkpoint's .pth or .json, or a folder of them")
@@ -127,6 +156,10 @@ def _parser()->argparse.ArgumentParser:
     l.add_argument('--name', help="the artifact's name; default run-<id>-<tracker's fname>")
     l.add_argument('--mode', choices=['online', 'offline'], help="W&B's mode; default W&B's own (WANDB_MODE)")
     l.add_argument('--dir', help="where W&B keeps the run's files; default W&B's own")
+
+# %% ../nbs/14_cli.ipynb #c015p
+def _prune_command(cmd):
+    "Add `prune` with `cmd`: the artifact, and which of its versions to keep"
     r = cmd('prune', 'delete old versions of a model artifact on W&B: keep the newest N and every one with a protected '
                      'alias')
     r.add_argument('ref', help='the artifact: ENTITY/PROJECT/NAME')
@@ -134,10 +167,13 @@ def _parser()->argparse.ArgumentParser:
     r.add_argument('--protect', nargs='+', help="aliases (shell patterns) whose versions are kept; default: best "
                                                 "best-* latest production")
     r.add_argument('--dry-run', action='store_true', help='say what would be deleted, delete nothing')
+
+# %% ../nbs/14_cli.ipynb #c015k
+def _link_command(cmd):
+    "Add `link` with `cmd`: the version, and the registry collection to link it to"
     k = cmd('link', 'link a model version to a collection of the W&B registry (online)')
     k.add_argument('ref', help='the version: ENTITY/PROJECT/NAME:ALIAS')
     k.add_argument('target', help='the collection: wandb-registry-model/<name>')
-    return p
 
 # %% ../nbs/14_cli.ipynb #c015a
 def _fail(message, code:int=1)->int:

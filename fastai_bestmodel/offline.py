@@ -56,6 +56,28 @@ class OfflineRun:
     summary: dict = field(default_factory=dict) # the run's final summary
     history: list = field(default_factory=list) # one dict per `wandb.log` step
 
+# %% ../nbs/06_offline.ipynb #c007p
+def _finished_records(log:Path, wait:float)->list:
+    "The records of the W&B log `log`, read again until its `exit` record is in or `wait` seconds have passed"
+    from google.protobuf.message import DecodeError
+    deadline = time.monotonic() + wait
+    while True:
+        # wandb writes the log from its own process, and may still be writing after `finish()` returns
+        try: records = wandb_records(log)
+        except DecodeError:
+            if time.monotonic() > deadline: raise
+            records = []
+        if any(r.WhichOneof('record_type') == 'exit' for r in records) or time.monotonic() > deadline: return records
+        time.sleep(0.1)
+
+# %% ../nbs/06_offline.ipynb #c007q1
+def _artifact(a)->dict:
+    "Artifact record `a` as a dict: name, type, digest, aliases, metadata, and its manifest's files"
+    return dict(name=a.name, type=a.type, digest=a.digest, aliases=list(a.aliases),
+                metadata=json.loads(a.metadata or '{}'),
+                files=[dict(path=c.path, digest=c.digest, size=c.size, local_path=c.local_path)
+                       for c in a.manifest.contents])
+
 # %% ../nbs/06_offline.ipynb #c007r
 def read_offline_run(run_dir, # a `wandb/offline-run-*` folder, or the `run-*.wandb` file in it
                      wait:float=10., # seconds to wait for the run's last record (wandb may write it after `finish()`)
@@ -64,25 +86,10 @@ def read_offline_run(run_dir, # a `wandb/offline-run-*` folder, or the `run-*.wa
     run_dir = Path(run_dir)
     logs = [run_dir] if run_dir.is_file() else sorted(run_dir.glob('run-*.wandb'))
     if not logs: raise FileNotFoundError(f'No run-*.wandb file in {run_dir}: is it a wandb/offline-run-* folder?')
-    from google.protobuf.message import DecodeError
-    deadline = time.monotonic() + wait
-    while True:
-        # wandb writes the log from its own process, and may still be writing after `finish()` returns
-        try: records = wandb_records(logs[0])
-        except DecodeError:
-            if time.monotonic() > deadline: raise
-            records = []
-        if any(r.WhichOneof('record_type') == 'exit' for r in records) or time.monotonic() > deadline: break
-        time.sleep(0.1)
     res = OfflineRun(path=logs[0])
-    for rec in records:
+    for rec in _finished_records(logs[0], wait):
         kind = rec.WhichOneof('record_type')
-        if kind == 'artifact':
-            a = rec.artifact
-            res.artifacts.append(dict(name=a.name, type=a.type, digest=a.digest, aliases=list(a.aliases),
-                                      metadata=json.loads(a.metadata or '{}'),
-                                      files=[dict(path=c.path, digest=c.digest, size=c.size, local_path=c.local_path)
-                                             for c in a.manifest.contents]))
+        if kind == 'artifact': res.artifacts.append(_artifact(rec.artifact))
         elif kind == 'summary':
             for u in rec.summary.update:
                 if not _key(u).startswith('_wandb'): res.summary[_key(u)] = json.loads(u.value_json)

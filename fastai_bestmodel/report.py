@@ -120,6 +120,48 @@ _STYLE = {'top_k': dict(marker='o', ms=9, mfc='none', color='C2', label='top k')
           'end': dict(marker='D', ms=6, color='C4', label='at end')}
 _STAR = dict(ls='none', marker='*', color='gold', mec='black', mew=0.6)
 
+# %% ../nbs/12_report.ipynb #c019b
+def _mark_saves(ax, cb, best, first:int):
+    "Mark on `ax` each checkpoint its files still hold, by reason (`best` aside), and the earlier bests, as faint stars"
+    kept = {Path(p) for p in cb.best_k_models}
+    # what each file holds now: a later save to a path replaced the earlier
+    latest = {Path(r.path): r for r in cb.records}
+    # epochs the recorder has values of
+    drawn = [r for r in cb.records if isinstance(r.epoch, int) and r.epoch >= first]
+    ranked_only = lambda r: REASONS[r.reason].ranked and not REASONS[r.reason].chosen  # kept only while in the top k
+    now = [r for r in drawn if latest[Path(r.path)] is r and (not ranked_only(r) or Path(r.path) in kept)]
+    for reason, style in _STYLE.items():
+        pts = [(r.epoch, r.metadata[cb.monitor]) for r in now
+               if r.reason == reason and r is not best and cb.monitor in r.metadata]
+        if pts: ax.plot(*zip(*pts), ls='none', zorder=2, **style)
+    earlier = [(r.epoch, r.value) for r in drawn if _is_best(r.reason) and r is not best]
+    if earlier: ax.plot(*zip(*earlier), ms=9, alpha=.5, label='earlier best', zorder=2, **_STAR)
+
+# %% ../nbs/12_report.ipynb #c019c
+def _mark_mid_epoch_saves(ax, cb, first:int):
+    "A vertical line on `ax` at each save of `cb` made mid-epoch: periodic in one colour, interrupted in another"
+    seen = set()
+    for r in (r for r in cb.records if not REASONS[r.reason].whole_epoch and r.epoch - 1 >= first - 1):
+        # saved mid-epoch, at `r.epoch` epochs done: the end of epoch N, where its values are drawn, is N + 1 epochs
+        # done
+        ax.axvline(r.epoch - 1, ls=':', color='C5' if REASONS[r.reason].periodic else 'C3', lw=1, zorder=0,
+                   label=None if r.reason in seen else r.reason)
+        seen.add(r.reason)
+
+# %% ../nbs/12_report.ipynb #c019d
+def _label_best_and_last(ax, monitor:str, best, xs:list, last:float):
+    "Star and label the `best` record's `monitor` value on `ax`; label the `last` epoch's value unless it is the best"
+    # a label near the right edge goes to the left of its point
+    right = lambda x: x >= xs[-1] - 0.5 * max(1, len(xs) - 1) / 4
+    if best is not None and best.epoch >= xs[0] and monitor in best.metadata:
+        bx, by = best.epoch, best.metadata[monitor]
+        ax.plot([bx], [by], ms=16, label='best', zorder=3, **_STAR)
+        ax.annotate(f'best: {by:.4g} (epoch {bx})', (bx, by), textcoords='offset points',
+                    xytext=(-8 if right(bx) else 8, 8), ha='right' if right(bx) else 'left')
+    lx, ly = xs[-1], last
+    if best is None or lx != best.epoch:
+        ax.annotate(f'last: {ly:.4g} (epoch {lx})', (lx, ly), textcoords='offset points', xytext=(-6, -16), ha='right')
+
 # %% ../nbs/12_report.ipynb #c019a
 def plot_checkpoints(learn, # the `Learner` after its fit
                      tracker=None, # the `SaveModelCallback` to show; default the one that decides what `learn` holds
@@ -134,40 +176,13 @@ def plot_checkpoints(learn, # the `Learner` after its fit
     if cb.monitor not in names: raise ValueError(f'plot_checkpoints: no {cb.monitor!r} was recorded in the training; '
                                                  f'{names} were.')
     xs = [r['epoch'] for r in cb.epoch_values]  # the epochs of the training: a `fine_tune`'s two fits are one
-    first = xs[0]
     fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(6.4, 4))
     for n in [cb.monitor, *(values or [])]:  # matplotlib leaves out labels starting with `_` (fastai's `_rmse`)
         ax.plot(xs, [r[names.index(n)] for r in rows], label=' ' + n if n.startswith('_') else n, zorder=1)
-    best, kept = _best_record(cb), {Path(p) for p in cb.best_k_models}
-    # what each file holds now: a later save to a path replaced the earlier
-    latest = {Path(r.path): r for r in cb.records}
-    # epochs the recorder has values of
-    drawn = [r for r in cb.records if isinstance(r.epoch, int) and r.epoch >= first]
-    ranked_only = lambda r: REASONS[r.reason].ranked and not REASONS[r.reason].chosen  # kept only while in the top k
-    now = [r for r in drawn if latest[Path(r.path)] is r and (not ranked_only(r) or Path(r.path) in kept)]
-    for reason, style in _STYLE.items():
-        pts = [(r.epoch, r.metadata[cb.monitor]) for r in now
-               if r.reason == reason and r is not best and cb.monitor in r.metadata]
-        if pts: ax.plot(*zip(*pts), ls='none', zorder=2, **style)
-    earlier = [(r.epoch, r.value) for r in drawn if _is_best(r.reason) and r is not best]
-    if earlier: ax.plot(*zip(*earlier), ms=9, alpha=.5, label='earlier best', zorder=2, **_STAR)
-    seen = set()
-    for r in (r for r in cb.records if not REASONS[r.reason].whole_epoch and r.epoch - 1 >= first - 1):
-        # saved mid-epoch, at `r.epoch` epochs done: the end of epoch N, where its values are drawn, is N + 1 epochs
-        # done
-        ax.axvline(r.epoch - 1, ls=':', color='C5' if REASONS[r.reason].periodic else 'C3', lw=1, zorder=0,
-                   label=None if r.reason in seen else r.reason)
-        seen.add(r.reason)
-    # a label near the right edge goes to the left of its point
-    right = lambda x: x >= xs[-1] - 0.5 * max(1, len(xs) - 1) / 4
-    if best is not None and best.epoch >= first and cb.monitor in best.metadata:
-        bx, by = best.epoch, best.metadata[cb.monitor]
-        ax.plot([bx], [by], ms=16, label='best', zorder=3, **_STAR)
-        ax.annotate(f'best: {by:.4g} (epoch {bx})', (bx, by), textcoords='offset points',
-                    xytext=(-8 if right(bx) else 8, 8), ha='right' if right(bx) else 'left')
-    lx, ly = xs[-1], rows[-1][names.index(cb.monitor)]
-    if best is None or lx != best.epoch:
-        ax.annotate(f'last: {ly:.4g} (epoch {lx})', (lx, ly), textcoords='offset points', xytext=(-6, -16), ha='right')
+    best = _best_record(cb)
+    _mark_saves(ax, cb, best, xs[0])
+    _mark_mid_epoch_saves(ax, cb, xs[0])
+    _label_best_and_last(ax, cb.monitor, best, xs, rows[-1][names.index(cb.monitor)])
     ax.margins(x=0.06, y=0.15)
     ax.set_xlabel('epoch'); ax.set_ylabel(cb.monitor); ax.legend(fontsize='small')
     import sys
