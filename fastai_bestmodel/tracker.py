@@ -34,8 +34,7 @@ __all__ = ['SaveModelCallback', 'deciding_tracker']
 # %% ../nbs/10_tracker.ipynb #trk17
 class SaveModelCallback(_FastaiSaveModelCallback):
     "fastai's `SaveModelCallback` that records, and writes beside the weights, the metrics of the epoch it saved"
-    # a writer thread, a `fine_tune` call and the loggers told of each write do not outlive the process: `export`
-    # leaves them out
+    # not pickled by `export`: a writer thread, a `fine_tune` call, the loggers told of each write
     _stateattrs = ('_writer', '_group', 'on_written')
     def __init__(self,
         monitor='valid_loss', # value (usually loss or metric) being monitored.
