@@ -160,6 +160,42 @@ def _free_path(path:Path)->Path:
     taken = {p.stem for p in path.parent.iterdir() if p.suffix in ('.pth', '.json')}
     return path.with_name(free_name(path.stem, taken) + path.suffix)
 
+# %% ../nbs/01_checkpoint.ipynb #sv01
+def _description(path:Path, digest:str, nbytes:int, holds:list, reason:str, monitor, comp, tracker, training,
+                 metadata:dict, provenance)->dict:
+    "What the `.json` of the weights just written for `path` says: their digest and size, `save_checkpoint`'s arguments"
+    import torch
+    return dict(format=_FORMAT, weights=path.name, digest=digest, bytes=nbytes,
+                holds=holds, with_opt='opt' in holds, reason=reason,
+                monitor=monitor, comp=comp, tracker=tracker, training=training,
+                metadata=json_safe(dict(metadata)),
+                saved_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
+                torch_version=torch.__version__, provenance=json_safe(dict(provenance or {})))
+
+# %% ../nbs/01_checkpoint.ipynb #sv02
+def _write_weights(path:Path, state, gate, fields:dict)->tuple:
+    "Write `state` to `path`'s pending file; its description (`fields`: `_description`'s arguments), and that file"
+    tmp, digest = write_tmp(path.parent, path.name, lambda f: torch_save_without_crcs(plain_state(state), f),
+                            gate=gate)
+    try:
+        desc = _description(path, digest, tmp.stat().st_size, **fields)
+        pending = _pending(path, digest)
+        os.replace(tmp, pending)
+    except BaseException: remove_file(tmp); raise
+    return desc, pending
+
+# %% ../nbs/01_checkpoint.ipynb #sv03
+def _commit(path:Path, lock, version_counter:bool, state, gate, fields:dict)->tuple:
+    "Under `lock`: save to `path` (or its first free version) up to its `.json`; the name, description and pending file"
+    try:
+        if version_counter: path = _free_path(path)  # under the lock: no other save can take the name meanwhile
+        # Under the lock no other save runs here, so what a save left is abandoned; without a lock, keep it
+        _finish_interrupted(path, abandoned=lock.locked)
+        desc, pending = _write_weights(path, state, gate, fields)
+        try: return path, _write_description(json_path(path), desc), pending
+        except BaseException: remove_file(pending); raise
+    except OSError as e: raise _write_error(path, e) from e
+
 # %% ../nbs/01_checkpoint.ipynb #c024
 def save_checkpoint(path, # where the weights go: a `.pth` file; the `.json` goes beside it
                     state, # what to save: a state dict, or `{'model':..., 'opt':...}`
@@ -176,32 +212,15 @@ def save_checkpoint(path, # where the weights go: a `.pth` file; the `.json` goe
                     version_counter:bool=False, # if `path` is taken, save to the first free `<stem>-v1`, `-v2`, ...
                    )->dict:
     "Write `state` to `path` and its description to `path.with_suffix('.json')`, atomically; return the description"
-    import torch
     path, reason = Path(path), _check_reason(ifnone(reason, 'best' if monitor else 'end'))
     holds = list(ifnone(holds, ['model', 'opt'] if isinstance(state, dict) and set(state)=={'model','opt'}
                                else ['model']))
+    fields = dict(holds=holds, reason=reason, monitor=monitor, comp=comp, tracker=tracker, training=training,
+                  metadata=metadata, provenance=provenance)
     try: path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e: raise _write_error(path, e) from e
     with FolderLock(path.parent) as lock:
-        try:
-            if version_counter: path = _free_path(path)  # under the lock: no other save can take the name meanwhile
-            # Under the lock no other save runs here, so what a save left is abandoned; without a lock, keep it
-            _finish_interrupted(path, abandoned=lock.locked)
-            tmp, digest = write_tmp(path.parent, path.name, lambda f: torch_save_without_crcs(plain_state(state), f),
-                                    gate=gate)
-            try:
-                desc = dict(format=_FORMAT, weights=path.name, digest=digest, bytes=tmp.stat().st_size,
-                            holds=holds, with_opt='opt' in holds, reason=reason,
-                            monitor=monitor, comp=comp, tracker=tracker, training=training,
-                            metadata=json_safe(dict(metadata)),
-                            saved_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
-                            torch_version=torch.__version__, provenance=json_safe(dict(provenance or {})))
-                pending = _pending(path, digest)
-                os.replace(tmp, pending)
-            except BaseException: remove_file(tmp); raise
-            try: desc = _write_description(json_path(path), desc)
-            except BaseException: remove_file(pending); raise
-        except OSError as e: raise _write_error(path, e) from e
+        path, desc, pending = _commit(path, lock, version_counter, state, gate, fields)
         # The `.json` is committed, and the folder's fsync that made it durable made `pending`'s name durable too.
         # From here a crash leaves `pending`, which loading and the next save complete: this move needs no fsync.
         replace_file(pending, path, background_unlink=background_unlink, durable=False)

@@ -129,24 +129,8 @@ class AsyncCheckpointWriter:
         "Snapshot `state` and queue it like `CheckpointWriter.submit`, replacing a plain save to `path` not yet started"
         self.raise_error()
         path, plain = Path(path), keep_previous_as is None and not delete
-        with self._cond:
-            # Another path's save is never dropped: with one already waiting, wait for the thread to take it. Nor is a
-            # save with a policy's steps (a checkpoint it keeps or deletes): only a plain save supersedes a plain one.
-            t0 = time.perf_counter()
-            while self._pending and not (plain and path in self._pending and self._pending[path]['plain']):
-                self._cond.wait()
-            old = self._pending.pop(path, None)
-            if old is not None and old['on_done'] is not None:  # superseded before it started: never written
-                old['on_done'](dict(kept=None, desc=None, deleted=[], superseded=True))
-            # No more than `buffers` copies of the state: with none spare, wait for the thread to finish
-            # writing from one
-            while (old is None and not self._spare and self.sets >= self.buffers
-                   and (self._busy is not None or self._pending)):
-                self._cond.wait()
-            waited = time.perf_counter() - t0
-            self.saves, self.waited, self.waits = self.saves + 1, self.waited + waited, self.waits + (waited > 1e-3)
-            if old is None and not self._spare: self.sets += 1
-            reuse = old['state'] if old else (self._spare.pop() if self._spare else None)
+        with self._cond:  # held from the wait for room until the save is queued: no other save comes in between
+            reuse = self._wait_for_room(path, plain)
             # The copy is all the loop waits for; a write running beside it would take half the CPU and memory bandwidth
             self._gate.clear()
             try: snap, done = self._copy(state, reuse)
@@ -156,14 +140,38 @@ class AsyncCheckpointWriter:
             self._cond.notify_all()
             self._start()
 
-    def _start(self):
-        "Start the writer thread if it is not running; called with the lock held"
-        # `_running` changes only under the lock, so a thread about to exit never leaves a job behind
-        if self._running: return
-        self._running = True
-        # A daemon, which `_say_waiting` joins at exit: if the training script dies while one is being written (a
-        # second Ctrl-C during the wait at the end of fit), Python still finishes it before exiting.
-        threading.Thread(target=self._run, name=_WRITER_THREAD, daemon=True).start()
+# %% ../nbs/02_writer.ipynb #c049v
+@patch
+def _wait_for_room(self:AsyncCheckpointWriter, path:Path, plain:bool):
+    "Wait, with the lock held, until a save to `path` may be queued; the buffers its snapshot reuses, or None for new"
+    # Another path's save is never dropped: with one already waiting, wait for the thread to take it. Nor is a
+    # save with a policy's steps (a checkpoint it keeps or deletes): only a plain save supersedes a plain one.
+    t0 = time.perf_counter()
+    while self._pending and not (plain and path in self._pending and self._pending[path]['plain']):
+        self._cond.wait()
+    old = self._pending.pop(path, None)
+    if old is not None and old['on_done'] is not None:  # superseded before it started: never written
+        old['on_done'](dict(kept=None, desc=None, deleted=[], superseded=True))
+    # No more than `buffers` copies of the state: with none spare, wait for the thread to finish
+    # writing from one
+    while (old is None and not self._spare and self.sets >= self.buffers
+           and (self._busy is not None or self._pending)):
+        self._cond.wait()
+    waited = time.perf_counter() - t0
+    self.saves, self.waited, self.waits = self.saves + 1, self.waited + waited, self.waits + (waited > 1e-3)
+    if old is None and not self._spare: self.sets += 1
+    return old['state'] if old else (self._spare.pop() if self._spare else None)
+
+# %% ../nbs/02_writer.ipynb #c049y
+@patch
+def _start(self:AsyncCheckpointWriter):
+    "Start the writer thread if it is not running; called with the lock held"
+    # `_running` changes only under the lock, so a thread about to exit never leaves a job behind
+    if self._running: return
+    self._running = True
+    # A daemon, which `_say_waiting` joins at exit: if the training script dies while one is being written (a
+    # second Ctrl-C during the wait at the end of fit), Python still finishes it before exiting.
+    threading.Thread(target=self._run, name=_WRITER_THREAD, daemon=True).start()
 
 # %% ../nbs/02_writer.ipynb #c049b
 @patch
