@@ -6,14 +6,14 @@ The figure is the extra time a way of saving adds to a fit that saves nothing, a
 left out; timed by wrapping `Learner._do_epoch`, as a timing callback from outside fastai would change what the
 tracker does: it cannot vouch for such a callback, so it reloads the best at the end, waiting for the last write) and whole fits
 (including the final wait for pending saves, and the reload of the best that fastai's callback does and ours does where
-the learner does not hold the best already). `background` is `async_save='background'`, whose fit returns before its
-last write ends: its time until that checkpoint is on disk is printed beside. Each repetition runs every kind, so the
+the learner does not hold the best already). Each repetition runs every kind, so the
 ratios are also computed per repetition (paired) and their range printed: on a shared machine the spread between runs
 is as large as the effects."""
 import argparse, contextlib, io, json, os, resource, statistics, subprocess, sys, tempfile, time
 from pathlib import Path
 
-KINDS = ('none', 'plain', 'fastai', 'sync', 'async', 'background')
+KINDS = ('none', 'plain', 'fastai', 'sync', 'async', 'sync3', 'async3')  # `3`: `save_top_k=3`; a `-nice0` suffix: the
+# writer thread at the loop's priority (measuring what `writer._lower_priority` buys)
 
 
 def _child(kind, batches, epochs, width, layers, bs, folder):
@@ -26,7 +26,8 @@ def _child(kind, batches, epochs, width, layers, bs, folder):
     from fastai.callback.core import Callback
     from fastai.callback.tracker import SaveModelCallback as FastaiSaveModelCallback
     from fastai_bestmodel.tracker import SaveModelCallback
-    from fastai_bestmodel.writer import wait_for_saves
+    import fastai_bestmodel.writer as writer
+    if kind.endswith('-nice0'): writer._lower_priority, kind = (lambda: None), kind[:-len('-nice0')]
     from fastai_bestmodel.test_utils import ScriptedMetric
     dev = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
     torch.manual_seed(0)
@@ -55,7 +56,8 @@ def _child(kind, batches, epochs, width, layers, bs, folder):
     cbs = {'none': [], 'plain': [PlainSave()], 'fastai': [FastaiSaveModelCallback(monitor='score', comp=lambda a, b: a > b, fname='fastai')],
            'sync': [SaveModelCallback(monitor='score', fname='sync')],
            'async': [SaveModelCallback(monitor='score', fname='async', async_save=True)],
-           'background': [SaveModelCallback(monitor='score', fname='background', async_save='background')]}[kind]
+           'sync3': [SaveModelCallback(monitor='score', fname='sync3', save_top_k=3)],
+           'async3': [SaveModelCallback(monitor='score', fname='async3', save_top_k=3, async_save=True)]}[kind]
     with learn.no_bar(), learn.no_logging(), contextlib.redirect_stdout(io.StringIO()):
         learn.fit(1, cbs=[])  # warm up: kernels, allocator, the first batch's costs
         if dev.type == 'cuda': torch.cuda.synchronize(); torch.cuda.reset_peak_memory_stats()
@@ -64,8 +66,7 @@ def _child(kind, batches, epochs, width, layers, bs, folder):
         learn.fit(epochs, cbs=cbs)
         if dev.type == 'cuda': torch.cuda.synchronize()
         whole = time.perf_counter() - t0
-        wait_for_saves()  # `background`: its last checkpoint lands after the fit returned
-        durable = time.perf_counter() - t0
+        durable = time.perf_counter() - t0  # a fit returns once its checkpoints are on disk
     epoch_times = [b - a for a, b in zip(starts, starts[1:])]  # each includes its saves; the last epoch's is in `whole` only
     print(json.dumps(dict(kind=kind, epochs=epoch_times, whole=whole, durable=durable, rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss/1024,
                           gpu_mib=torch.cuda.max_memory_allocated()/2**20 if dev.type == 'cuda' else None,
@@ -112,7 +113,7 @@ def bench_whole_fit(reps=3, epochs=6, width=4096, layers=3, bs=256, seconds=1.5,
     for k in kinds:
         peak = runs[k]
         gpu = f", GPU peak {statistics.median(r['gpu_mib'] for r in peak):.0f} MiB" if peak[0]['gpu_mib'] is not None else ''
-        print(f'   {k:10s}: epoch {epoch[k]*1000:7.1f} ms (+{(epoch[k]-epoch["none"])*1000:6.1f}), fit {whole[k]:6.2f} s '
+        print(f'   {k:12s}: epoch {epoch[k]*1000:7.1f} ms (+{(epoch[k]-epoch["none"])*1000:6.1f}), fit {whole[k]:6.2f} s '
               f'(+{whole[k]-whole["none"]:5.2f}; fits {spread[k][0]:.2f}-{spread[k][1]:.2f} s), peak RSS {statistics.median(r["rss_mib"] for r in peak):.0f} MiB{gpu}')
     extra_e = {k: epoch[k] - epoch['none'] for k in kinds}
     extra_w = {k: whole[k] - whole['none'] for k in kinds}
@@ -125,9 +126,8 @@ def bench_whole_fit(reps=3, epochs=6, width=4096, layers=3, bs=256, seconds=1.5,
             e = {j: statistics.median(got[j]['epochs'][1:]) if key == 'epochs' else got[j][key] for j in got}
             out.append((e[k] - e['none']) / (e['plain'] - e['none']))
         return f'{min(out):.2f} to {max(out):.2f}'
-    for k in (k for k in ('fastai', 'sync', 'async', 'background') if k in kinds):
-        until = f'; until on disk {(durable[k]-whole["none"])/extra_w["plain"]:.2f}' if k == 'background' else ''
-        print(f'     {k:10s} / plain: {extra_e[k]/extra_e["plain"]:.2f}; {extra_w[k]/extra_w["plain"]:.2f}{until}   '
+    for k in (k for k in kinds if k not in ('none', 'plain')):
+        print(f'     {k:12s} / plain: {extra_e[k]/extra_e["plain"]:.2f}; {extra_w[k]/extra_w["plain"]:.2f}   '
               f'(per repetition: {paired(k, "epochs")}; {paired(k, "whole")})')
     print(f'   plain torch.save adds {extra_e["plain"]*1000:.1f} ms an epoch; the spread of whole no-save fits is '
           f'{(spread["none"][1]-spread["none"][0])*1000:.0f} ms. Target on a GPU: async / plain <= 0.10.')

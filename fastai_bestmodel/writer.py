@@ -33,7 +33,7 @@ def _write_job(job, written:dict, **kwargs)->dict:
             desc = link_checkpoint(src, path, reason=job['kwargs'].get('reason'), desc=written.get(src))
         else: desc = save_checkpoint(path, job['state'], job['metadata'], **kwargs, **job['kwargs'])
         res['desc'] = written[path.with_name(desc['weights'])] = desc
-        # freed in a thread unless this already is one (the async writer says so)
+        # their blocks freed in the unlink thread, unless the caller asks otherwise
         for p in map(_path_of, job['delete']):
             delete_checkpoint(p, background=kwargs.get('background_unlink', True))
             written.pop(p, None)
@@ -221,7 +221,9 @@ def _run(self:AsyncCheckpointWriter):
             self._cond.notify_all()  # a `submit` waiting for room can go on
         try:
             if job['done'] is not None: job['done'].synchronize()  # the copy from the GPU has landed in the buffers
-            self.last_written = _write_job(job, self.written, gate=self._gate, background_unlink=False)
+            # the blocks of a replaced or deleted file are freed by the unlink thread, as for a synchronous save:
+            # the loop may be waiting for this write, and freeing 200 MB takes tens of ms
+            self.last_written = _write_job(job, self.written, gate=self._gate)
         except BaseException as e:
             with self._cond: self._error = e  # raised at the next `submit` or `wait`
         finally:
@@ -242,6 +244,7 @@ def wait(self:AsyncCheckpointWriter):
     "Block until every submitted save is on disk; raise the error of a failed one"
     with self._cond:
         while self._pending or self._busy is not None: self._cond.wait()
+    wait_for_unlinks()  # as `CheckpointWriter.wait`: once a fit returns, nothing of ours touches its folder
     self.raise_error()
     return self.last_written
 
