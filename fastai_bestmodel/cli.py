@@ -93,12 +93,13 @@ def demo(epochs:int=8, # epochs of `fit_one_cycle`
     return res
 
 # %% ../nbs/14_cli.ipynb #c014y
-def _above_zero(convert, what:str):
-    "An argparse `type`: the text read by `convert`, refused unless it is a finite number above zero"
+def _above_zero(convert, what:str, zero:bool=False):
+    "An argparse `type`: the text read by `convert`, refused unless a finite number above zero (or zero, if `zero`)"
     def read(text:str):
         try: value = convert(text)
         except ValueError: value = None
-        if value is None or not 0 < value < math.inf: raise argparse.ArgumentTypeError(f'must be {what}, not {text!r}')
+        if value is None or not (0 <= value if zero else 0 < value) or not value < math.inf:
+            raise argparse.ArgumentTypeError(f'must be {what}, not {text!r}')
         return value
     return read
 
@@ -163,7 +164,8 @@ def _prune_command(cmd):
     r = cmd('prune', 'delete old versions of a model artifact on W&B: keep the newest N and every one with a protected '
                      'alias')
     r.add_argument('ref', help='the artifact: ENTITY/PROJECT/NAME')
-    r.add_argument('--keep', type=int, required=True, help='how many of the newest versions to keep')
+    r.add_argument('--keep', type=_above_zero(int, 'a whole number >= 0', zero=True), required=True,
+                   help='how many of the newest versions to keep')
     r.add_argument('--protect', nargs='+', help="aliases (shell patterns) whose versions are kept; default: best "
                                                 "best-* latest production")
     r.add_argument('--dry-run', action='store_true', help='say what would be deleted, delete nothing')

@@ -15,7 +15,7 @@ from fastcore.basics import ifnone, init_args
 from fastcore.foundation import L
 from fastai.callback.core import CancelFitException
 import fastai.callback.schedule  # defines `Learner.fine_tune`
-from fastai.learner import Learner, noop
+from fastai.learner import Learner, noop, join_path_file
 from fastai.torch_core import get_model, rank_distrib, num_distrib
 from .checkpoint import (load_checkpoint, list_checkpoints, read_checkpoint, json_path, pth_path,
                                          CheckpointError)
@@ -130,6 +130,14 @@ def release_sigterm():
     "Give SIGTERM its default back, if `catch_sigterm` holds it"
     if _main_thread() and signal.getsignal(signal.SIGTERM) is _on_sigterm: signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
+# %% ../nbs/08_learner.ipynb #lrn18
+def _save(self, file, **kwargs):
+    path = join_path_file(file, self.path/self.model_dir, ext='.pth')
+    try:
+        if path.stat().st_nlink > 1: path.unlink()  # its other names keep the file; this one gets a new one
+    except FileNotFoundError: pass
+    return _save.__wrapped__(self, file, **kwargs)
+
 # %% ../nbs/08_learner.ipynb #lrn20
 def _format_config_value(v, depth=0):
     if isinstance(v, (list, tuple)): return [_format_config_value(o, depth) for o in v]
@@ -169,6 +177,8 @@ CHANGES = {  # every change this package makes to fastai, with the fastai versio
     'Learner._with_events': Change(lambda: Learner, '_with_events', _with_events, "no checkpoint is saved on an "
                                    "exception (`save_on_exception`), nor logged to W&B "
                                    "then", {'2.8.12': 'b15928625a4cb136'}),
+    'Learner.save': Change(lambda: Learner, 'save', _save, "`learn.save` over a checkpoint changes its other names "
+                           "too (`<fname>_last.pth`, W&B's staged upload)", {'2.8.12': '6e7cbc8dfa6f53b3'}),
     'wandb._format_config': Change(_fastai_wandb, '_format_config', _format_config, "callbacks' arguments that wandb "
                                    "cannot take (modules, tensors) may fail the run's "
                                    "config", {'2.8.12': '42e2c2df3b2301c9'})}

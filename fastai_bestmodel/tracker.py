@@ -46,7 +46,7 @@ class SaveModelCallback(_FastaiSaveModelCallback):
         with_opt=False, # if true, save the optimizer state (and what resuming needs) with the weights.
         reset_on_fit=True, # before each fit, forget the best of the previous fit (the fits of one `fine_tune` are one).
         load_best=True, # load the best weights into the learner at the end of fit; False keeps the final weights.
-        async_save=False, # write in a background thread; 'background': the fit also returns before its last write.
+        async_save=False, # write in a background thread while training goes on; the fit returns once all are written.
         save_last=False, # also keep `<fname>_last.pth`, the latest epoch (a link where it is saved already).
         save_top_k=1, # keep the k best: the best as `<fname>.pth`, the others named by `filename`; -1 keeps all.
         filename=None, # template naming the top-k other than the best; default `'<fname>-{epoch}-{<monitor>:.4f}'`.

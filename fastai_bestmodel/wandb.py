@@ -278,9 +278,10 @@ def _upload(self:WandbCallback, built, rec, aliases:list, epoch, quiet:bool)->bo
         if not quiet: print(f'WandbCallback: {e}; not logged.')
         return False
     except Exception as e:
+        with self._lock: where = self._staged.get(rec, rec.path)  # the staged copy: `rec.path` may hold a later save
         warnings.warn(f"WandbCallback could not log the model to W&B ({type(e).__name__}: {e}). The checkpoint is "
-                      f"safe on disk: {rec.path} and {json_path(rec.path)}. To upload it later, run "
-                      f"`fastai-bestmodel log {rec.path} --project {wandb.run.project} --id {wandb.run.id}`.")
+                      f"safe on disk: {where} and {json_path(where)}. To upload it later, run "
+                      f"`fastai-bestmodel log {where} --project {wandb.run.project} --id {wandb.run.id}`.")
         return True
     if art is not None: self._logged.setdefault(name, []).append(art)
     return True
@@ -319,7 +320,7 @@ def _end_uploads(self:WandbCallback):
     "Log every upload queued, stop staging, and let the upload thread go: nothing of it outlives the fit"
     try: self._publish(block=True)
     finally:
-        for cb in self._cbs:
+        for cb in getattr(self, '_cbs', []):
             if self._stage_written in cb.on_written: cb.on_written.remove(self._stage_written)
         if self._pool is not None: self._pool.shutdown()
         self._pool = None
@@ -388,11 +389,13 @@ def after_fit(self:WandbCallback):
 @patch
 def _after_exception(self:WandbCallback, e:BaseException):
     "After an exception in fit, once the trackers saved `<fname>_interrupted`: log what the end of fit would, so far"
-    if rank_distrib() or not getattr(self, '_trained', False) or wandb.run is None: return
-    try: self._log_at_end()
+    if rank_distrib() or wandb.run is None or not hasattr(self, '_queue'): return
+    try:
+        if getattr(self, '_trained', False): self._log_at_end()
     except Exception as err: warnings.warn(f'WandbCallback could not log the models after {type(e).__name__} '
                                            f'({type(err).__name__}: {err}); the checkpoints on disk are intact: '
                                            f'`fastai-bestmodel log FOLDER` uploads them.')
+    finally: self._end_uploads()  # fastai calls no `after_fit` after an exception: nothing of this fit's uploads stays
 
 # %% ../nbs/11_wandb.ipynb #r003
 @patch
