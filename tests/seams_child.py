@@ -1,7 +1,8 @@
 """A training process for `test_seams.py`: one run of a job that is killed, then resumed.
 
 `killed <folder>`: trains 11 epochs keeping the 3 best and the last, with the optimizer state; when the writer is
-about to write `model_last.pth` for epoch 8 (after epoch 8's best was written), the process SIGKILLs itself.
+about to write (or link) `model_last.pth` for epoch 8 (after epoch 8's best was written), the process SIGKILLs
+itself.
 `resumed <folder>`: a new process: `resume_training` from `model_last`, then the rest of the 11 epochs with
 `resume=True`; prints, as its last line, the epoch it started at and the tracker's `best_k_models`, best first."""
 import json, os, signal, sys
@@ -27,6 +28,13 @@ if mode == 'killed':
         if Path(p).name == 'model_last.pth' and metadata['epoch'] == 8: os.kill(os.getpid(), signal.SIGKILL)
         return real(p, state, metadata, **kwargs)
     writer.save_checkpoint = save_or_die  # the name `_write_job` calls
+    # `model_last` of an epoch that saved a best is a link to that checkpoint (no second write): die there too
+    real_link = writer.link_checkpoint
+    def link_or_die(src, p, **kwargs):
+        epoch = (kwargs.get('desc') or {}).get('metadata', {}).get('epoch')
+        if Path(p).name == 'model_last.pth' and epoch == 8: os.kill(os.getpid(), signal.SIGKILL)
+        return real_link(src, p, **kwargs)
+    writer.link_checkpoint = link_or_die
     with learn.no_bar(), learn.no_logging(): learn.fit(len(SCORES), lr=1e-2, cbs=tracker())
 elif mode == 'resumed':
     start = resume_training(learn)
