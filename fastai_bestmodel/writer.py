@@ -211,8 +211,7 @@ def _lower_priority():
 # %% ../nbs/02_writer.ipynb #c049e
 @patch
 def _run(self:AsyncCheckpointWriter):
-    _lower_priority()
-    while True:
+    while True:  # at the loop's own priority: the loop may wait for this thread (see below)
         with self._cond:
             if not self._pending:
                 self._running = False
