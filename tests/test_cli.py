@@ -137,13 +137,6 @@ def test_demo_refuses_fewer_than_1_epoch_and_a_learning_rate_not_above_0(tmp_pat
     assert not (tmp_path/'demo').exists()  # refused before anything was trained or written
 
 
-def test_prune_refuses_a_negative_keep_as_a_usage_error(tmp_path):
-    "A bad argument is a usage error (exit 2, argparse's line), not a W&B failure (exit 1): nothing reaches W&B"
-    r = run_python('-m', 'fastai_bestmodel.cli', 'prune', 'e/p/n', '--keep', '-1', cwd=tmp_path, timeout=120)
-    assert (r.returncode, r.stdout) == (2, ''), r.stdout + r.stderr
-    assert r.stderr.splitlines()[-1] == "fastai-bestmodel prune: error: argument --keep: must be a whole number >= 0, not '-1'"
-
-
 def test_log_online_without_an_api_key_is_one_error_line(checkpoints, tmp_path_factory):
     "No key where W&B looks (WANDB_API_KEY, ~/.netrc, its settings): one line on how to log in or log offline, no wait"
     home = tmp_path_factory.mktemp('home')  # an empty HOME: no ~/.netrc, no ~/.config/wandb

@@ -101,7 +101,9 @@ def test_log_command_publishes_a_folder_written_without_wandb(tmp_path):
 def test_prune_command_refuses_bad_input_in_one_line(tmp_path):
     r = subprocess.run([sys.executable, '-m', 'fastai_bestmodel.cli', 'prune', 'me/proj/model', '--keep', '-1'],
                        cwd=tmp_path, env=python_env(), capture_output=True, text=True, timeout=120)
-    assert (r.returncode, r.stdout) == (1, '') and r.stderr.startswith('error: me/proj/model: ValueError: prune_versions(keep=-1)'), r.stderr
+    # a usage error (exit 2, argparse's line) before anything reaches W&B; until 0.1.0 it was W&B's error (exit 1)
+    assert (r.returncode, r.stdout) == (2, ''), r.stderr
+    assert r.stderr.splitlines()[-1] == "fastai-bestmodel prune: error: argument --keep: must be a whole number >= 0, not '-1'"
 
 
 @pytest.mark.parametrize('log_model,want', [('end', [(2, ['best', 'best-accuracy', 'epoch-2', 'latest'])]),
