@@ -41,6 +41,14 @@ class _EpochTable:
 # %% ../nbs/14_cli.ipynb #c011
 def _fmt(d): return ', '.join(f'{k} {v:.4f}' if isinstance(v, float) else f'{k} {v}' for k,v in d.items())
 
+def _fmt_provenance(p:dict)->str:
+    "A checkpoint's provenance on one short line: versions, model and its size, optimizer, loss, training time"
+    v = p.get('versions', {})
+    parts = [' '.join(f'{k} {v[k]}' for k in ('fastai', 'torch') if k in v),
+             f"{p['model']} ({p['parameters']:,} parameters)" if 'model' in p and 'parameters' in p else p.get('model'),
+             p.get('optimizer'), p.get('loss'), f"{p['train_seconds']:.1f} s" if 'train_seconds' in p else None]
+    return ', '.join(x for x in parts if x)
+
 # %% ../nbs/14_cli.ipynb #c011b
 def _fit_demo(path, project:str, mode:str, epochs:int, lr:float, seed:int)->tuple:
     "Fit the digits learner with both callbacks, in a W&B run finished even if the fit fails: (learner, tracker, run)"
@@ -66,7 +74,9 @@ def _print_offline_run(run_dir:Path):
     with _libraries_quiet(): from fastai_bestmodel.offline import read_offline_run
     logged = read_offline_run(run_dir)
     for a in (a for a in logged.artifacts if a['type'] == 'model'):
-        print(f"W&B artifact {a['name']!r} ({a['type']}), aliases {sorted(a['aliases'])}: {_fmt(a['metadata'])}")
+        meta = {k: v for k,v in a['metadata'].items() if k != 'provenance'}
+        print(f"W&B artifact {a['name']!r} ({a['type']}), aliases {sorted(a['aliases'])}: {_fmt(meta)}")
+        if a['metadata'].get('provenance'): print(f"  trained with: {_fmt_provenance(a['metadata']['provenance'])}")
     print(f"W&B summary: {_fmt({k: v for k,v in logged.summary.items() if k.startswith('best_')})}")
     print(f'W&B offline run: {run_dir}\nupload it with: wandb sync {run_dir}')
     return logged

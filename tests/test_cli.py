@@ -184,6 +184,6 @@ def test_demo_prints_a_table_of_its_epochs_and_no_warning(tmp_path):
     for name, value in zip(header.split()[1:4], rows[-1].split()[1:4]):
         assert abs(float(value) - float(last[name])) <= 1e-4, (name, value, last)
     prefixes = ['best epoch: epoch ', 'last epoch: epoch 1, ', 'checkpoint: ', 'described by: ', "W&B artifact 'run-",
-                'W&B summary: ', 'W&B offline run: ', 'upload it with: wandb sync ']
+                '  trained with: fastai ', 'W&B summary: ', 'W&B offline run: ', 'upload it with: wandb sync ']
     lines = tail.splitlines()
     assert len(lines) == len(prefixes) and all(l.startswith(p) for l, p in zip(lines, prefixes)), r.stdout
