@@ -9,7 +9,7 @@ Docs: https://github.com/fastai-bestmodel/fastai_bestmodel/tracker.html.md"""
 from __future__ import annotations
 import math, time, uuid, warnings
 from pathlib import Path
-import numpy as np, torch
+import numpy as np
 from fastcore.basics import store_attr, ifnone, patch
 from fastai.callback.tracker import SaveModelCallback as _FastaiSaveModelCallback
 from fastai.learner import join_path_file
