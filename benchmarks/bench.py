@@ -263,11 +263,13 @@ if __name__ == '__main__':
     p.add_argument('--width', type=int, default=4096)
     p.add_argument('--quick', action='store_true', help='a small model and few repetitions, to check the script runs')
     p.add_argument('--only', type=int, default=None, help='run only this figure (1 to 7)')
-    p.add_argument('--writer-nice0', action='store_true', help="the writer thread at the loop's priority: what its lowering buys")
+    p.add_argument('--writer-nice19', action='store_true',
+                   help='the writer thread at the lowest priority, as until 0.1.0: what its removal bought')
     a = p.parse_args()
-    if a.writer_nice0:
-        import fastai_bestmodel.writer
-        fastai_bestmodel.writer._lower_priority = lambda: None
+    if a.writer_nice19:
+        from fastai_bestmodel.writer import AsyncCheckpointWriter
+        from whole_fit import nice19_run
+        AsyncCheckpointWriter._run = nice19_run(AsyncCheckpointWriter._run)
     if a.quick: a.reps, a.layers, a.width = 1, 1, 256
     import fastai_bestmodel.wandb  # noqa: F401  (fixes fastai's WandbCallback crash with fastcore 2.2)
     print(f'torch {torch.__version__}, {os.cpu_count()} CPUs, device: cpu')

@@ -12,8 +12,17 @@ is as large as the effects."""
 import argparse, contextlib, io, json, os, resource, statistics, subprocess, sys, tempfile, time
 from pathlib import Path
 
-KINDS = ('none', 'plain', 'fastai', 'sync', 'async', 'sync3', 'async3')  # `3`: `save_top_k=3`; a `-nice0` suffix: the
-# writer thread at the loop's priority (measuring what `writer._lower_priority` buys)
+KINDS = ('none', 'plain', 'fastai', 'sync', 'async', 'sync3', 'async3')  # `3`: `save_top_k=3`; a `-nice19` suffix: the
+# writer thread at the lowest priority, as until 0.1.0 (what running it at the loop's priority bought)
+
+
+def nice19_run(run):
+    "The async writer's thread body, run at the lowest CPU priority, as until 0.1.0 (for measuring what that cost)"
+    def lowered(self):
+        from fastai_bestmodel.writer import _lower_priority
+        _lower_priority()
+        return run(self)
+    return lowered
 
 
 def _child(kind, batches, epochs, width, layers, bs, folder):
@@ -27,7 +36,8 @@ def _child(kind, batches, epochs, width, layers, bs, folder):
     from fastai.callback.tracker import SaveModelCallback as FastaiSaveModelCallback
     from fastai_bestmodel.tracker import SaveModelCallback
     import fastai_bestmodel.writer as writer
-    if kind.endswith('-nice0'): writer._lower_priority, kind = (lambda: None), kind[:-len('-nice0')]
+    if kind.endswith('-nice19'):
+        writer.AsyncCheckpointWriter._run, kind = nice19_run(writer.AsyncCheckpointWriter._run), kind[:-len('-nice19')]
     from fastai_bestmodel.test_utils import ScriptedMetric
     dev = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
     torch.manual_seed(0)
