@@ -12,8 +12,11 @@ is as large as the effects."""
 import argparse, contextlib, io, json, os, resource, statistics, subprocess, sys, tempfile, time
 from pathlib import Path
 
-KINDS = ('none', 'plain', 'fastai', 'sync', 'async', 'sync3', 'async3')  # `3`: `save_top_k=3`; a `-nice19` suffix: the
-# writer thread at the lowest priority, as until 0.1.0 (what running it at the loop's priority bought)
+KINDS = ('none', 'plain', 'fastai', 'sync', 'async', 'sync3', 'async3', 'sync-steps', 'async-steps')
+# `3`: `save_top_k=3`; `-steps`: also a save every third of an epoch's batches, the newest 2 kept (`every_n_train_steps`,
+# `keep_last_n=2`); a `-nice19` suffix: the writer thread at the lowest priority, as until 0.1.0 (what running it at the
+# loop's priority bought)
+STEPS_PER_EPOCH = 3  # the step saves of an epoch in the `-steps` kinds
 
 
 def nice19_run(run):
@@ -67,7 +70,10 @@ def _child(kind, batches, epochs, width, layers, bs, folder):
            'sync': [SaveModelCallback(monitor='score', fname='sync')],
            'async': [SaveModelCallback(monitor='score', fname='async', async_save=True)],
            'sync3': [SaveModelCallback(monitor='score', fname='sync3', save_top_k=3)],
-           'async3': [SaveModelCallback(monitor='score', fname='async3', save_top_k=3, async_save=True)]}[kind]
+           'async3': [SaveModelCallback(monitor='score', fname='async3', save_top_k=3, async_save=True)],
+           **{f'{k}-steps': [SaveModelCallback(monitor='score', fname=f'{k}-steps', async_save=k == 'async', keep_last_n=2,
+                                               every_n_train_steps=max(1, batches // STEPS_PER_EPOCH))] for k in ('sync', 'async')},
+           }[kind]
     with learn.no_bar(), learn.no_logging(), contextlib.redirect_stdout(io.StringIO()):
         learn.fit(1, cbs=[])  # warm up: kernels, allocator, the first batch's costs
         if dev.type == 'cuda': torch.cuda.synchronize(); torch.cuda.reset_peak_memory_stats()
@@ -96,7 +102,7 @@ def _calibrate(width, layers, bs, seconds, threads=None):
     return max(2, round(seconds / per_batch)), per_batch
 
 
-def bench_whole_fit(reps=3, epochs=6, width=4096, layers=3, bs=256, seconds=1.5, kinds=KINDS):
+def bench_whole_fit(reps=5, epochs=6, width=4096, layers=3, bs=256, seconds=1.5, kinds=KINDS):
     "7. Whole fits that train for real: extra time per epoch and per fit of each way of saving, as a ratio to a plain torch.save"
     batches, per_batch = _calibrate(width, layers, bs, seconds)
     n = layers * (width*width + width)
@@ -118,8 +124,9 @@ def bench_whole_fit(reps=3, epochs=6, width=4096, layers=3, bs=256, seconds=1.5,
     whole = {k: statistics.median(run['whole'] for run in v) for k, v in runs.items()}
     spread = {k: (min(run['whole'] for run in v), max(run['whole'] for run in v)) for k, v in runs.items()}
     print(f'7. whole fits on {dev}: a {n/1e6:.1f} M-parameter MLP ({n*4/1e6:.0f} MB of weights) training for real, {batches} batches '
-          f'of {bs} an epoch ({per_batch*1000:.1f} ms each, epochs of about {batches*per_batch:.1f} s), {epochs} epochs each improving, '
-          f'{reps} fits of each kind, each in its own process, interleaved')
+          f'of {bs} an epoch ({per_batch*1000:.1f} ms each, epochs of about {batches*per_batch:.1f} s; no DataLoader workers, the '
+          f'batches made before on the device), {epochs} epochs each improving, `-steps`: a save every '
+          f'{max(1, batches // STEPS_PER_EPOCH)} batches too; {reps} fits of each kind, each in its own process, interleaved')
     for k in kinds:
         peak = runs[k]
         gpu = f", GPU peak {statistics.median(r['gpu_mib'] for r in peak):.0f} MiB" if peak[0]['gpu_mib'] is not None else ''
@@ -139,6 +146,15 @@ def bench_whole_fit(reps=3, epochs=6, width=4096, layers=3, bs=256, seconds=1.5,
     for k in (k for k in kinds if k not in ('none', 'plain')):
         print(f'     {k:12s} / plain: {extra_e[k]/extra_e["plain"]:.2f}; {extra_w[k]/extra_w["plain"]:.2f}   '
               f'(per repetition: {paired(k, "epochs")}; {paired(k, "whole")})')
+    pairs = [(a, a[1:]) for a in kinds if a.startswith('async') and a[1:] in kinds]
+    if pairs: print('   async against sync, the same saves, paired by repetition: the fit\'s time, until its last checkpoint '
+                    'is durable (median, range; target <= 1.00):')
+    for a, s in pairs:
+        fit = [runs[a][r]['whole'] / runs[s][r]['whole'] for r in range(reps)]
+        extra = [(runs[a][r]['whole'] - runs['none'][r]['whole']) / (runs[s][r]['whole'] - runs['none'][r]['whole'])
+                 for r in range(reps)]
+        print(f'     {a:12s} / {s:11s}: fit {statistics.median(fit):.2f} ({min(fit):.2f} to {max(fit):.2f}); extra over '
+              f'no saving {statistics.median(extra):.2f} ({min(extra):.2f} to {max(extra):.2f})')
     print(f'   plain torch.save adds {extra_e["plain"]*1000:.1f} ms an epoch; the spread of whole no-save fits is '
           f'{(spread["none"][1]-spread["none"][0])*1000:.0f} ms. Target on a GPU: async / plain <= 0.10.')
     return dict(epoch=epoch, whole=whole, durable=durable, runs=runs)
@@ -147,7 +163,7 @@ def bench_whole_fit(reps=3, epochs=6, width=4096, layers=3, bs=256, seconds=1.5,
 if __name__ == '__main__':
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument('--child'); p.add_argument('--batches', type=int); p.add_argument('--folder')
-    p.add_argument('--epochs', type=int, default=6); p.add_argument('--reps', type=int, default=3)
+    p.add_argument('--epochs', type=int, default=6); p.add_argument('--reps', type=int, default=5)
     p.add_argument('--width', type=int, default=4096); p.add_argument('--layers', type=int, default=3)
     p.add_argument('--bs', type=int, default=256); p.add_argument('--seconds', type=float, default=1.5)
     p.add_argument('--kinds', default=','.join(KINDS), help=f'which fits, of {",".join(KINDS)} (none and plain are needed)')

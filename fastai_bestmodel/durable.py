@@ -82,6 +82,9 @@ class _DigestingFile:
             self.f.write(part)
             self.written += len(part)
             if self.written - self.flushed >= self.chunk: self._start_writeback()
+        # A gate that asks is told of each buffer written: its memory is then free (torch writes a tensor's
+        # storage in one call, from the storage itself)
+        if self.gate is not None and hasattr(self.gate, 'wrote'): self.gate.wrote(b)
         return len(b)
     def _start_writeback(self):
         # Ask the kernel to start writing what we have so far, without waiting: the disk then works while torch

@@ -86,22 +86,22 @@ class CheckpointWriter:
     def raise_error(self): pass
 
 # %% ../nbs/02_writer.ipynb #c048
-def _snapshot(o, into=None):
+def _snapshot(o, into=None, later:list=None):
     "Copy the tensors of `o` into the tensors of `into` where shapes match, else into new CPU tensors"
     import torch
     if isinstance(o, torch.Tensor):
         # sparse: a copy of its own, not into a buffer
         if o.layout != torch.strided: return o.detach().to('cpu', copy=True)
-        if isinstance(into, torch.Tensor) and into.shape == o.shape and into.dtype == o.dtype:
-            return into.copy_(o, non_blocking=o.is_cuda)
-        buf = torch.empty(o.shape, dtype=o.dtype, device='cpu', pin_memory=o.is_cuda and torch.cuda.is_available())
+        buf = (into if isinstance(into, torch.Tensor) and into.shape == o.shape and into.dtype == o.dtype else
+               torch.empty(o.shape, dtype=o.dtype, device='cpu', pin_memory=o.is_cuda and torch.cuda.is_available()))
+        if later is not None: later.append((buf, o)); return buf  # `later`: the copies for the caller to make
         return buf.copy_(o, non_blocking=o.is_cuda)
     if isinstance(o, dict):
         into = into if isinstance(into, dict) else {}
-        return like_dict(o, ((k, _snapshot(v, into.get(k))) for k,v in o.items()))
+        return like_dict(o, ((k, _snapshot(v, into.get(k), later)) for k,v in o.items()))
     if isinstance(o, (list, tuple, L)):
         into = into if isinstance(into, list) and len(into) == len(o) else [None]*len(o)
-        res = [_snapshot(v, i) for v,i in zip(o, into)]
+        res = [_snapshot(v, i, later) for v,i in zip(o, into)]
         return tuple(res) if isinstance(o, tuple) else res
     return o
 
@@ -109,6 +109,22 @@ def _snapshot(o, into=None):
 def _on_device(state)->bool:
     import torch
     return any(isinstance(t, torch.Tensor) and t.is_cuda for t in _tensors(state))
+
+# %% ../nbs/02_writer.ipynb #c049g0
+class _Gate(threading.Event):
+    "The writer's gate (clear: its write pauses between chunks), which knows what the write in flight has written"
+    def __init__(self):
+        super().__init__()
+        self.set()
+        self.cond, self.freed, self.writing = threading.Condition(), set(), False
+    def begin(self):
+        with self.cond: self.freed, self.writing = set(), True
+    def wrote(self, b):  # called by the file torch writes into, after each buffer: its memory is free from now on
+        import numpy as np
+        addr = np.frombuffer(b, np.uint8).ctypes.data if memoryview(b).nbytes else None
+        with self.cond: self.freed.add(addr); self.cond.notify_all()
+    def end(self):
+        with self.cond: self.writing = False; self.cond.notify_all()
 
 # %% ../nbs/02_writer.ipynb #c049a
 class AsyncCheckpointWriter:
@@ -121,8 +137,7 @@ class AsyncCheckpointWriter:
         self._cond, self._error, self._running, self._busy = threading.Condition(), None, False, None
         self._pending = {}  # path -> the newest save for it not yet started, in the order submitted
         self._spare, self.last_written, self.written = [], None, {}  # `written`: path -> description of its last save
-        self._gate = threading.Event()  # cleared while the caller copies a snapshot: the writer pauses meanwhile
-        self._gate.set()
+        self._gate = _Gate()  # cleared while the caller copies a snapshot: the writer pauses meanwhile
         self.waited, self.waits, self.saves = 0., 0, 0  # seconds and saves `submit` waited for room; saves
 
     def submit(self, path, state, metadata, keep_previous_as=None, delete=(), on_done=None, **kwargs):
@@ -130,11 +145,14 @@ class AsyncCheckpointWriter:
         self.raise_error()
         path, plain = Path(path), keep_previous_as is None and not delete
         with self._cond:  # held from the wait for room until the save is queued: no other save comes in between
-            reuse = self._wait_for_room(path, plain)
-            # The copy is all the loop waits for; a write running beside it would take half the CPU and memory bandwidth
-            self._gate.clear()
-            try: snap, done = self._copy(state, reuse)
-            finally: self._gate.set()
+            reuse, flowing = self._wait_for_room(path, plain)
+            # into each buffer as soon as the write in flight has written it
+            if flowing: snap, done = self._copy(state, reuse, flowing)
+            else:
+                # The copy is all the loop waits for; a write beside it would take half the CPU and memory bandwidth
+                self._gate.clear()
+                try: snap, done = self._copy(state, reuse)
+                finally: self._gate.set()
             job = _job(path, snap, metadata, keep_previous_as, delete, kwargs, on_done=on_done)
             self._pending[path] = dict(job, plain=plain, done=done)
             self._cond.notify_all()
@@ -152,15 +170,21 @@ def _wait_for_room(self:AsyncCheckpointWriter, path:Path, plain:bool):
     old = self._pending.pop(path, None)
     if old is not None and old['on_done'] is not None:  # superseded before it started: never written
         old['on_done'](dict(kept=None, desc=None, deleted=[], superseded=True))
-    # No more than `buffers` copies of the state: with none spare, wait for the thread to finish
-    # writing from one
+    # No more than `buffers` copies of the state: with none spare, take those of the write in flight, to copy into
+    # each as that write is done with it, or else wait for the thread to finish writing from one
+    flowing = False
     while (old is None and not self._spare and self.sets >= self.buffers
            and (self._busy is not None or self._pending)):
+        if flowing := not self._pending and self._busy['link_from'] is None and not self._busy.get('taken'): break
         self._cond.wait()
     waited = time.perf_counter() - t0
     self.saves, self.waited, self.waits = self.saves + 1, self.waited + waited, self.waits + (waited > 1e-3)
+    self._last_waited = waited > 1e-3
+    if flowing:
+        self._busy['taken'] = True  # its buffers go to this save, not back to the spare ones
+        return self._busy['state'], True
     if old is None and not self._spare: self.sets += 1
-    return old['state'] if old else (self._spare.pop() if self._spare else None)
+    return old['state'] if old else (self._spare.pop() if self._spare else None), False
 
 # %% ../nbs/02_writer.ipynb #c049y
 @patch
@@ -187,20 +211,41 @@ def submit_link(self:AsyncCheckpointWriter, src, path, reason=None, on_done=None
 
 # %% ../nbs/02_writer.ipynb #c049c
 @patch
-def _copy(self:AsyncCheckpointWriter, state, reuse)->tuple:
+def _copy(self:AsyncCheckpointWriter, state, reuse, flowing=False)->tuple:
     "The snapshot of `state` in the buffers `reuse`, and, for a state on the GPU, the event that marks its copy done"
-    if not _on_device(state): return _snapshot(state, reuse), None
+    def snapshot():
+        if not flowing: return _snapshot(state, reuse)
+        copies = []
+        snap = _snapshot(state, reuse, copies)
+        self._fill(copies, {t.data_ptr() for t in _tensors(reuse)})
+        return snap
+    if not _on_device(state): return snapshot(), None
     import torch
     # From the GPU: copies into pinned buffers on a side stream, queued after what training has queued, and the training
     # stream waits for them before anything it queues next (the next step's change to the weights, or a callback's). The
     # loop goes on at once; the copy is exactly the weights at this call; only the writer thread waits for it.
     if getattr(self, '_stream', None) is None: self._stream = torch.cuda.Stream()
     self._stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(self._stream): snap = _snapshot(state, reuse)
+    with torch.cuda.stream(self._stream): snap = snapshot()
     done = torch.cuda.Event()
     done.record(self._stream)
     torch.cuda.current_stream().wait_event(done)
     return snap, done
+
+# %% ../nbs/02_writer.ipynb #c049c1
+@patch
+def _fill(self:AsyncCheckpointWriter, copies:list, held:set):
+    "Make the `copies` (buffer, source), each into a buffer of `held` once the write in flight has written it"
+    g, t0, waited = self._gate, time.perf_counter(), 0.
+    while copies:
+        with g.cond:
+            free = lambda b: not g.writing or b.data_ptr() not in held or not b.numel() or b.data_ptr() in g.freed
+            while not any(free(b) for b, _ in copies):
+                w0 = time.perf_counter(); g.cond.wait(); waited += time.perf_counter() - w0
+            now, copies = [c for c in copies if free(c[0])], [c for c in copies if not free(c[0])]
+        for buf, src in now: buf.copy_(src, non_blocking=src.is_cuda)  # in the order the write freed them
+    if waited > 1e-3 and not self._last_waited: self.waits += 1
+    self.waited += waited
 
 # %% ../nbs/02_writer.ipynb #c049d
 def _lower_priority():
@@ -217,19 +262,22 @@ def _run(self:AsyncCheckpointWriter):
                 self._running = False
                 return
             job = self._busy = self._pending.pop(next(iter(self._pending)))
+            self._gate.begin()  # under the lock: a save that takes this job's buffers sees none written yet
             self._cond.notify_all()  # a `submit` waiting for room can go on
+        error = None
         try:
             if job['done'] is not None: job['done'].synchronize()  # the copy from the GPU has landed in the buffers
             # the blocks of a replaced or deleted file are freed by the unlink thread, as for a synchronous save:
             # the loop may be waiting for this write, and freeing 200 MB takes tens of ms
             self.last_written = _write_job(job, self.written, gate=self._gate)
-        except BaseException as e:
-            with self._cond: self._error = e  # raised at the next `submit` or `wait`
-        finally:
-            with self._cond:
-                self._busy = None
-                if job['link_from'] is None: self._spare.append(job['state'])  # its buffers, for the next save
-                self._cond.notify_all()
+        except BaseException as e: error = e  # raised at the next `submit` or `wait`
+        self._gate.end()  # every buffer is free: said before taking the lock, which a save filling them holds
+        with self._cond:
+            if error is not None: self._error = error
+            self._busy = None
+            # its buffers, for the next save, unless a save took them while it was written
+            if job['link_from'] is None and not job.get('taken'): self._spare.append(job['state'])
+            self._cond.notify_all()
 
 # %% ../nbs/02_writer.ipynb #c049f
 @patch(as_prop=True)
