@@ -217,7 +217,8 @@ def _copy(self:AsyncCheckpointWriter, state, reuse, flowing=False)->tuple:
         if not flowing: return _snapshot(state, reuse)
         copies = []
         snap = _snapshot(state, reuse, copies)
-        self._fill(copies, {t.data_ptr() for t in _tensors(reuse)})
+        import torch  # the write in flight's buffers (its sparse tensors are copies of their own, not buffers)
+        self._fill(copies, {t.data_ptr() for t in _tensors(reuse) if t.layout == torch.strided})
         return snap
     if not _on_device(state): return snapshot(), None
     import torch
