@@ -1,6 +1,8 @@
 """The package as PyPI would get it: built by `python -m build` from a copy of the checkout, its wheel and sdist read
 back, the wheel installed alone into a new venv and its `fastai-bestmodel` command run from there."""
-import hashlib, os, subprocess, sys, site, tarfile, tomllib, zipfile
+import hashlib, os, subprocess, sys, site, tarfile, zipfile
+try: import tomllib
+except ModuleNotFoundError: import tomli as tomllib  # Python 3.10: a dependency of `build` there
 from email.parser import Parser
 from pathlib import Path
 import pytest
