@@ -169,7 +169,7 @@ def _parser()->argparse.ArgumentParser:
     p.add_argument('--version', action='version', version=f'%(prog)s {__version__}')
     sub = p.add_subparsers(dest='command', required=True)
     def cmd(name, help, examples):
-        return sub.add_parser(name, help=help, description=help[0].upper() + help[1:] + '.',
+        return sub.add_parser(name, help=help, description=textwrap.fill(help[0].upper() + help[1:] + '.', 79),
                               epilog='examples:\n' + ''.join(f'  {e}\n' for e in examples) + '\n' + _EXIT_CODES,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     for add in (_demo_command, _show_command, _ls_command, _log_command, _prune_command, _link_command): add(cmd)
@@ -244,7 +244,7 @@ def _prune_command(cmd):
     "Add `prune` with `cmd`: the artifact, and which of its versions to keep"
     r = cmd('prune', 'delete old versions of a model artifact on W&B: keep the newest N and every one with a protected '
                      'alias', ['fastai-bestmodel prune me/digits/run-5kkzsdum-model --keep 3 --dry-run',
-                               'fastai-bestmodel prune --keep 3 --protect best --protect production me/digits/model',
+                               'fastai-bestmodel prune --keep 3 --protect best --protect production me/p/model',
                                "fastai-bestmodel prune me/digits/model --keep 0 --protect 'best,epoch-*'"])
     r.add_argument('ref', help='the artifact: ENTITY/PROJECT/NAME')
     r.add_argument('--keep', type=_above_zero(int, 'a whole number >= 0', zero=True), required=True,
@@ -258,7 +258,7 @@ def _prune_command(cmd):
 def _link_command(cmd):
     "Add `link` with `cmd`: the version, and the registry collection to link it to"
     k = cmd('link', 'link a model version to a collection of the W&B registry (online)',
-            ['fastai-bestmodel link me/digits/run-5kkzsdum-model:best wandb-registry-model/digits'])
+            ['fastai-bestmodel link me/digits/model:best wandb-registry-model/digits'])
     k.add_argument('ref', help='the version: ENTITY/PROJECT/NAME:ALIAS')
     k.add_argument('target', help='the collection: wandb-registry-model/<name>')
 
