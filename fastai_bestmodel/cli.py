@@ -7,15 +7,57 @@ Docs: https://github.com/fastai-bestmodel/fastai_bestmodel/cli.html.md"""
 
 # %% ../nbs/14_cli.ipynb #c002
 from __future__ import annotations
-import argparse, json, math, os, re, sys, warnings
+import argparse, json, math, os, re, shutil, sys, textwrap, warnings
 from contextlib import contextmanager
 from pathlib import Path
+from . import __version__
 from .checkpoint import (read_checkpoint, verify_checkpoint, list_checkpoints, json_path, pth_path,
-                                         CheckpointError, CheckpointMismatchError, NotACheckpointError, require_path)
+                                         CheckpointError, CheckpointMismatchError, NotACheckpointError, require_path,
+                                         REASONS)
+from .policies import POSITIONS
 from .report import checkpoint_rows, digest_status
 
 # %% auto #0
-__all__ = ['demo', 'main', 'show', 'show_folder', 'ls']
+__all__ = ['demo', 'main', 'show', 'ls']
+
+# %% ../nbs/14_cli.ipynb #tw02
+def _terminal_width()->int:
+    "The terminal's columns (`COLUMNS` first, as `shutil.get_terminal_size` reads it); 80 when stdout is no terminal"
+    return shutil.get_terminal_size((80, 24)).columns
+
+# %% ../nbs/14_cli.ipynb #tw04
+def _colour(stream=None)->bool:
+    "Whether to colour what goes to `stream` (default stdout): a terminal, and `NO_COLOR` not set"
+    stream = stream or sys.stdout
+    return not os.environ.get('NO_COLOR') and hasattr(stream, 'isatty') and stream.isatty()
+
+def _alarm(text:str)->str: return f'\x1b[1;31m{text}\x1b[0m'  # bold red, in a terminal
+
+# %% ../nbs/14_cli.ipynb #tw07
+_NBSP = '\xa0'  # joins words that `_wrap` keeps together; printed as a space
+
+def _wrap(text:str, width:int=None, indent:str='    ')->str:
+    "`text` folded to `width` columns (the terminal's), its later lines indented; no word nor path broken"
+    lines = textwrap.wrap(text, width or _terminal_width(), subsequent_indent=indent, break_long_words=False,
+                          break_on_hyphens=False)
+    return '\n'.join(lines).replace(_NBSP, ' ')
+
+# %% ../nbs/14_cli.ipynb #ls02a
+def _size(n)->str:
+    "`n` bytes for a reader: '1.9 kB', '201.4 MB'"
+    if n is None: return '-'
+    for unit in ('B', 'kB', 'MB', 'GB', 'TB'):
+        if n < 1000 or unit == 'TB': return f'{n} B' if unit == 'B' else f'{n:.1f} {unit}'
+        n /= 1000
+
+def _cell(v)->str: return '-' if v is None else f'{v:.4g}' if isinstance(v, float) else str(v)
+
+# %% ../nbs/14_cli.ipynb #c016ha
+def _aligned(rows, paint:dict=None)->list:
+    "Each row's cells joined into a line, each column as wide as its widest cell; column `i`'s cells through `paint[i]`"
+    widths, paint = [max(map(len, col)) for col in zip(*rows)], paint or {}
+    return ['  '.join(paint.get(i, str)(c) + ' ' * (w - len(c)) for i, (c, w) in enumerate(zip(row, widths))).rstrip()
+            for row in rows]
 
 # %% ../nbs/14_cli.ipynb #c010a
 @contextmanager
@@ -33,13 +75,13 @@ class _EpochTable:
     def __call__(self, values):
         if self.widths is None:  # the recorder names its metrics as the fit begins
             names = self.learn.recorder.metric_names
-            self.widths = [max(len(n), 8) for n in names]
+            self.widths = [max(len(n), 6) for n in names]
             self._print(names)
-        self._print([f'{v:.6f}' if isinstance(v, float) else str(v) for v in values])
+        self._print([_cell(v) for v in values])
     def _print(self, cells): print('  '.join(c.ljust(w) for c,w in zip(cells, self.widths)).rstrip())
 
 # %% ../nbs/14_cli.ipynb #c011
-def _fmt(d): return ', '.join(f'{k} {v:.4f}' if isinstance(v, float) else f'{k} {v}' for k,v in d.items())
+def _fmt(d): return ', '.join(f'{k}{_NBSP}{v:.4f}' if isinstance(v, float) else f'{k}{_NBSP}{v}' for k,v in d.items())
 
 def _fmt_provenance(p:dict)->str:
     "A checkpoint's provenance on one short line: versions, model and its size, optimizer, loss, training time"
@@ -75,9 +117,11 @@ def _print_offline_run(run_dir:Path):
     logged = read_offline_run(run_dir)
     for a in (a for a in logged.artifacts if a['type'] == 'model'):
         meta = {k: v for k,v in a['metadata'].items() if k != 'provenance'}
-        print(f"W&B artifact {a['name']!r} ({a['type']}), aliases {sorted(a['aliases'])}: {_fmt(meta)}")
-        if a['metadata'].get('provenance'): print(f"  trained with: {_fmt_provenance(a['metadata']['provenance'])}")
-    print(f"W&B summary: {_fmt({k: v for k,v in logged.summary.items() if k.startswith('best_')})}")
+        aliases = ', '.join(sorted(a['aliases']))
+        print(_wrap(f"W&B artifact {a['name']!r} ({a['type']}), aliases {aliases}: {_fmt(meta)}"))
+        if a['metadata'].get('provenance'):
+            print(_wrap(f"  trained with: {_fmt_provenance(a['metadata']['provenance'])}"))
+    print(_wrap(f"W&B summary: {_fmt({k: v for k,v in logged.summary.items() if k.startswith('best_')})}"))
     print(f'W&B offline run: {run_dir}\nupload it with: wandb sync {run_dir}')
     return logged
 
@@ -94,8 +138,8 @@ def demo(epochs:int=8, # epochs of `fit_one_cycle`
     names = [n for n in learn.recorder.metric_names[1:] if n != 'time']
     last = {'epoch': len(learn.recorder.values)-1, **dict(zip(names, map(float, learn.recorder.values[-1])))}
     run_dir = Path(run.dir).parent
-    print(f'\nbest epoch: {_fmt(tracker.last_saved_metadata)}')
-    print(f'last epoch: {_fmt(last)}')
+    print('\n' + _wrap(f'best epoch: {_fmt(tracker.last_saved_metadata)}'))
+    print(_wrap(f'last epoch: {_fmt(last)}'))
     print(f'checkpoint: {tracker.last_saved_path}')
     print(f'described by: {json_path(tracker.last_saved_path)}')
     res = dict(best=tracker.last_saved_metadata, last=last, checkpoint=tracker.last_saved_path, run_dir=run_dir)
@@ -114,76 +158,107 @@ def _above_zero(convert, what:str, zero:bool=False):
     return read
 
 # %% ../nbs/14_cli.ipynb #c015
+_EXIT_CODES = ('exit codes: 0 ok; 1 a checkpoint failed its check (or W&B failed);\n'
+               '2 bad usage: no such path, no checkpoint there.')
+
 def _parser()->argparse.ArgumentParser:
     "The `fastai-bestmodel` command's parser: each subcommand and its arguments added by its own helper"
-    p = argparse.ArgumentParser(prog='fastai-bestmodel', description='Best-model checkpoints for fastai, logged to W&B '
-                                                                     'with their own metrics.',
-                                epilog='Exit codes: 0 ok; 1 a checkpoint failed its check (or W&B failed); 2 bad '
-                                       'usage: no such path, no checkpoint there.')
+    p = argparse.ArgumentParser(prog='fastai-bestmodel', epilog=_EXIT_CODES,
+                                description='Best-model checkpoints for fastai, logged to W&B with their own metrics.',
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--version', action='version', version=f'%(prog)s {__version__}')
     sub = p.add_subparsers(dest='command', required=True)
-    def cmd(name, help):
-        return sub.add_parser(name, help=help, description=help[0].upper() + help[1:] + '.', epilog=p.epilog)
+    def cmd(name, help, examples):
+        return sub.add_parser(name, help=help, description=textwrap.fill(help[0].upper() + help[1:] + '.', 79),
+                              epilog='examples:\n' + ''.join(f'  {e}\n' for e in examples) + '\n' + _EXIT_CODES,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
     for add in (_demo_command, _show_command, _ls_command, _log_command, _prune_command, _link_command): add(cmd)
     return p
 
 # %% ../nbs/14_cli.ipynb #c015d
 def _demo_command(cmd):
     "Add `demo` with `cmd`: the training's settings"
-    d = cmd('demo', 'train a CNN on the bundled digits, save and log its best model (W&B offline by default)')
+    d = cmd('demo', 'train a CNN on the bundled digits, save and log its best model (W&B offline by default)',
+            ['fastai-bestmodel demo', 'fastai-bestmodel demo --epochs 3 --path /tmp/demo',
+             'fastai-bestmodel demo --mode online --project my-project'])
     d.add_argument('--epochs', type=_above_zero(int, 'a whole number >= 1'), default=8,
-                   help='epochs of fit_one_cycle (default 8)')
+                   help='epochs of fit_one_cycle (default: 8)')
     d.add_argument('--lr', type=_above_zero(float, 'a number > 0, such as 0.03'), default=3e-2,
-                   help='its maximum learning rate (default 0.03)')
-    d.add_argument('--path', default='bestmodel_demo', help='folder for the checkpoint and the W&B run')
-    d.add_argument('--project', default='fastai-bestmodel-demo', help='W&B project')
-    d.add_argument('--mode', choices=['offline', 'online'], default='offline', help='W&B mode (offline needs no '
-                                                                                    'account)')
-    d.add_argument('--seed', type=int, default=42, help='random seed')
+                   help='its maximum learning rate (default: 0.03)')
+    d.add_argument('--path', default='bestmodel_demo', help='folder for the checkpoint and the W&B run '
+                                                            '(default: bestmodel_demo)')
+    d.add_argument('--project', default='fastai-bestmodel-demo', help='W&B project (default: fastai-bestmodel-demo)')
+    d.add_argument('--mode', choices=['offline', 'online'], default='offline',
+                   help='W&B mode; offline needs no account (default: offline)')
+    d.add_argument('--seed', type=int, default=42, help='random seed (default: 42)')
 
 # %% ../nbs/14_cli.ipynb #c015s
+def _columns(text:str)->list:
+    "The column names of `--columns a,b,c`"
+    return [c.strip() for c in text.split(',') if c.strip()]
+
+def _table_options(t):
+    "Add to `ls` or `show` the options of a folder's table"
+    t.add_argument('--json', action='store_true', help='print JSON for scripts: the rows of a folder, the description '
+                                                       'of a checkpoint')
+    t.add_argument('--wide', action='store_true', help="every column, cells in full, whatever the terminal's width")
+    t.add_argument('--columns', type=_columns, metavar='A,B,C',
+                   help="these columns, in this order, such as file,epoch,valid_loss (default: file, reason, epoch, "
+                        "the metrics, size, digest, as many as fit the terminal)")
+
 def _show_command(cmd):
     "Add `show` with `cmd`: the checkpoint or folder to describe"
-    s = cmd('show', help="print a checkpoint's description and check its digest; for a folder, one line for each "
-                         "checkpoint in it")
+    s = cmd('show', "say what a checkpoint holds and check its digest; for a folder, the table `ls` prints",
+            ['fastai-bestmodel show models/model.pth', 'fastai-bestmodel show models/model --json',
+             'fastai-bestmodel show models'])
     s.add_argument('path', help="a checkpoint's .pth, its .json, its name without suffix, or a folder of checkpoints")
+    _table_options(s)
 
 # %% ../nbs/14_cli.ipynb #c015l
 def _ls_command(cmd):
     "Add `ls` with `cmd`: the folder, and how to list it"
-    t = cmd('ls', 'a table of the checkpoints in a folder, best first, each digest checked')
+    t = cmd('ls', 'a table of the checkpoints in a folder, best first, each digest checked',
+            ['fastai-bestmodel ls models', 'fastai-bestmodel ls models --wide',
+             'fastai-bestmodel ls models --columns file,epoch,valid_loss,digest', 'fastai-bestmodel ls runs -r --json'])
     t.add_argument('folder', help="a folder of checkpoints: the learner's models folder")
-    t.add_argument('--json', action='store_true', help='print the rows as JSON, for scripts')
+    _table_options(t)
     t.add_argument('-r', '--recurse', action='store_true', help='also the folders below it')
 
 # %% ../nbs/14_cli.ipynb #c015g
 def _log_command(cmd):
     "Add `log` with `cmd`: the checkpoints, and the W&B run to log them to"
     l = cmd('log', "log checkpoints to a W&B run, each with its own metadata and aliases: a run's models, uploaded "
-                   "later")
+                   "later", ['fastai-bestmodel log models --project digits',
+                             'fastai-bestmodel log models/model.pth --id 5kkzsdum --project digits',
+                             'fastai-bestmodel log models --project digits --mode offline'])
     l.add_argument('path', help="a checkpoint's .pth or .json, or a folder of them")
-    l.add_argument('--project', help='W&B project of a new run')
-    l.add_argument('--entity', help='W&B entity (team or user)')
-    l.add_argument('--id', dest='run_id', help='resume this W&B run (or start one with this id)')
-    l.add_argument('--name', help="the artifact's name; default run-<id>-<tracker's fname>")
-    l.add_argument('--mode', choices=['online', 'offline'], help="W&B's mode; default W&B's own (WANDB_MODE)")
-    l.add_argument('--dir', help="where W&B keeps the run's files; default W&B's own")
+    l.add_argument('--project', help="W&B project of a new run (default: W&B's own, WANDB_PROJECT)")
+    l.add_argument('--entity', help="W&B entity, team or user (default: W&B's own, your default entity)")
+    l.add_argument('--id', dest='run_id', help='resume this W&B run, or start one with this id (default: a new run)')
+    l.add_argument('--name', help="the artifact's name (default: run-<id>-<tracker's fname>)")
+    l.add_argument('--mode', choices=['online', 'offline'], help="W&B's mode (default: W&B's own, WANDB_MODE)")
+    l.add_argument('--dir', help="where W&B keeps the run's files (default: W&B's own, WANDB_DIR or ./wandb)")
 
 # %% ../nbs/14_cli.ipynb #c015p
 def _prune_command(cmd):
     "Add `prune` with `cmd`: the artifact, and which of its versions to keep"
     r = cmd('prune', 'delete old versions of a model artifact on W&B: keep the newest N and every one with a protected '
-                     'alias')
+                     'alias', ['fastai-bestmodel prune me/digits/run-5kkzsdum-model --keep 3 --dry-run',
+                               'fastai-bestmodel prune --keep 3 --protect best --protect production me/p/model',
+                               "fastai-bestmodel prune me/digits/model --keep 0 --protect 'best,epoch-*'"])
     r.add_argument('ref', help='the artifact: ENTITY/PROJECT/NAME')
     r.add_argument('--keep', type=_above_zero(int, 'a whole number >= 0', zero=True), required=True,
-                   help='how many of the newest versions to keep')
-    r.add_argument('--protect', nargs='+', help="aliases (shell patterns) whose versions are kept; default: best "
-                                                "best-* latest production")
+                   help='how many of the newest versions to keep (required)')
+    r.add_argument('--protect', action='append', metavar='ALIAS',
+                   help="keep the versions with this alias, a shell pattern; repeat it or separate aliases with commas "
+                        "(default: best, best-*, latest, production)")
     r.add_argument('--dry-run', action='store_true', help='say what would be deleted, delete nothing')
 
 # %% ../nbs/14_cli.ipynb #c015k
 def _link_command(cmd):
     "Add `link` with `cmd`: the version, and the registry collection to link it to"
-    k = cmd('link', 'link a model version to a collection of the W&B registry (online)')
+    k = cmd('link', 'link a model version to a collection of the W&B registry (online)',
+            ['fastai-bestmodel link me/digits/model:best wandb-registry-model/digits'])
     k.add_argument('ref', help='the version: ENTITY/PROJECT/NAME:ALIAS')
     k.add_argument('target', help='the collection: wandb-registry-model/<name>')
 
@@ -194,15 +269,17 @@ def _fail(message, code:int=1)->int:
     return code
 
 # %% ../nbs/14_cli.ipynb #c015aa
+class _UsageError(Exception): "A command given what it cannot use: its message says what to give instead"
+
 def main(argv=None)->int:
     "The `fastai-bestmodel` command: 0; 1 after one `error:` line if a checkpoint failed its check; 2 for bad usage"
     args = _parser().parse_args(argv)
     try:
         if args.command == 'demo': demo(args.epochs, args.lr, args.path, args.project, args.mode, args.seed)
-        elif args.command == 'show': show(args.path)
-        elif args.command == 'ls': return ls(args.folder, args.json, args.recurse)
+        elif args.command == 'show': show(args.path, args.json, args.wide, args.columns)
+        elif args.command == 'ls': return ls(args.folder, args.json, args.recurse, args.wide, args.columns)
         else: return _wandb_command(args)
-    except NotACheckpointError as e: return _fail(e, 2)  # a path with no checkpoint of ours: the command was misused
+    except (NotACheckpointError, _UsageError) as e: return _fail(e, 2)  # the command was misused
     except CheckpointError as e: return _fail(e)  # its message names the path
     except BrokenPipeError:  # `| head` stopped reading: end quietly, as a program killed by SIGPIPE does
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -227,7 +304,8 @@ def _wandb_command(args)->int:
         return 0
     try:
         if args.command == 'prune':
-            res = a.prune_versions(args.ref, args.keep, args.protect or a.PROTECTED, dry_run=args.dry_run)
+            protect = [p for v in args.protect for p in _columns(v)] if args.protect else a.PROTECTED
+            res = a.prune_versions(args.ref, args.keep, protect, dry_run=args.dry_run)
             for v, aliases in res['deleted']: print(f"{'would delete' if args.dry_run else 'deleted'} {args.ref}:{v} "
                                                     f"{' '.join(aliases)}")
             for v, aliases in res['kept']: print(f"kept {args.ref}:{v} {' '.join(aliases)}")
@@ -244,50 +322,50 @@ def _undescribed(path:Path)->bool:
     described = json_path(pth_path(path)).exists() or json_path(path).exists()
     return path.is_file() and path.suffix != '.json' and not described
 
+# %% ../nbs/14_cli.ipynb #c014s0
+_SAVED_AS = dict(best='best by {}', top_k='one of the best by {}', every_epoch='saved every epoch',
+                 end='saved at the end of training', last='the last epoch', periodic='a periodic save',
+                 interrupted='saved as training was interrupted')
+
+def _when(meta:dict, reason:str)->str:
+    "When in training a checkpoint saved for `reason` was saved, and which epoch its values are"
+    if REASONS[reason].whole_epoch: return f"epoch {_cell(meta.get('epoch'))}"
+    done, of = _cell(meta.get('epoch')), meta.get('values_of_epoch')
+    return (f"at step {meta.get('iteration', '?')} ({done} epochs done), "
+            + (f'values of epoch {of}' if of is not None else 'before any validation'))
+
+# %% ../nbs/14_cli.ipynb #c014s1
+def _summary(desc:dict, size:int=None)->str:
+    "A checkpoint's description on a line: why it was saved, when, its values (the monitored first), size, digest ok"
+    meta, m = desc['metadata'], desc['monitor']
+    values = {k: v for k,v in meta.items() if k not in POSITIONS}
+    if m in values: values = {m: values.pop(m), **values}
+    pairs = ', '.join(f'{k}{_NBSP}{_cell(v)}' for k,v in values.items())
+    return (f"{_SAVED_AS[desc['reason']].format(m)}, {_when(meta, desc['reason'])}" + (f': {pairs}' if pairs else '')
+            + f"; {_size(size).replace(' ', _NBSP)}; digest ok")
+
 # %% ../nbs/14_cli.ipynb #c014s
-def show(path)->dict|list:
-    "Print the checkpoint at `path` and check its weights' digest; for a folder, every checkpoint in it"
+def show(path, # a checkpoint's .pth, its .json, its name without suffix, or a folder of checkpoints
+         as_json:bool=False, # print its description (a folder's rows) as JSON
+         wide:bool=False, # for a folder: every column, cells in full
+         columns:list=None, # for a folder: these columns, in this order
+        )->dict|list:
+    "Say what the checkpoint at `path` holds and check its weights' digest; for a folder, print the table `ls` prints"
     if path == '': raise NotACheckpointError("'': an empty path; give a checkpoint's .pth, its .json, or the folder "
                                              "that holds them.")
     path = require_path(path)
-    if path.is_dir(): return show_folder(path)
+    if path.is_dir(): return _print_folder(path, 'show', as_json, wide=wide, columns=columns)
     if _undescribed(path):
         raise NotACheckpointError(f'{path}: not a checkpoint of fastai_bestmodel: no .json beside it describes it '
                                   '(torch.save and learn.save write none); give a .pth that SaveModelCallback saved, '
                                   'its .json, or the folder that holds them.')
     weights, desc = verify_checkpoint(path)
-    print(json.dumps(desc, indent=1))
-    print(f'{weights}: digest matches ({desc["digest"]})')
+    if as_json: print(json.dumps(desc, indent=1))
+    else:
+        shown = path if path.suffix == '.pth' else weights  # the name the user gave, unless a .json or no suffix
+        print(_wrap(f'{shown}: {_summary(desc, weights.stat().st_size)}'))
+        if desc.get('provenance'): print(_wrap(f"  trained with: {_fmt_provenance(desc['provenance'])}"))
     return desc
-
-# %% ../nbs/14_cli.ipynb #c016h
-def _monitored(desc:dict)->str:
-    "The monitored metric and its value in `desc`, as `'accuracy 0.93'`"
-    m = desc['monitor']
-    if m is None: return 'no monitor'
-    v = desc['metadata'].get(m, '?')
-    return f'{m} {v:.6g}' if isinstance(v, float) else f'{m} {v}'
-
-# %% ../nbs/14_cli.ipynb #c016ha
-def _aligned(rows)->list:
-    "Each row's cells joined into a line, each column as wide as its widest cell"
-    widths = [max(map(len, col)) for col in zip(*rows)]
-    return ['  '.join(c.ljust(w) for c,w in zip(row, widths)).rstrip() for row in rows]
-
-# %% ../nbs/14_cli.ipynb #c016k3
-def show_folder(folder)->list:
-    "Print one line for each checkpoint in `folder`: name, epoch, monitored value, digest check; raise if any fails"
-    folder = Path(folder)
-    found = _listed(folder, list_checkpoints)
-    if not found: raise NotACheckpointError(_no_checkpoints(folder))
-    rows = [(jp.with_suffix('.pth').name, f"epoch {d['metadata'].get('epoch', '?')}", _monitored(d),
-             f'digest {digest_status(jp)}')
-            if isinstance(d, dict) else (jp.with_suffix('.pth').name, '', '', 'digest UNCHECKED (its .json is '
-                                                                              'damaged)') for jp,d in found]
-    print('\n'.join(_aligned(rows)))
-    failed = [name for name,*_,check in rows if check != 'digest ok']
-    if failed: raise _failed(folder, failed, len(rows))
-    return [d for _,d in found if isinstance(d, dict)]
 
 # %% ../nbs/14_cli.ipynb #c016k3a
 def _listed(folder:Path, lister):
@@ -301,49 +379,119 @@ def _failed(folder:Path, failed:list, n:int)->CheckpointError:
     return CheckpointError(f"{folder}: {len(failed)} of {n} checkpoints failed their check ({', '.join(failed)}); "
                            f"`fastai-bestmodel show {folder/failed[0]}` says why.")
 
-# %% ../nbs/14_cli.ipynb #c016k
-def _no_checkpoints(folder:Path)->str:
-    "What to tell a user who points `show` at a folder without checkpoints"
-    models = folder/'models'
-    todo = (f'fastai saves them in the learner\'s models folder: try `fastai-bestmodel show '
-            f'{models}`.' if models.is_dir()
-            else "give the folder that SaveModelCallback saved into (the learner's models folder), or a checkpoint's "
-                 ".pth.")
-    return f'{folder}: no checkpoints here (no .json written by fastai_bestmodel); {todo}'
-
 # %% ../nbs/14_cli.ipynb #ls02
-_FIXED = ('file', 'reason', 'epoch', 'monitor', 'value', 'bytes', 'digest')
+_FIXED = ('file', 'reason', 'epoch', 'monitor', 'value', 'bytes', 'digest')  # a row's fields that are no recorded value
+_PLACES = tuple(p for p in POSITIONS if p != 'epoch')  # where in training, shown by `--wide`
 
-# %% ../nbs/14_cli.ipynb #ls02a
-def _size(n)->str:
-    "`n` bytes for a reader: '1.9 kB', '201.4 MB'"
-    if n is None: return '-'
-    for unit in ('B', 'kB', 'MB', 'GB', 'TB'):
-        if n < 1000 or unit == 'TB': return f'{n} B' if unit == 'B' else f'{n:.1f} {unit}'
-        n /= 1000
+def _column_names(rows:list, wide:bool=False)->list:
+    "The columns of `rows`' table: file, reason, epoch, the values (monitored first), size, digest; `wide`: all"
+    values = list(dict.fromkeys(k for r in rows for k in r if k not in _FIXED + _PLACES))
+    monitored = [m for m in dict.fromkeys(r['monitor'] for r in rows) if m in values]
+    values = monitored + [v for v in values if v not in monitored]
+    places = [p for p in _PLACES if any(p in r for r in rows)] if wide else []
+    return ['file', 'reason', 'epoch', *(['monitor'] if wide else []), *values, *places, 'size', 'digest']
 
-def _cell(v)->str: return '-' if v is None else f'{v:.4g}' if isinstance(v, float) else str(v)
+# %% ../nbs/14_cli.ipynb #ls02e
+def _mid_epoch(row:dict)->bool:
+    "Whether `row`'s checkpoint was saved mid-epoch: its values are an earlier epoch's"
+    return row['reason'] is not None and not REASONS[row['reason']].whole_epoch
+
+def _table_cell(row:dict, name:str, full:bool=False)->str:
+    "The cell of `row` in column `name`"
+    if name == 'size': return _size(row['bytes'])
+    if name == 'epoch': return _cell(row['epoch']) + ('*' if _mid_epoch(row) else '')
+    if name == 'digest' and not full: return row['digest'].split(' ')[0]
+    return _cell(row.get(name))
+
+# %% ../nbs/14_cli.ipynb #ls02h
+def _fit(widths:list, width:int, priority:list, essential:int)->list:
+    "The indices of the columns of `widths` that fit in `width`, taken in `priority` order; its first `essential` all"
+    shown, used = [], -2
+    for n, i in enumerate(priority):
+        if n >= essential and used + 2 + widths[i] > width: break
+        shown.append(i); used += 2 + widths[i]
+    return sorted(shown)
+
+def _elide(text:str, width:int)->str:
+    "`text` in `width` characters at most, cut in its middle"
+    if len(text) <= width: return text
+    tail = (width - 1) * 2 // 3
+    return text[:width - 1 - tail] + '…' + text[len(text) - tail:]
+
+# %% ../nbs/14_cli.ipynb #ls02k
+def _notes(rows:list, names:list, full:bool)->list:
+    "The lines under the table of `rows` in columns `names`: what a mid-epoch save's values are; why a check failed"
+    notes = []
+    for r in (r for r in rows if 'epoch' in names and _mid_epoch(r)):
+        of = r.get('values_of_epoch')
+        notes.append(f"* {r['file']}: {_SAVED_AS[r['reason']]} at step {r.get('iteration', '?')}; "
+                     + (f'its values are from epoch {of}' if of is not None else 'before any validation: no values'))
+    if not full: notes += [f"{r['file']}: digest {r['digest']}" for r in rows if r['digest'] != 'ok']
+    return notes
+
+# %% ../nbs/14_cli.ipynb #ls02l
+def _table(rows:list, # `report.checkpoint_rows`
+           width:int=80, # the terminal's columns
+           wide:bool=False, # every column, cells in full
+           columns:list=None, # these columns, in this order
+           colour:bool=False, # a failed check in red
+          )->list:
+    "The lines that print `rows`: a table that fits in `width` columns (unless `wide` or `columns`), notes below it"
+    names, full = columns or _column_names(rows, wide), wide or bool(columns)
+    known = _column_names(rows, wide=True) + ['value', 'bytes']
+    if any(n not in known for n in names):
+        raise _UsageError(f"--columns: no column {', '.join(repr(n) for n in names if n not in known)} here; give some "
+                          f"of {','.join(known)}.")
+    cells = [[_table_cell(r, n, full) for n in names] for r in rows]
+    shown = range(len(names))
+    if not full:
+        widths = [max(len(n), *(len(c[i]) for c in cells)) for i, n in enumerate(names)]
+        must = [names.index(n) for n in ('file', 'reason', 'epoch', 'digest')]
+        shown = _fit(widths, width, must + [i for i in range(len(names)) if i not in must], essential=len(must))
+        over = sum(widths[i] + 2 for i in shown) - 2 - width
+        if over > 0: cells = [[_elide(c[0], max(12, widths[0] - over)), *c[1:]] for c in cells]
+    table = [[names[i] for i in shown]] + [[c[i] for i in shown] for c in cells]
+    digest = [names[i] for i in shown].index('digest') if 'digest' in names else None
+    bad = lambda c: _alarm(c) if c.split(' ')[0] in ('MISMATCH', 'DAMAGED', 'UNREADABLE') else c
+    lines = _aligned(table, paint={digest: bad} if colour and digest is not None else None)
+    left = [n for i, n in enumerate(names) if i not in shown]
+    notes = ([f"not shown: {', '.join(left)}; --wide shows all"] if left else [])
+    notes += _notes(rows, [names[i] for i in shown], full)
+    if colour: notes = [re.sub(r'\b(MISMATCH|DAMAGED|UNREADABLE)\b', lambda m: _alarm(m[0]), n) for n in notes]
+    return lines + [l for n in notes for l in _wrap(n, width).splitlines()]
 
 # %% ../nbs/14_cli.ipynb #ls02b
+def _print_folder(folder, command:str, as_json:bool=False, recurse:bool=False, wide:bool=False, columns:list=None,
+                  width:int=None)->list:
+    "Print the table (or JSON) of the checkpoints in `folder` for `command`; raise if any fails its check"
+    folder = Path(folder)
+    rows = _listed(folder, lambda f: checkpoint_rows(f, recurse))
+    if not rows: raise NotACheckpointError(_no_checkpoints(folder, command))
+    if as_json: print(json.dumps(rows, indent=1))
+    else: print('\n'.join(_table(rows, width or _terminal_width(), wide, columns, _colour())))
+    failed = [r['file'] for r in rows if r['digest'] != 'ok']
+    if failed: raise _failed(folder, failed, len(rows))
+    return rows
+
 def ls(folder, # a folder of checkpoints: the learner's models folder
        as_json:bool=False, # print the rows as JSON instead of a table
        recurse:bool=False, # also the folders below it
+       wide:bool=False, # every column, cells in full, whatever the terminal's width
+       columns:list=None, # these columns, in this order
       )->int:
     "Print the checkpoints in `folder` as a table, best first, each digest checked; raise if any fails its check"
-    folder = Path(folder)
-    rows = _listed(folder, lambda f: checkpoint_rows(f, recurse))
-    if not rows: raise NotACheckpointError(_no_checkpoints(folder))
-    if as_json: print(json.dumps(rows, indent=1))
-    else:
-        values = list(dict.fromkeys(k for r in rows for k in r if k not in _FIXED))
-        table = [['file', 'reason', 'epoch', 'monitored', *values, 'size', 'digest']]
-        table += [[r['file'], _cell(r['reason']), _cell(r['epoch']), f"{r['monitor']} "
-                                                                     f"{_cell(r['value'])}" if r['monitor'] else '-',
-                   *[_cell(r.get(k)) for k in values], _size(r['bytes']), r['digest']] for r in rows]
-        print('\n'.join(_aligned(table)))
-    failed = [r['file'] for r in rows if r['digest'] != 'ok']
-    if failed: raise _failed(folder, failed, len(rows))
+    _print_folder(folder, 'ls', as_json, recurse, wide, columns)
     return 0
+
+# %% ../nbs/14_cli.ipynb #c016k
+def _no_checkpoints(folder:Path, command:str='show')->str:
+    "What to tell a user who points `command` (`show`, `ls`) at a folder without checkpoints"
+    models = folder/'models'
+    todo = (f"fastai saves them in the learner's models folder: try `fastai-bestmodel {command} {models}`."
+            if models.is_dir()
+            else "give the folder that SaveModelCallback saved into (the learner's models folder), or a checkpoint's "
+                 ".pth.")
+    return f'{folder}: no checkpoints here (no .json written by fastai_bestmodel); {todo}'
 
 # %% ../nbs/14_cli.ipynb #c015b
 if __name__ == '__main__': sys.exit(main())

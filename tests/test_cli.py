@@ -1,5 +1,5 @@
 "`fastai-bestmodel show` in its own process, as a user runs it: what it loads, what it prints, how it exits"
-import json, os, sys, subprocess, shutil
+import json, os, re, sys, subprocess, shutil
 from pathlib import Path
 import pytest
 from torch import nn
@@ -43,14 +43,18 @@ def test_show_loads_neither_torch_nor_fastai(checkpoints, target):
 def test_python_m_cli_show_prints_the_checkpoint_and_no_warning(checkpoints):
     r = run_python('-m', 'fastai_bestmodel.cli', 'show', 'models/model.pth', cwd=checkpoints)
     assert (r.returncode, r.stderr) == (0, '')
-    assert r.stdout.splitlines()[-1].startswith('models/model.pth: digest matches (xxh3_128:')
+    kb = (checkpoints/'models/model.pth').stat().st_size / 1000  # torch's zip of a Linear(3, 2): over 1 kB
+    assert r.stdout.splitlines()[0] == f'models/model.pth: best by accuracy, epoch 4: accuracy 0.93; {kb:.1f} kB; digest ok'
 
 
-def test_show_folder_lists_each_checkpoint_by_name(checkpoints):
+def test_show_folder_prints_the_table_of_ls(checkpoints):
     r = run_python('-m', 'fastai_bestmodel.cli', 'show', 'models', cwd=checkpoints)
     assert (r.returncode, r.stderr) == (0, '')
-    assert r.stdout.splitlines() == ['last.pth   epoch 7  accuracy 0.91  digest ok',
-                                     'model.pth  epoch 4  accuracy 0.93  digest ok']
+    kb = [f"{(checkpoints/'models'/f).stat().st_size / 1000:.1f}" for f in ('model.pth', 'last.pth')]
+    assert [line.split() for line in r.stdout.splitlines()] == [['file', 'reason', 'epoch', 'accuracy', 'size', 'digest'],
+                                                               ['model.pth', 'best', '4', '0.93', kb[0], 'kB', 'ok'],
+                                                               ['last.pth', 'best', '7', '0.91', kb[1], 'kB', 'ok']]
+    assert r.stdout == run_python('-m', 'fastai_bestmodel.cli', 'ls', 'models', cwd=checkpoints).stdout
 
 
 @pytest.mark.parametrize('target,code', [('nothere', 2), ('.', 2), ('list.json', 2), ('no_digest.json', 1), ('learn_save.pth', 2)])
@@ -66,7 +70,8 @@ def test_console_script_fails_a_damaged_checkpoint_in_one_line(checkpoints):
     (checkpoints/'models/last.pth').write_bytes(b'not the weights')
     r = run_python(script, 'show', 'models', cwd=checkpoints)
     assert r.returncode == 1
-    assert r.stdout.splitlines()[0] == 'last.pth   epoch 7  accuracy 0.91  digest MISMATCH (weights changed since saved)'
+    assert r.stdout.splitlines()[2].split()[::6] == ['last.pth', 'MISMATCH']
+    assert r.stdout.splitlines()[-1] == 'last.pth: digest MISMATCH (weights changed since saved)'
     assert r.stderr == 'error: models: 1 of 2 checkpoints failed their check (last.pth); `fastai-bestmodel show models/last.pth` says why.\n'
 
 
@@ -92,7 +97,8 @@ def test_ls_loads_neither_torch_nor_fastai_and_its_json_parses(checkpoints):
 def test_ls_fails_a_changed_checkpoint_with_1_and_a_missing_folder_with_2(checkpoints):
     (checkpoints/'models/last.pth').write_bytes(b'not the weights')
     r = run_python('-m', 'fastai_bestmodel.cli', 'ls', 'models', cwd=checkpoints)
-    assert r.returncode == 1 and r.stdout.splitlines()[2].endswith('MISMATCH (weights changed since saved)'), r.stdout
+    assert r.returncode == 1 and r.stdout.splitlines()[2].endswith('  MISMATCH'), r.stdout
+    assert r.stdout.splitlines()[-1] == 'last.pth: digest MISMATCH (weights changed since saved)'
     assert r.stderr.startswith('error: models: 1 of 2 checkpoints failed their check (last.pth)')
     r = run_python('-m', 'fastai_bestmodel.cli', 'ls', 'nothere', cwd=checkpoints)
     assert (r.returncode, r.stdout, r.stderr.count('\n')) == (2, '', 1) and r.stderr.startswith('error: nothere: no such folder')
@@ -172,9 +178,11 @@ def _word_starts(line:str)->list:
 def test_demo_prints_a_table_of_its_epochs_and_no_warning(tmp_path):
     "A row for each epoch under fastai's metric names, not the recorder's raw lists; then the lines the README shows"
     r = run_python('-m', 'fastai_bestmodel.cli', 'demo', '--epochs', '2', '--path', str(tmp_path/'demo'), cwd=tmp_path,
-                   env=dict(WANDB_SILENT=None, WANDB_MODE=None), timeout=300)
+                   env=dict(WANDB_SILENT=None, WANDB_MODE=None, COLUMNS='80'), timeout=300)
     assert (r.returncode, r.stderr) == (0, ''), r.stderr
-    table, tail = r.stdout.split('\n\n')
+    # 80 columns, but for a path, which no line breaks
+    assert all(len(line) <= 80 or str(tmp_path) in line for line in r.stdout.splitlines()), r.stdout
+    table, tail = r.stdout.replace('\n    ', ' ').split('\n\n')  # each line unfolded
     header, *rows = table.splitlines()
     assert header.split() == ['epoch', 'train_loss', 'valid_loss', 'accuracy', 'time'], r.stdout
     assert [row.split()[0] for row in rows] == ['0', '1'], r.stdout
@@ -182,8 +190,117 @@ def test_demo_prints_a_table_of_its_epochs_and_no_warning(tmp_path):
     last_line = next(line for line in tail.splitlines() if line.startswith('last epoch: '))
     last = dict(kv.split(' ') for kv in last_line.removeprefix('last epoch: ').split(', '))
     for name, value in zip(header.split()[1:4], rows[-1].split()[1:4]):
-        assert abs(float(value) - float(last[name])) <= 1e-4, (name, value, last)
+        # the table's 4 significant digits, the line's 4 decimals
+        assert abs(float(value) - float(last[name])) <= 1e-4 + 5e-4 * abs(float(last[name])), (name, value, last)
     prefixes = ['best epoch: epoch ', 'last epoch: epoch 1, ', 'checkpoint: ', 'described by: ', "W&B artifact 'run-",
                 '  trained with: fastai ', 'W&B summary: ', 'W&B offline run: ', 'upload it with: wandb sync ']
     lines = tail.splitlines()
     assert len(lines) == len(prefixes) and all(l.startswith(p) for l, p in zip(lines, prefixes)), r.stdout
+
+
+@pytest.fixture(scope='module')
+def fit_folder(tmp_path_factory):
+    "The models folder of a tiny fit with four metrics, its three best epochs kept by `save_top_k=3`"
+    path = tmp_path_factory.mktemp('fit')
+    fit = ("import sys, warnings; warnings.simplefilter('ignore'); from fastai.test_utils import synth_learner; "
+           "from fastai.metrics import mae, rmse, mse, R2Score; from fastai_bestmodel.tracker import SaveModelCallback; "
+           "learn = synth_learner(n_trn=10, n_val=4, metrics=[mae, rmse, mse, R2Score()], path=sys.argv[1]); "
+           "learn.fit(6, 1e-2, cbs=SaveModelCallback(monitor='mae', save_top_k=3))")
+    r = run_python('-c', fit, str(path), cwd=path, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert len(list((path/'models').glob('*.pth'))) == 3
+    return path/'models'
+
+
+def cli(*args, cwd, env=None):
+    "`fastai-bestmodel ARGS` in `cwd`, its stdout not a terminal, at 80 columns"
+    return run_python('-m', 'fastai_bestmodel.cli', *args, cwd=cwd, env={'COLUMNS': '80', 'NO_COLOR': None, **(env or {})})
+
+
+def test_ls_of_three_checkpoints_with_four_metrics_fits_80_columns(fit_folder):
+    r = cli('ls', 'models', cwd=fit_folder.parent)
+    assert (r.returncode, r.stderr) == (0, ''), r.stderr
+    lines = r.stdout.splitlines()
+    assert max(map(len, lines)) <= 80, r.stdout
+    header = lines[0].split()
+    assert header[:4] == ['file', 'reason', 'epoch', 'mae'] and header[-1] == 'digest', r.stdout
+    assert not {'monitored', 'iteration', 'values_of_epoch'} & set(header), r.stdout
+    assert sorted(line.split()[0] for line in lines[1:4]) == sorted(p.name for p in fit_folder.glob('*.pth'))
+    assert lines[4].startswith('not shown: ') and lines[4].endswith('; --wide shows all'), r.stdout
+    # what is not shown is what --wide shows
+    wide = cli('ls', 'models', '--wide', cwd=fit_folder.parent).stdout.splitlines()[0].split()
+    assert set(wide) == set(header) | set(lines[4].removeprefix('not shown: ').split(';')[0].split(', ')) | {
+        'monitor', 'iteration'}, (wide, header, lines[4])
+    assert {'mae', '_rmse', 'mse', 'r2_score'} <= set(wide)
+
+
+def test_ls_columns_prints_those_named_in_their_order(fit_folder):
+    r = cli('ls', 'models', '--columns', 'r2_score,file', cwd=fit_folder.parent)
+    assert r.returncode == 0 and r.stdout.splitlines()[0].split() == ['r2_score', 'file'], r.stdout + r.stderr
+    r = cli('ls', 'models', '--columns', 'file,accuracy', cwd=fit_folder.parent)
+    assert (r.returncode, r.stdout) == (2, '') and r.stderr.startswith("error: --columns: no column 'accuracy' here")
+
+
+def test_show_a_checkpoint_says_what_it_holds_in_80_columns(fit_folder):
+    best = json.loads((fit_folder/'model.json').read_text())
+    r = cli('show', 'models/model.pth', cwd=fit_folder.parent)
+    assert (r.returncode, r.stderr) == (0, ''), r.stderr
+    assert max(map(len, r.stdout.splitlines())) <= 80, r.stdout
+    summary = r.stdout.replace('\n    ', ' ').splitlines()[0]  # the first line, unfolded
+    epoch, mae = best['metadata']['epoch'], best['metadata']['mae']
+    assert summary.startswith(f'models/model.pth: best by mae, epoch {epoch}: mae {mae:.4g}, train_loss '), summary
+    assert summary.endswith('; digest ok'), summary
+
+
+def test_show_json_is_the_description_on_disk(fit_folder):
+    r = cli('show', 'models/model.pth', '--json', cwd=fit_folder.parent)
+    assert (r.returncode, r.stderr) == (0, ''), r.stderr
+    assert json.loads(r.stdout) == json.loads((fit_folder/'model.json').read_text())
+    r = cli('show', 'models', '--json', cwd=fit_folder.parent)
+    assert json.loads(r.stdout) == json.loads(cli('ls', 'models', '--json', cwd=fit_folder.parent).stdout)
+
+
+def test_ls_of_a_run_folder_suggests_ls_models(fit_folder):
+    r = cli('ls', '.', cwd=fit_folder.parent)
+    assert (r.returncode, r.stdout) == (2, '') and r.stderr.rstrip().endswith('try `fastai-bestmodel ls models`.')
+
+
+def test_version(tmp_path):
+    r = cli('--version', cwd=tmp_path)
+    version = re.search(r'^__version__ = "(.+)"$', (ROOT/'fastai_bestmodel/__init__.py').read_text(), re.M)[1]
+    assert (r.returncode, r.stdout, r.stderr) == (0, f'fastai-bestmodel {version}\n', '')
+
+
+@pytest.fixture
+def mismatch(fit_folder, tmp_path):
+    "A copy of the fit's models folder whose best weights were overwritten"
+    shutil.copytree(fit_folder, tmp_path/'models')
+    (tmp_path/'models/model.pth').write_bytes(b'not the weights')
+    return tmp_path
+
+
+RED = '\x1b[1;31m'
+
+
+def test_mismatch_is_red_only_in_a_terminal_without_no_color(mismatch):
+    r = cli('ls', 'models', cwd=mismatch)  # a pipe
+    assert r.returncode == 1 and 'MISMATCH' in r.stdout and '\x1b[' not in r.stdout, r.stdout
+    if os.name != 'posix': pytest.skip('a pseudo-terminal needs POSIX')
+    import pty
+    for no_color, coloured in ((None, True), ('1', False)):
+        leader, follower = pty.openpty()
+        env = {k: v for k, v in os.environ.items() if k != 'NO_COLOR'}
+        env.update(PYTHONPATH=os.pathsep.join([str(ROOT), *filter(None, [os.environ.get('PYTHONPATH')])]), COLUMNS='80',
+                   **({'NO_COLOR': no_color} if no_color else {}))
+        p = subprocess.run([sys.executable, '-m', 'fastai_bestmodel.cli', 'ls', 'models'], cwd=mismatch, env=env,
+                           stdin=subprocess.DEVNULL, stdout=follower, stderr=subprocess.PIPE, timeout=120)
+        os.close(follower)
+        out = b''
+        while True:
+            try: chunk = os.read(leader, 65536)
+            except OSError: break  # Linux: the terminal closed
+            if not chunk: break
+            out += chunk
+        os.close(leader)
+        assert p.returncode == 1
+        assert (f'{RED}MISMATCH' in out.decode()) == coloured, (no_color, out)
