@@ -139,8 +139,8 @@ def test_best_vs_last_after_validate_shows_the_fits_last_epoch(tmp_path):
     shown = {n: float(table.loc[n, 'last']) for n in ['epoch', *names]}
     assert shown == pytest.approx({'epoch': 2, **dict(zip(names, rows[-1]))}), \
         f"'last' column {shown}; the fit ended with {rows[-1]}"
-    fig = plot_checkpoints(learn, tracker=cb, log=False)
-    (line,) = [l for l in fig.axes[0].get_lines() if l.get_label().strip() == 'score']
+    ax = plot_checkpoints(learn, tracker=cb)
+    (line,) = [l for l in ax.get_lines() if l.get_label().strip() == 'score']
     assert list(line.get_ydata()) == pytest.approx([r[names.index('score')] for r in rows])
 
 
