@@ -105,7 +105,7 @@ def _best_record(cb):
 def best_vs_last(learn, # the `Learner` after its fit
                  tracker=None, # the `SaveModelCallback` whose best to show; default: the one that decides
                 ):
-    "The best model's recorded values beside the last epoch's, as a `pandas.DataFrame`"
+    "The best model's recorded values and the last epoch's, a row each, as a `pandas.DataFrame`"
     import pandas as pd
     cb = _tracker(learn, tracker)
     names, rows = _recorded(cb)  # the training's own rows: `validate` replaces the recorder's
@@ -114,7 +114,7 @@ def best_vs_last(learn, # the `Learner` after its fit
                                      f'`every_epoch` or `at_end`): `checkpoint_table` lists what it saved.')
     best = {k: v for k, v in rec.metadata.items() if k in ('epoch', *names)}
     last = {'epoch': cb.epoch_values[-1]['epoch'], **dict(zip(names, rows[-1]))}
-    return pd.DataFrame({'best': best, 'last': last}).reindex(['epoch', *names])
+    return pd.DataFrame([best, last], index=['best', 'last']).reindex(columns=['epoch', *names])  # epochs stay whole
 
 # %% ../nbs/12_report.ipynb #c019
 _STYLE = {'top_k': dict(marker='o', ms=9, mfc='none', color='C2', label='top k (on disk)'),
