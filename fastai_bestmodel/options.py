@@ -8,7 +8,7 @@ Docs: https://github.com/fastai-bestmodel/fastai_bestmodel/options.html.md"""
 
 # %% ../nbs/05_options.ipynb #opt04
 from __future__ import annotations
-import datetime, functools, inspect, math, numbers, operator, re, warnings
+import datetime, functools, inspect, math, numbers, operator, re, textwrap, warnings
 from pathlib import Path
 import numpy as np, torch
 from fastai.callback.tracker import SaveModelCallback as _FastaiSaveModelCallback
@@ -18,7 +18,8 @@ from .policies import TEMPLATE_FIELD, POSITIONS, fill_template
 # %% auto #0
 __all__ = ['monitor_direction', 'lower_by_name', 'check_comp', 'check_arguments', 'check_async_save', 'check_interval',
            'check_policies', 'recorded_names', 'logged_names', 'check_names', 'check_validation',
-           'check_other_trackers', 'decide_direction', 'say_direction', 'epoch_row', 'say_nothing_saved', 'say_waited']
+           'check_other_trackers', 'decide_direction', 'user_stacklevel', 'say_direction', 'epoch_row', 'shown_path',
+           'say_nothing_saved', 'say_waited', 'say_kept', 'say_loaded']
 
 # %% ../nbs/05_options.ipynb #trk04
 import fastai.metrics as _fm
@@ -293,6 +294,17 @@ def decide_direction(cb):
                       f"count as better, but {why} is one where {'lower' if lower else 'higher'} is better. Leave "
                       f"`comp=None` to take its direction.")
 
+# %% ../nbs/05_options.ipynb #optm04
+import sys, fastai, fastcore, fastprogress, fastai_bestmodel
+# the folders whose frames lie between a user's `fit` call and a tracker's event
+_LIBRARIES = tuple(str(Path(m.__file__).parent) + '/' for m in (fastai, fastcore, fastprogress, fastai_bestmodel))
+
+def user_stacklevel()->int:
+    "The `stacklevel` for `warnings.warn` in the caller that names the first line outside fastai and this package"
+    f, level = sys._getframe(1), 1
+    while f.f_back is not None and f.f_code.co_filename.startswith(_LIBRARIES): f, level = f.f_back, level + 1
+    return level
+
 # %% ../nbs/05_options.ipynb #optb06a
 def say_direction(cb):
     "Say once which direction was chosen for a monitor nothing tells of, and how to change it"
@@ -302,7 +314,7 @@ def say_direction(cb):
     warnings.warn(f"SaveModelCallback(monitor={cb.monitor!r}): nothing tells whether higher or lower {cb.monitor!r} is "
                   f"better (it is not a loss, nor one of fastai's metrics), so {better} values count as better, from "
                   f"its name. If that is wrong, pass `comp='{other}'`; `comp='{'min' if other == 'max' else 'max'}'` "
-                  f"says it is right.")
+                  f"says it is right.", stacklevel=user_stacklevel())
 
 # %% ../nbs/05_options.ipynb #optc02
 _OMIT = object()
@@ -326,6 +338,13 @@ def epoch_row(recorder, trained:bool, validated:bool)->dict:
         return {}
     return {n: s for n,v in zip(names, values) if (s := _stored(v)) is not _OMIT}
 
+# %% ../nbs/05_options.ipynb #optm01
+def shown_path(learn, path)->str:
+    "`path` as messages show it: relative to `learn.path` where it is inside it, else absolute"
+    p, root = Path(path).absolute(), Path(learn.path).absolute()
+    try: return str(p.relative_to(root))
+    except ValueError: return str(p)
+
 # %% ../nbs/05_options.ipynb #optc06
 def say_nothing_saved(cb):
     "Warn that `cb` saved no model in this fit, and why"
@@ -337,13 +356,35 @@ def say_nothing_saved(cb):
            f"no epoch of this fit beat the best {cb.monitor} it started from ({cb.best}: kept from an earlier fit "
            f"by `reset_on_fit=False`, or set by hand)" if cb._epochs_done > cb._epochs_before else
            "no epoch finished")
-    warnings.warn(f"SaveModelCallback saved no model in this fit: {why}; nothing was loaded.")
+    warnings.warn(f"SaveModelCallback saved no model in this fit: {why}; nothing was loaded.",
+                  stacklevel=user_stacklevel())
 
 # %% ../nbs/05_options.ipynb #optc08
 def say_waited(cb):
-    "Say when `cb`'s fit waited for its background writer, if it waited half a second or more"
+    "Say when `cb`'s fit waited for its background writer half a second or more, and 5% of its time or more"
     waited, waits, saves = cb.write_waits  # kept after the fit, for one run quietly
-    if waited < 0.5 or not cb._speaks: return
-    print(f"SaveModelCallback(async_save={cb.async_save!r}): {waits} of {saves} saves waited {waited:.1f} s in all "
-          f"for the write before them: saves came faster than they could be written (training left the writer no idle "
-          f"core, or the disk is slow), so writing in the background gained little here.")
+    share = waited / max(cb.fit_seconds, 1e-9)
+    if waited < 0.5 or share < 0.05 or not cb._speaks: return
+    print(textwrap.fill(f"SaveModelCallback(async_save=True): {waits} of {saves} saves waited {waited:.1f} s in all "
+                        f"({share:.0%} of the fit) for the write before them: saves came faster than they could be "
+                        f"written, so writing in the background gained little here.", 80))
+
+# %% ../nbs/05_options.ipynb #optc11
+def say_kept(cb, records:list, most:int=4):
+    "Say in one line which files of the model folder `records` (best first) are"
+    if not records or not cb._speaks: return
+    folder = Path(cb.learn.path)/cb.learn.model_dir
+    names = [str(Path(r.path).relative_to(folder)) + (' (best)' if r.reason == 'best' else '') for r in records]
+    more = f' and {len(names) - most + 1} more' if len(names) > most else ''
+    names = names[:most - 1] if more else names
+    print(textwrap.fill(f"Kept in {shown_path(cb.learn, folder)}/: {', '.join(names)}{more}.",
+                        80, break_on_hyphens=False, subsequent_indent='  '))
+
+# %% ../nbs/05_options.ipynb #optc12
+def say_loaded(cb, rec, loaded:bool):
+    "Say which epoch the learner holds after `cb`'s fit: the best record `rec`'s, loaded back, or the final weights"
+    if not cb._speaks: return
+    last = cb.epochs_done - 1
+    if loaded: print(f"Loaded the best model back into the learner: epoch {rec.epoch} ({cb.monitor} {rec.value:.4g}).")
+    else: print(f"The learner keeps the final weights (epoch {last}), not the best"
+                f"{f' (epoch {rec.epoch})' if rec is not None and rec.epoch != last else ''}.")

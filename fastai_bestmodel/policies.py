@@ -36,6 +36,9 @@ class SaveRecord:
     training: str = None # the id of the training it belongs to, the same for every checkpoint of it
     @property
     def live(self)->bool: return self.status in ('pending', 'written')  # on disk, or about to be
+    def __repr__(self):  # one short line: `tracker.records` lists one per save
+        value = f', {self.monitor}={self.value:.4g}' if self.monitor and isinstance(self.value, float) else ''
+        return f"SaveRecord({self.reason!r}, epoch={self.epoch}, {Path(self.path).name!r}{value}, {self.status})"
 
 # %% ../nbs/04_policies.ipynb #pol12
 def epoch_rows(records:list)->dict:

@@ -8,11 +8,14 @@ Docs: https://github.com/fastai-bestmodel/fastai_bestmodel/report.html.md"""
 # %% ../nbs/12_report.ipynb #c003
 from __future__ import annotations
 import math
+import numpy as np
+from fastcore.basics import ifnone
 from pathlib import Path
 from .checkpoint import (list_checkpoints, verify_checkpoint, pth_path, CheckpointError,
                                          CheckpointMismatchError, NotACheckpointError)
 from .checkpoint import REASONS
 from .policies import POSITIONS
+from .options import monitor_direction, lower_by_name
 
 # %% auto #0
 __all__ = ['digest_status', 'checkpoint_rows', 'checkpoint_table', 'best_vs_last', 'plot_checkpoints']
@@ -102,7 +105,7 @@ def _best_record(cb):
 def best_vs_last(learn, # the `Learner` after its fit
                  tracker=None, # the `SaveModelCallback` whose best to show; default: the one that decides
                 ):
-    "The best model's recorded values beside the last epoch's, as a `pandas.DataFrame`"
+    "The best model's recorded values and the last epoch's, a row each, as a `pandas.DataFrame`"
     import pandas as pd
     cb = _tracker(learn, tracker)
     names, rows = _recorded(cb)  # the training's own rows: `validate` replaces the recorder's
@@ -111,13 +114,13 @@ def best_vs_last(learn, # the `Learner` after its fit
                                      f'`every_epoch` or `at_end`): `checkpoint_table` lists what it saved.')
     best = {k: v for k, v in rec.metadata.items() if k in ('epoch', *names)}
     last = {'epoch': cb.epoch_values[-1]['epoch'], **dict(zip(names, rows[-1]))}
-    return pd.DataFrame({'best': best, 'last': last}).reindex(['epoch', *names])
+    return pd.DataFrame([best, last], index=['best', 'last']).reindex(columns=['epoch', *names])  # epochs stay whole
 
 # %% ../nbs/12_report.ipynb #c019
-_STYLE = {'top_k': dict(marker='o', ms=9, mfc='none', color='C2', label='top k'),
-          'last': dict(marker='s', ms=8, mfc='none', color='C3', label='last epoch saved'),
-          'every_epoch': dict(marker='D', ms=6, color='C4', label='every epoch'),
-          'end': dict(marker='D', ms=6, color='C4', label='at end')}
+_STYLE = {'top_k': dict(marker='o', ms=9, mfc='none', color='C2', label='top k (on disk)'),
+          'last': dict(marker='s', ms=8, mfc='none', color='C3', label='last epoch (on disk)'),
+          'every_epoch': dict(marker='D', ms=6, color='C4', label='every epoch (on disk)'),
+          'end': dict(marker='D', ms=6, color='C4', label='at end (on disk)')}
 _STAR = dict(ls='none', marker='*', color='gold', mec='black', mew=0.6)
 
 # %% ../nbs/12_report.ipynb #c019b
@@ -135,7 +138,8 @@ def _mark_saves(ax, cb, best, first:int):
                if r.reason == reason and r is not best and cb.monitor in r.metadata]
         if pts: ax.plot(*zip(*pts), ls='none', zorder=2, **style)
     earlier = [(r.epoch, r.value) for r in drawn if _is_best(r.reason) and r is not best]
-    if earlier: ax.plot(*zip(*earlier), ms=9, alpha=.5, label='earlier best', zorder=2, **_STAR)
+    if earlier: ax.plot(*zip(*earlier), ms=9, alpha=.5, label='earlier best (overwritten)', zorder=2, **_STAR)
+    return [y for r in now if cb.monitor in r.metadata for y in [r.metadata[cb.monitor]]]  # what the files hold
 
 # %% ../nbs/12_report.ipynb #c019c
 def _mark_mid_epoch_saves(ax, cb, first:int):
@@ -149,43 +153,105 @@ def _mark_mid_epoch_saves(ax, cb, first:int):
         seen.add(r.reason)
 
 # %% ../nbs/12_report.ipynb #c019d
-def _label_best_and_last(ax, monitor:str, best, xs:list, last:float):
+def _label_best_and_last(ax, monitor:str, best, xs:list, last:float)->list:
     "Star and label the `best` record's `monitor` value on `ax`; label the `last` epoch's value unless it is the best"
-    # a label near the right edge goes to the left of its point
-    right = lambda x: x >= xs[-1] - 0.5 * max(1, len(xs) - 1) / 4
+    labels = []
     if best is not None and best.epoch >= xs[0] and monitor in best.metadata:
         bx, by = best.epoch, best.metadata[monitor]
-        ax.plot([bx], [by], ms=16, label='best', zorder=3, **_STAR)
-        ax.annotate(f'best: {by:.4g} (epoch {bx})', (bx, by), textcoords='offset points',
-                    xytext=(-8 if right(bx) else 8, 8), ha='right' if right(bx) else 'left')
-    lx, ly = xs[-1], last
-    if best is None or lx != best.epoch:
-        ax.annotate(f'last: {ly:.4g} (epoch {lx})', (lx, ly), textcoords='offset points', xytext=(-6, -16), ha='right')
+        ax.plot([bx], [by], ms=16, label='best (on disk)', zorder=3, **_STAR)
+        labels.append(ax.annotate(f'best: {by:.4g} (epoch {bx})', (bx, by), textcoords='offset points',
+                                  xytext=(8, 8), ha='left'))
+    if best is None or xs[-1] != best.epoch:
+        labels.append(ax.annotate(f'last: {last:.4g} (epoch {xs[-1]})', (xs[-1], last), textcoords='offset points',
+                                  xytext=(-8, -16), ha='right'))
+    for t in labels: t.set_in_layout(False)  # the layout leaves room for the axes' own texts, not for these
+    return labels
+
+# %% ../nbs/12_report.ipynb #c019e
+_PLACES = [(8, 8, 'left'), (-8, 8, 'right'), (8, -16, 'left'), (-8, -16, 'right'), (8, 24, 'left'),
+           (-8, 24, 'right'), (8, -32, 'left'), (-8, -32, 'right')]
+
+def _unclash(ax, labels:list):
+    "Move each of `labels` to the first place around its point where it overlaps no label placed before it"
+    fig = ax.figure
+    fig.draw_without_rendering()  # the layout sets where the axes are
+    inside, placed = ax.get_window_extent(), []
+    for t in labels:
+        for dx, dy, ha in [(*t.xyann, t.get_ha())] + _PLACES:
+            t.xyann, _ = (dx, dy), t.set_ha(ha)
+            b = t.get_window_extent()
+            if (b.x0 >= inside.x0 and b.x1 <= inside.x1 and b.y0 >= inside.y0 and b.y1 <= inside.y1
+                and not any(b.overlaps(p) for p in placed)): break
+        placed.append(t.get_window_extent())
+
+# %% ../nbs/12_report.ipynb #c019f
+def _robust_range(ys:list, keep:list=())->tuple:
+    "A y-range showing `ys` but their outliers (beyond 3 interquartile ranges of the quartiles), and all of `keep`"
+    a = np.array([y for y in ys if math.isfinite(y)], dtype=float)
+    if not len(a): return None
+    q1, q3 = np.percentile(a, [25, 75])
+    shown = a[(a >= q1 - 3 * (q3 - q1)) & (a <= q3 + 3 * (q3 - q1))]
+    shown = np.concatenate([shown, [k for k in keep if math.isfinite(k)]])
+    lo, hi = shown.min(), shown.max()
+    pad = 0.12 * (hi - lo) or 0.05 * abs(hi) or 1.
+    return lo - pad, hi + pad
+
+# %% ../nbs/12_report.ipynb #c019h
+def _clip_outliers(ax, xs:list, series:dict, keep:list=()):
+    "Set `ax`'s y-range to `_robust_range` of `series` (name: values per epoch) and `keep`; mark what falls outside"
+    lims = _robust_range([y for v in series.values() for y in v], keep)
+    if lims is None: return
+    ax.set_ylim(*lims)
+    for n, v in series.items():
+        off = [(x, y) for x, y in zip(xs, v) if math.isfinite(y) and not lims[0] <= y <= lims[1]]
+        if not off: continue
+        at = [lims[1] if y > lims[1] else lims[0] for _, y in off]
+        said = ', '.join(f'{y:.3g} (epoch {x})' for x, y in off[:3]) + (f' and {len(off) - 3} more' if len(off) > 3
+                                                                         else '')
+        ax.plot([x for x, _ in off], at, ls='none', marker=7 if at[0] == lims[0] else 6, ms=9, color='C3',
+                clip_on=False, zorder=4, label=f'{n} off the scale: {said}')
 
 # %% ../nbs/12_report.ipynb #c019a
 def plot_checkpoints(learn, # the `Learner` after its fit
                      tracker=None, # the `SaveModelCallback` to show; default the one that decides what `learn` holds
                      values:list=None, # other recorded values to draw, such as `['valid_loss']`
                      ax=None, # a matplotlib `Axes` to draw on; default a new figure
-                     log:bool=True, # log the figure to the W&B run, if one is active
+                     to_wandb:bool=False, # also log the figure to the active W&B run
                     ):
     "Plot the monitored value per epoch, each saved checkpoint marked by reason, the best and the last epoch labelled"
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
     cb = _tracker(learn, tracker)
     names, rows = _recorded(cb)
-    if cb.monitor not in names: raise ValueError(f'plot_checkpoints: no {cb.monitor!r} was recorded in the training; '
-                                                 f'{names} were.')
+    for n in [cb.monitor, *(values or [])]:
+        if n not in names: raise ValueError(f'plot_checkpoints: no {n!r} was recorded in the training; {names} were.')
     xs = [r['epoch'] for r in cb.epoch_values]  # the epochs of the training: a `fine_tune`'s two fits are one
-    fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(6.4, 4))
-    for n in [cb.monitor, *(values or [])]:  # matplotlib leaves out labels starting with `_` (fastai's `_rmse`)
-        ax.plot(xs, [r[names.index(n)] for r in rows], label=' ' + n if n.startswith('_') else n, zorder=1)
+    col = lambda n: [r[names.index(n)] for r in rows]
+    if ax is None: _, ax = plt.subplots(figsize=(8, 4), layout='constrained')
+    # a value that counts the other way than the monitor (a metric beside a loss) gets its own axis
+    lower = lambda n: ifnone(monitor_direction(learn, n)[0], lower_by_name(n))
+    left = {n: col(n) for n in [cb.monitor, *[n for n in values or [] if lower(n) == cb.lower_is_better]]}
+    for n, ys in left.items():  # matplotlib leaves out labels starting with `_` (fastai's `_rmse`)
+        ax.plot(xs, ys, label=' ' + n if n.startswith('_') else n, zorder=1)
     best = _best_record(cb)
-    _mark_saves(ax, cb, best, xs[0])
+    kept = _mark_saves(ax, cb, best, xs[0])
     _mark_mid_epoch_saves(ax, cb, xs[0])
-    _label_best_and_last(ax, cb.monitor, best, xs, rows[-1][names.index(cb.monitor)])
-    ax.margins(x=0.06, y=0.15)
-    ax.set_xlabel('epoch'); ax.set_ylabel(cb.monitor); ax.legend(fontsize='small')
-    import sys
-    if log and 'wandb' in sys.modules and sys.modules['wandb'].run is not None:
-        import wandb; wandb.log({'checkpoints': wandb.Image(fig)})
-    return fig
+    labels = _label_best_and_last(ax, cb.monitor, best, xs, left[cb.monitor][-1])
+    _clip_outliers(ax, xs, left, kept + [left[cb.monitor][-1]] + ([best.value] if best else []))
+    ax.set_xlabel('epoch'); ax.set_ylabel(cb.monitor); ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    handles, texts = ax.get_legend_handles_labels()
+    if other := [n for n in values or [] if n not in left]:
+        ax2 = ax.twinx()
+        for i, n in enumerate(other): ax2.plot(xs, col(n), color=f'C{5 + i}', label=n)  # colours the left does not use
+        _clip_outliers(ax2, xs, {n: col(n) for n in other})
+        ax2.set_ylabel(', '.join(other))
+        h2, t2 = ax2.get_legend_handles_labels()
+        handles, texts = handles + h2, texts + t2
+    ax.legend(handles, texts, fontsize='small', loc='upper left', bbox_to_anchor=(1.12 if other else 1.02, 1))
+    _unclash(ax, labels)
+    if to_wandb:
+        import wandb
+        if wandb.run is None: raise ValueError('plot_checkpoints(to_wandb=True): no W&B run is active; call '
+                                               '`wandb.init` first.')
+        wandb.log({'checkpoints': wandb.Image(ax.figure)})
+    return ax

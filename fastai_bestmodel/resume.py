@@ -15,12 +15,12 @@ from fastai.torch_core import rank_distrib, to_cpu
 from .checkpoint import (list_checkpoints, delete_checkpoint, load_checkpoint, pth_path,
                                          CheckpointError, REASONS)
 from .policies import SaveRecord, epoch_rows, worseness
-from .options import recorded_names
+from .options import recorded_names, shown_path, user_stacklevel
 from .learner import find_checkpoint, load_into, from_rank0
 
 # %% auto #0
 __all__ = ['random_states', 'set_random_states', 'resume_payload', 'resume_training', 'earlier_checkpoints', 'check_earlier_run',
-           'take_up']
+           'say_earlier_best', 'take_up']
 
 # %% ../nbs/09_resume.ipynb #res07
 def random_states(learn)->dict:
@@ -140,15 +140,14 @@ def earlier_checkpoints(cb, own:bool=False)->list:
 def check_earlier_run(cb):
     "Before the first batch: take up what an earlier run left (`resume=True`), or say that this fit will replace it"
     found = from_rank0(earlier_checkpoints(cb, own=cb.resume))  # resuming keeps even this callback's own earlier best
-    best, desc = next(((r, d) for r, d in found if Path(r.path).name == f'{cb.fname}.pth' and r.reason == 'best'),
-                      (None, None))
+    best, desc = _earlier_best(cb, found)
     other_monitor = best is not None and best.monitor != cb.monitor
     if cb.resume and other_monitor:
         raise ValueError(f"SaveModelCallback(resume=True, monitor={cb.monitor!r}): {best.path} was chosen by "
                          f"{best.monitor!r}, so its value says nothing of {cb.monitor!r}. Resume with "
                          f"monitor={best.monitor!r}, or give this run its own `fname`.")
-    if not cb.resume:
-        if best is not None and not rank_distrib(): _say_replaced(cb, best, other_monitor)
+    if not cb.resume:  # said before the progress bar drew (`say_earlier_best`), unless fastai's `fit` changed
+        if best is not None and not rank_distrib() and not cb._earlier_said: _say_replaced(cb, best, other_monitor)
         return
     if best is not None: _resume_direction(cb, best, desc['comp'])
     take_up(cb, [r for r, _ in found], best)
@@ -159,13 +158,26 @@ def check_earlier_run(cb):
                       f"(saved with `with_opt=True, save_last=True`).")
 
 # %% ../nbs/09_resume.ipynb #res18
+def _earlier_best(cb, found:list)->tuple:
+    "The `(record, description)` of the best model under tracker `cb`'s `fname` among `found`, or `(None, None)`"
+    return next(((r, d) for r, d in found if Path(r.path).name == f'{cb.fname}.pth' and r.reason == 'best'),
+                (None, None))
+
 def _say_replaced(cb, best, other_monitor:bool):
-    keep = (f"To keep it, give this run its own `fname` (it was chosen by {best.monitor!r})." if other_monitor else
-            "To keep it unless this fit beats it, pass `SaveModelCallback(resume=True)`; to keep both, give this run "
-            "its own `fname`.")
-    warnings.warn(f"SaveModelCallback: {best.path} holds a checkpoint this callback did not write (another run's or "
-                  f"callback's: epoch {best.epoch}, {best.monitor} {best.value}). This fit starts its best afresh, as "
-                  f"fastai's does, and its first epoch will replace that file even if worse. {keep}")
+    keep = (f"give this run its own `fname` to keep it (it was chosen by {best.monitor!r})" if other_monitor else
+            "pass `resume=True` to keep it unless this fit beats it, or give this run its own `fname`")
+    value = f'{best.value:.4g}' if isinstance(best.value, float) else best.value
+    cb._earlier_said = True
+    warnings.warn(f"SaveModelCallback: {shown_path(cb.learn, best.path)} holds a checkpoint this callback did not "
+                  f"write (epoch {best.epoch}, {best.monitor} {value}). This fit starts afresh, as fastai's does, and "
+                  f"its first epoch replaces it even if worse: {keep}.", stacklevel=user_stacklevel())
+
+# %% ../nbs/09_resume.ipynb #res18b
+def say_earlier_best(cb):
+    "Before the progress bar draws: warn that this fit will replace the best an earlier run left under `cb.fname`"
+    if cb.resume or rank_distrib(): return  # resuming takes it up instead
+    best, _ = _earlier_best(cb, earlier_checkpoints(cb))
+    if best is not None: _say_replaced(cb, best, best.monitor != cb.monitor)
 
 # %% ../nbs/09_resume.ipynb #res18a
 def _resume_direction(cb, best, comp):
@@ -202,7 +214,8 @@ def take_up(cb, found:list, best):
     cb.best, cb.best_epoch, cb.last_saved_path, cb.last_saved_metadata = (best.value, best.epoch, cb._path(cb.fname),
                                                                           best.metadata)
     if not rank_distrib():
-        print(f'Resuming: {best.path} is the best so far ({cb.monitor} {best.value}, epoch {best.epoch}), with '
+        print(f'Resuming: {shown_path(cb.learn, best.path)} is the best so far ({cb.monitor} {best.value:.4g}, epoch '
+              f'{best.epoch}), with '
               f'{len(found) - 1} more checkpoint{"s"[:len(found) != 2]} of this run; it is replaced only by a better '
               f'model.')
 

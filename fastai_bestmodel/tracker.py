@@ -22,11 +22,12 @@ from .policies import SaveRecord as _Record, fill_template as _fill
 from .policies import POSITIONS, worseness, top_k_drop, same_epoch, newest_n_drop, save_due
 from .options import (check_comp, check_arguments, check_async_save, check_interval, check_policies,
                                      recorded_names, check_names, check_validation, check_other_trackers,
-                                     decide_direction, say_direction, epoch_row, say_nothing_saved, say_waited)
+                                     decide_direction, say_direction, epoch_row, say_nothing_saved, say_waited,
+                                     say_kept, say_loaded, shown_path)
 from .learner import (from_rank0, share_from_rank0, catch_sigterm, release_sigterm, is_as_saved,
                                      TrainingTerminated)
 from . import learner as _learner  # `load_best_model` through it: the name left this module
-from .resume import _ResumeState, resume_payload, check_earlier_run
+from .resume import _ResumeState, resume_payload, check_earlier_run, say_earlier_best
 
 # %% auto #0
 __all__ = ['SaveModelCallback', 'deciding_tracker']
@@ -63,6 +64,9 @@ class SaveModelCallback(_FastaiSaveModelCallback):
 
     def before_fit(self):
         self.run, self._tracking = not hasattr(self, 'lr_finder') and not hasattr(self, 'gather_preds'), False
+        self._earlier_said = False
+        # Before the progress bar draws: what this fit will replace. fastai's `validate` holds `lock`; `fit` never does
+        if self.run and not self.learn.lock.locked() and self._resets: say_earlier_best(self)
     def before_train(self):
         if not self._tracking: self._start_tracking()  # at the first of a fit: `validate` and `get_preds` never train
     def before_epoch(self): self._logged = [False, False]
@@ -99,6 +103,7 @@ def _validate(self:SaveModelCallback):
 @patch
 def _init_state(self:SaveModelCallback):  # also called when unpickled, as in `load_learner`
     self._writer, self._group, self.write_waits = None, None, (0, 0, 0)  # the last fit's waits for the writer
+    self.fit_seconds, self._earlier_said = 0., False  # the last fit's time
     self._resumed_from = None  # the checkpoint `resume_training` loaded for this fit, which no policy deletes
     self.on_written = []  # called with each record written, as soon as it is (see `_job_done`)
 
@@ -126,20 +131,25 @@ def _start_tracking(self:SaveModelCallback):
     if not rank_distrib(): finish_interrupted_saves(Path(self.path)/self.model_dir)  # what a killed process left
     check_names(self, recorded_names(self.recorder))
     check_other_trackers(self)
-    group = getattr(self.learn, '_fit_group', None)
-    continues = group is not None and group is self._group
     # The checkpoint `resume_training` loaded: no policy deletes it, as Lightning keeps the one a run resumed from
     self._resumed_from = next((cb.source.resolve() for cb in self.learn.cbs
                                if isinstance(cb, _ResumeState) and cb.source), None)
-    if (self.reset_on_fit and not continues) or self.best is None: self._reset_fit()
+    if self._resets: self._reset_fit()
     (self._group, self._epochs_before, self._iters_before,
-     self._tracking) = group, self._epochs_done, self._iters_done, True
+     self._tracking) = getattr(self.learn, '_fit_group', None), self._epochs_done, self._iters_done, True
     self._nonfinite, self._unrecorded, self._clock = [], [], time.monotonic()
     # what a reader needs to trust a model
     self._provenance, self._fit_start = training_provenance(self.learn), self._clock
     if self._writer is None: self._writer = AsyncCheckpointWriter() if self.async_save else CheckpointWriter()
     # also without `save_on_exception`: a write under way then finishes, or leaves no temporary file
     catch_sigterm()
+
+# %% ../nbs/10_tracker.ipynb #trk23b
+@patch(as_prop=True)
+def _resets(self:SaveModelCallback)->bool:
+    "Whether the fit starting now starts a new training: `reset_on_fit`, unless it is the next fit of a `fine_tune`"
+    group = getattr(self.learn, '_fit_group', None)
+    return (self.reset_on_fit and (group is None or group is not self._group)) or self.best is None
 
 # %% ../nbs/10_tracker.ipynb #trk25
 @patch
@@ -199,8 +209,9 @@ def _save_if_best(self:SaveModelCallback, epoch, meta):
     if self.new_best:
         self.best, self.best_epoch = val, epoch
         in_fit = f' (epoch {self.epoch} of this fit)' if self._epochs_before else ''
-        if self.save_top_k and self._speaks: print(f'Better model found at epoch {epoch}{in_fit} with {self.monitor} '
-                                                   f'value: {val}; saving it to {self._path(self.fname)}.')
+        if self.save_top_k and self._speaks:  # fastai's words, fitting 80 columns
+            print(f'Better model found at epoch {epoch}{in_fit} with {self.monitor} {val:.4g}; saving '
+                  f'{shown_path(self.learn, self._path(self.fname))}.')
     # A value that is not finite ranks below every other, as in Lightning: kept by `save_top_k=-1`, or while fewer
     # than k are
     if self.save_top_k and (math.isfinite(val) or (self.save_top_k != 1 and epoch not in self._unrecorded)):
@@ -412,7 +423,8 @@ def _finish_saving(self:SaveModelCallback, at_end:bool=True):
         meta = ifnone(self._last_meta, {'epoch': self._epochs_done - 1, 'iteration': self._iters_done})
         self._save(_Record(self._path(self.fname), 'end', meta['epoch'], self._iters_done, meta,
                               training=self.training_id))
-    self._seconds_before += time.monotonic() - self._fit_start  # a `fine_tune`'s second fit goes on counting
+    self.fit_seconds = time.monotonic() - self._fit_start
+    self._seconds_before += self.fit_seconds  # a `fine_tune`'s second fit goes on counting
     w = self._writer
     self.write_waits = (w.waited, w.waits, w.saves) if isinstance(w, AsyncCheckpointWriter) else (0, 0, 0)
     try: self.wait()
@@ -430,22 +442,37 @@ def deciding_tracker(learn)->SaveModelCallback:
 # %% ../nbs/10_tracker.ipynb #trk59
 @patch
 def _fit_ended(self:SaveModelCallback):
-    "Save the final model if `at_end`, else load the best one if `load_best` and this tracker decides"
+    "Save the final model if `at_end`, else load the best one if `load_best` and this tracker decides; say what it kept"
     if not self._tracking: return
     release_sigterm()
     decides = deciding_tracker(self.learn) is self
     self._tracking = False
     self._finish_saving()
     say_waited(self)
-    if self.at_end or self.every_epoch or not self.save_top_k: return
+    said = self._group is None or self._group.last  # a `fine_tune` speaks after its last fit
+    if said and (self.save_top_k not in (0, 1) or self.save_last): say_kept(self, self._kept_files())
+    if self.at_end or self.every_epoch or not self.save_top_k:
+        if said and decides: say_loaded(self, None, False)
+        return
     if self.last_saved_path is None: return say_nothing_saved(self)
     # Only rank 0 wrote, and only it reads: the others may be other machines, without its folder
     load = not rank_distrib() and self.load_best and decides
     rec = self.chosen_record  # its file must still hold what this fit wrote
-    if not from_rank0(load and (rec.digest is None or is_as_saved(rec.path, rec.digest, rec.epoch, self.fname))): return
+    if not from_rank0(load and (rec.digest is None or is_as_saved(rec.path, rec.digest, rec.epoch, self.fname))):
+        if said and decides: say_loaded(self, rec, False)
+        return
     if not rank_distrib():
         _learner.load_best_model(self.learn, Path(self.last_saved_path).absolute(), with_opt=self.with_opt)
     share_from_rank0(self.learn, self.with_opt and self.opt is not None)
+    if said: say_loaded(self, rec, True)
+
+# %% ../nbs/10_tracker.ipynb #trk59b
+@patch
+def _kept_files(self:SaveModelCallback)->list:
+    "The records of the top-k checkpoints on disk, best first, then of the last epoch's"
+    ranked = sorted((r for r in self._kept if r.status == 'written'),
+                    key=lambda r: worseness(r.value, self.lower_is_better))
+    return ranked + [r for r in self.records if r.reason == 'last' and r.status == 'written'][-1:]
 
 # %% ../nbs/10_tracker.ipynb #trkmoved
 _MOVED = {'load_best_model': 'learner', 'load_best_state': 'learner', 'find_checkpoint': 'learner',

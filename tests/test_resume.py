@@ -40,6 +40,31 @@ def test_a_new_run_says_it_will_replace_an_earlier_best_and_does(tmp_path):
     assert _on_disk(tmp_path) == {'model.pth': 201.0}  # fastai's meaning: the new run's best replaces it
 
 
+REPLACED = """
+import sys, warnings
+from fastai.test_utils import synth_learner
+from fastai_bestmodel.tracker import SaveModelCallback
+warnings.simplefilter('ignore', FutureWarning)  # torch's, about `torch.jit.script`
+synth_learner(n_trn=2, path=sys.argv[1]).fit(1, cbs=SaveModelCallback())
+learn = synth_learner(n_trn=2, path=sys.argv[1])
+learn.fit(1, cbs=SaveModelCallback())  # the user's line
+"""
+
+
+def test_the_replaced_warning_names_the_users_fit_and_comes_before_the_progress_bar(tmp_path):
+    script = tmp_path / 'train.py'
+    script.write_text(REPLACED)
+    p = subprocess.run([sys.executable, '-u', str(script), str(tmp_path)], stdout=subprocess.PIPE,
+                       stderr=subprocess.STDOUT, text=True, env=python_env(), timeout=300)
+    lines = p.stdout.splitlines()
+    (i,) = [i for i, l in enumerate(lines) if 'did not write' in l]
+    # starts its own line (not glued to the bar's), names the script's line 8 and shows it, and no bar came before it
+    assert lines[i].startswith(f'{script}:8: UserWarning: SaveModelCallback: models/model.pth holds'), lines[i]
+    assert lines[i + 1].strip() == 'learn.fit(1, cbs=SaveModelCallback())  # the user\'s line'
+    header = max(j for j, l in enumerate(lines[:i]) if l.startswith('epoch') and 'train_loss' in l)  # the second fit's
+    assert 'Epoch 1/1' not in '\n'.join(lines[header:i])
+
+
 def _child(*args):
     child = subprocess.Popen([sys.executable, str(HERE / 'exact_resume_child.py'), *map(str, args)],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=python_env())

@@ -136,11 +136,11 @@ def test_best_vs_last_after_validate_shows_the_fits_last_epoch(tmp_path):
     rows = [[float(v) for v in row] for row in learn.recorder.values]  # the fit's rows, before validate() replaces them
     learn.validate()
     table = best_vs_last(learn, tracker=cb)
-    shown = {n: float(table.loc[n, 'last']) for n in ['epoch', *names]}
+    shown = {n: float(table.loc['last', n]) for n in ['epoch', *names]}
     assert shown == pytest.approx({'epoch': 2, **dict(zip(names, rows[-1]))}), \
-        f"'last' column {shown}; the fit ended with {rows[-1]}"
-    fig = plot_checkpoints(learn, tracker=cb, log=False)
-    (line,) = [l for l in fig.axes[0].get_lines() if l.get_label().strip() == 'score']
+        f"'last' row {shown}; the fit ended with {rows[-1]}"
+    ax = plot_checkpoints(learn, tracker=cb)
+    (line,) = [l for l in ax.get_lines() if l.get_label().strip() == 'score']
     assert list(line.get_ydata()) == pytest.approx([r[names.index('score')] for r in rows])
 
 
