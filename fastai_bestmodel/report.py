@@ -7,7 +7,7 @@ Docs: https://github.com/fastai-bestmodel/fastai_bestmodel/report.html.md"""
 
 # %% ../nbs/12_report.ipynb #c003
 from __future__ import annotations
-import math
+import math, warnings
 import numpy as np
 from fastcore.basics import ifnone
 from pathlib import Path
@@ -211,16 +211,42 @@ def _clip_outliers(ax, xs:list, series:dict, keep:list=()):
         ax.plot([x for x, _ in off], at, ls='none', marker=7 if at[0] == lims[0] else 6, ms=9, color='C3',
                 clip_on=False, zorder=4, label=f'{n} off the scale: {said}')
 
+# %% ../nbs/12_report.ipynb #rp_twin
+def _twin(ax, xs, other:dict):
+    "Draw the values `other` (name: per epoch) on a right-hand axis of `ax`, which they count the other way from"
+    ax2 = ax.twinx()
+    # in colours the left-hand axis does not use
+    for i, (n, ys) in enumerate(other.items()): ax2.plot(xs, ys, color=f'C{5 + i}', label=n)
+    _clip_outliers(ax2, xs, other)
+    ax2.set_ylabel(', '.join(other))
+    return ax2
+
+def _legend(ax, ax2=None):
+    "One legend, outside the axes, for `ax` and its twin `ax2`"
+    handles, texts = ax.get_legend_handles_labels()
+    if ax2 is not None: handles, texts = [a + b for a, b in zip((handles, texts), ax2.get_legend_handles_labels())]
+    ax.legend(handles, texts, fontsize='small', loc='upper left', bbox_to_anchor=(1.12 if ax2 else 1.02, 1))
+
+def _log_figure(ax, arg:str):
+    "Log `ax`'s figure to the active W&B run, as `plot_checkpoints(arg=True)` asked"
+    import wandb
+    if wandb.run is None:
+        raise ValueError(f'plot_checkpoints({arg}=True): no W&B run is active; call `wandb.init` first.')
+    wandb.log({'checkpoints': wandb.Image(ax.figure)})
+
 # %% ../nbs/12_report.ipynb #c019a
 def plot_checkpoints(learn, # the `Learner` after its fit
                      tracker=None, # the `SaveModelCallback` to show; default the one that decides what `learn` holds
                      values:list=None, # other recorded values to draw, such as `['valid_loss']`
                      ax=None, # a matplotlib `Axes` to draw on; default a new figure
                      to_wandb:bool=False, # also log the figure to the active W&B run
+                     log:bool=None, # deprecated: `to_wandb`
                     ):
     "Plot the monitored value per epoch, each saved checkpoint marked by reason, the best and the last epoch labelled"
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
+    if log is not None: warnings.warn('plot_checkpoints(log=...) is now `to_wandb=...`, and logs nothing unless '
+                                      'asked.', DeprecationWarning, stacklevel=2)
     cb = _tracker(learn, tracker)
     names, rows = _recorded(cb)
     for n in [cb.monitor, *(values or [])]:
@@ -239,19 +265,8 @@ def plot_checkpoints(learn, # the `Learner` after its fit
     labels = _label_best_and_last(ax, cb.monitor, best, xs, left[cb.monitor][-1])
     _clip_outliers(ax, xs, left, kept + [left[cb.monitor][-1]] + ([best.value] if best else []))
     ax.set_xlabel('epoch'); ax.set_ylabel(cb.monitor); ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    handles, texts = ax.get_legend_handles_labels()
-    if other := [n for n in values or [] if n not in left]:
-        ax2 = ax.twinx()
-        for i, n in enumerate(other): ax2.plot(xs, col(n), color=f'C{5 + i}', label=n)  # colours the left does not use
-        _clip_outliers(ax2, xs, {n: col(n) for n in other})
-        ax2.set_ylabel(', '.join(other))
-        h2, t2 = ax2.get_legend_handles_labels()
-        handles, texts = handles + h2, texts + t2
-    ax.legend(handles, texts, fontsize='small', loc='upper left', bbox_to_anchor=(1.12 if other else 1.02, 1))
+    other = {n: col(n) for n in values or [] if n not in left}
+    _legend(ax, _twin(ax, xs, other) if other else None)
     _unclash(ax, labels)
-    if to_wandb:
-        import wandb
-        if wandb.run is None: raise ValueError('plot_checkpoints(to_wandb=True): no W&B run is active; call '
-                                               '`wandb.init` first.')
-        wandb.log({'checkpoints': wandb.Image(ax.figure)})
+    if ifnone(log, to_wandb): _log_figure(ax, 'log' if log is not None else 'to_wandb')
     return ax
