@@ -15,7 +15,6 @@ from .checkpoint import (list_checkpoints, verify_checkpoint, pth_path, Checkpoi
                                          CheckpointMismatchError, NotACheckpointError)
 from .checkpoint import REASONS
 from .policies import POSITIONS
-from .options import monitor_direction, lower_by_name
 
 # %% auto #0
 __all__ = ['digest_status', 'checkpoint_rows', 'checkpoint_table', 'best_vs_last', 'plot_checkpoints']
@@ -245,6 +244,8 @@ def plot_checkpoints(learn, # the `Learner` after its fit
     "Plot the monitored value per epoch, each saved checkpoint marked by reason, the best and the last epoch labelled"
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
+    # imported here: `ls` and `show` read reports without loading torch
+    from fastai_bestmodel.options import monitor_direction, lower_by_name
     if log is not None: warnings.warn('plot_checkpoints(log=...) is now `to_wandb=...`, and logs nothing unless '
                                       'asked.', DeprecationWarning, stacklevel=2)
     cb = _tracker(learn, tracker)
