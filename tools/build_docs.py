@@ -56,6 +56,7 @@ def _no_progress(text:str)->str:
 
 def _links(md:str)->str:
     "Links to notebooks as links to their pages: `11_wandb.ipynb#x` and the README's `nbs/guide.ipynb` on the site"
+    md = md.replace('](nbs/images/', '](images/')
     return re.sub(r'\]\((?:nbs/)?([\w-]+)\.ipynb(#[\w-]+)?\)', lambda m: f']({page_name(m.group(1))}{m.group(2) or ""})', md)
 
 def missing_show_docs(path:Path, nb)->list:
@@ -144,7 +145,7 @@ class _Refs(HTMLParser):
         if a.get('id'): self.ids.add(a['id'])
         if a.get('name'): self.ids.add(a['name'])
         for k in ('href', 'src'):
-            if a.get(k) and tag != 'link' and tag != 'script': self.refs.append((tag, a[k]))
+            if a.get(k): self.refs.append((tag, a[k]))
 
 def broken_links(site:Path)->list:
     "Every `href` and `src` of the built pages that leads nowhere: a missing file or anchor, or a file of this repo that does not exist"
@@ -175,8 +176,10 @@ def mkdocs_config(docs:Path, nav:list)->dict:
         repo_url=REPO, edit_uri='blob/main/nbs/', docs_dir=str(docs), use_directory_urls=False, strict=True,
         theme=dict(name='material', features=['navigation.sections', 'navigation.top', 'navigation.footer', 'toc.follow',
                                              'search.highlight', 'content.code.copy'],
-                   palette=[dict(scheme='default', primary='indigo')]),
+                   palette=[dict(scheme='default', primary='indigo')], font=False),  # no web fonts: offline
         plugins=['search', 'offline'], extra_css=['extra.css'],
+        # the offline plugin would load this shim (search's web worker from file://) from unpkg.com: ours is a copy
+        extra=dict(polyfills=['assets/iframe-worker-shim.js']),
         markdown_extensions=['tables', 'admonition', 'attr_list', 'md_in_html', 'def_list', dict(toc=dict(permalink=True)),
                              'pymdownx.highlight', 'pymdownx.superfences', 'pymdownx.inlinehilite'],
         validation=dict(omitted_files='warn', absolute_links='warn', unrecognized_links='warn', anchors='warn',
@@ -210,6 +213,7 @@ def build(out:Path):
     nav = nav[:3] + [{'Reference': ref}] + nav[3:]
     if (NBS/'images').is_dir(): shutil.copytree(NBS/'images', docs/'images', dirs_exist_ok=True)
     (docs/'extra.css').write_text(EXTRA_CSS)
+    (docs/'assets').mkdir(exist_ok=True); shutil.copy(ROOT/'tools'/'iframe-worker-shim.js', docs/'assets')
     cfg = work/'mkdocs.yml'
     cfg.write_text(json.dumps(mkdocs_config(docs, nav), indent=1))  # JSON is YAML
     t0 = time.perf_counter()
