@@ -217,9 +217,12 @@ def build(out:Path):
     cfg = work/'mkdocs.yml'
     cfg.write_text(json.dumps(mkdocs_config(docs, nav), indent=1))  # JSON is YAML
     t0 = time.perf_counter()
-    r = subprocess.run([sys.executable, '-m', 'mkdocs', 'build', '--strict', '--clean', '-q', '-f', str(cfg), '-d', str(out.resolve())],
-                       capture_output=True, text=True)
-    if r.returncode: raise SystemExit(f'mkdocs build --strict failed (a broken link or image?):\n{r.stdout}{r.stderr}')
+    # not `-q`: strict mode counts the warnings it logs, and `-q` logs none
+    r = subprocess.run([sys.executable, '-m', 'mkdocs', 'build', '--strict', '--clean', '-f', str(cfg), '-d', str(out.resolve())],
+                       capture_output=True, text=True, env={**os.environ, 'NO_COLOR': '1', 'NO_MKDOCS_2_WARNING': '1'})
+    if r.returncode:
+        said = [l for l in (r.stdout + r.stderr).splitlines() if re.match(r'(WARNING|ERROR|Aborted)', l)] or [r.stdout + r.stderr]
+        raise SystemExit('mkdocs build --strict failed (a broken link or image?):\n' + '\n'.join(said))
     if (bad := broken_links(out)): raise SystemExit('broken links or images:\n' + '\n'.join(bad))
     n = check_search(out)
     shutil.rmtree(work)
