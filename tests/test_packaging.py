@@ -91,8 +91,9 @@ def test_metadata_says_what_pyproject_says_and_the_package_version(dists):
         assert 'torch>=2.5' in deps and 'build; extra == "dev"' in deps
         assert m.get_all('Classifier') == PYPROJECT['classifiers']
         assert not [c for c in m.get_all('Classifier') if c.startswith('License ::')]  # the SPDX field says it
-        assert dict(u.split(', ') for u in m.get_all('Project-URL')).keys() == {'Homepage', 'Documentation',
-                                                                                 'Repository', 'Issues', 'Changelog'}
+        # no Documentation URL until a docs site is published (pyproject.toml says why)
+        assert dict(u.split(', ') for u in m.get_all('Project-URL')).keys() == {'Homepage', 'Repository', 'Issues',
+                                                                                 'Changelog'}
 
 
 def _venv_seeing_this_ones_packages(path:Path)->Path:
