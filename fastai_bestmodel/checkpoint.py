@@ -286,7 +286,8 @@ def _written_by_torch_save(path)->bool:
     "Whether `path` is a complete torch file with the CRC32s that our saves leave out (`torch.save`, `learn.save`)"
     try:
         with zipfile.ZipFile(path) as z: return any(i.CRC != 0 for i in z.infolist())
-    except (OSError, zipfile.BadZipFile): return False
+    # a damaged table of contents raises anything from BadZipFile to UnicodeDecodeError: not a complete torch file
+    except Exception: return False
 
 # %% ../nbs/01_checkpoint.ipynb #c035a
 def _mismatch(path, want, got)->CheckpointMismatchError:

@@ -245,13 +245,13 @@ def _prune_command(cmd):
     r = cmd('prune', 'delete old versions of a model artifact on W&B: keep the newest N and every one with a protected '
                      'alias', ['fastai-bestmodel prune me/digits/run-5kkzsdum-model --keep 3 --dry-run',
                                'fastai-bestmodel prune --keep 3 --protect best --protect production me/p/model',
-                               "fastai-bestmodel prune me/digits/model --keep 0 --protect 'best,epoch-*'"])
+                               "fastai-bestmodel prune me/digits/model --keep 0 --protect 'epoch-*,v-*'"])
     r.add_argument('ref', help='the artifact: ENTITY/PROJECT/NAME')
     r.add_argument('--keep', type=_above_zero(int, 'a whole number >= 0', zero=True), required=True,
                    help='how many of the newest versions to keep (required)')
     r.add_argument('--protect', action='append', metavar='ALIAS',
-                   help="keep the versions with this alias, a shell pattern; repeat it or separate aliases with commas "
-                        "(default: best, best-*, latest, production)")
+                   help="also keep the versions with this alias, a shell pattern; repeat it or separate aliases with "
+                        "commas (always kept: best, best-*, latest, production)")
     r.add_argument('--dry-run', action='store_true', help='say what would be deleted, delete nothing')
 
 # %% ../nbs/14_cli.ipynb #c015k
@@ -288,6 +288,11 @@ def main(argv=None)->int:
                                       f"{e.strerror or e}.")
     return 0
 
+# %% ../nbs/14_cli.ipynb #c015pp
+def _protected(given:list|None, always)->list:
+    "The aliases `prune` keeps: `always` (`artifacts.PROTECTED`), and those `--protect` gave, never fewer"
+    return [*always, *(p for v in given or [] for p in _columns(v))]
+
 # %% ../nbs/14_cli.ipynb #c015w
 _LOG_IN = ('log in with `wandb login` (or set WANDB_API_KEY), '
            'or log offline with `--mode offline` and upload later with `wandb sync`')
@@ -304,7 +309,7 @@ def _wandb_command(args)->int:
         return 0
     try:
         if args.command == 'prune':
-            protect = [p for v in args.protect for p in _columns(v)] if args.protect else a.PROTECTED
+            protect = _protected(args.protect, a.PROTECTED)
             res = a.prune_versions(args.ref, args.keep, protect, dry_run=args.dry_run)
             for v, aliases in res['deleted']: print(f"{'would delete' if args.dry_run else 'deleted'} {args.ref}:{v} "
                                                     f"{' '.join(aliases)}")
