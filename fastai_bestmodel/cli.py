@@ -394,7 +394,8 @@ def _column_names(rows:list, wide:bool=False)->list:
     monitored = [m for m in dict.fromkeys(r['monitor'] for r in rows) if m in values]
     values = monitored + [v for v in values if v not in monitored]
     places = [p for p in _PLACES if any(p in r for r in rows)] if wide else []
-    return ['file', 'reason', 'epoch', *(['monitor'] if wide else []), *values, *places, 'size', 'digest']
+    mixed = len({r['monitor'] for r in rows} - {None}) > 1  # several runs' or trackers': each ranked by its own
+    return ['file', 'reason', 'epoch', *(['monitor'] if wide or mixed else []), *values, *places, 'size', 'digest']
 
 # %% ../nbs/14_cli.ipynb #ls02e
 def _mid_epoch(row:dict)->bool:
@@ -451,7 +452,7 @@ def _table(rows:list, # `report.checkpoint_rows`
     shown = range(len(names))
     if not full:
         widths = [max(len(n), *(len(c[i]) for c in cells)) for i, n in enumerate(names)]
-        must = [names.index(n) for n in ('file', 'reason', 'epoch', 'digest')]
+        must = [names.index(n) for n in ('file', 'reason', 'epoch', 'monitor', 'digest') if n in names]
         shown = _fit(widths, width, must + [i for i in range(len(names)) if i not in must], essential=len(must))
         over = sum(widths[i] + 2 for i in shown) - 2 - width
         if over > 0: cells = [[_elide(c[0], max(12, widths[0] - over)), *c[1:]] for c in cells]
