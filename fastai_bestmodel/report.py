@@ -170,35 +170,55 @@ def _label_best_and_last(ax, monitor:str, best, xs:list, last:float)->list:
 _PLACES = [(8, 8, 'left'), (-8, 8, 'right'), (8, -16, 'left'), (-8, -16, 'right'), (8, 24, 'left'),
            (-8, 24, 'right'), (8, -32, 'left'), (-8, -32, 'right')]
 
+def _marker_boxes(ax, pad:float=7)->list:
+    "Boxes, in display coordinates, around each marker drawn on `ax`: places a label must not cover"
+    from matplotlib.transforms import Bbox
+    pts = [p for l in ax.lines if l.get_marker() not in (None, 'None', '', ' ')
+           for p in ax.transData.transform(l.get_xydata())]
+    return [Bbox.from_extents(x - pad, y - pad, x + pad, y + pad) for x, y in pts]
+
 def _unclash(ax, labels:list):
-    "Move each of `labels` to the first place around its point where it overlaps no label placed before it"
+    "Move each of `labels` to the first place around its point, inside the axes, covering no marker nor label"
     fig = ax.figure
     fig.draw_without_rendering()  # the layout sets where the axes are
-    inside, placed = ax.get_window_extent(), []
+    inside, placed, markers = ax.get_window_extent(), [], _marker_boxes(ax)
+    fits = lambda b, avoid: (b.x0 >= inside.x0 and b.x1 <= inside.x1 and b.y0 >= inside.y0 and b.y1 <= inside.y1
+                             and not any(b.overlaps(p) for p in avoid))
     for t in labels:
-        for dx, dy, ha in [(*t.xyann, t.get_ha())] + _PLACES:
-            t.xyann, _ = (dx, dy), t.set_ha(ha)
-            b = t.get_window_extent()
-            if (b.x0 >= inside.x0 and b.x1 <= inside.x1 and b.y0 >= inside.y0 and b.y1 <= inside.y1
-                and not any(b.overlaps(p) for p in placed)): break
+        places = [(*t.xyann, t.get_ha())] + _PLACES
+        for avoid in (placed + markers, placed):  # covering a marker only where there is no other place
+            if place := next((pl for pl in places if fits(_placed_at(t, *pl), avoid)), None): break
+        _placed_at(t, *(place or places[0]))
         placed.append(t.get_window_extent())
 
+def _placed_at(t, dx, dy, ha):
+    "The window extent of label `t` moved to the offset `dx, dy` (points), aligned `ha`"
+    t.xyann, _ = (dx, dy), t.set_ha(ha)
+    return t.get_window_extent()
+
 # %% ../nbs/12_report.ipynb #c019f
-def _robust_range(ys:list, keep:list=())->tuple:
-    "A y-range showing `ys` but their outliers (beyond 3 interquartile ranges of the quartiles), and all of `keep`"
-    a = np.array([y for y in ys if math.isfinite(y)], dtype=float)
+def _spikes(ys:list, inside)->list:
+    "Which of `ys` (a value per epoch) are spikes: outside (`inside(y)` false) between two neighbours inside"
+    ok = [not math.isfinite(y) or inside(y) for y in ys]
+    return [0 < i < len(ys) - 1 and not ok[i] and ok[i - 1] and ok[i + 1] for i in range(len(ys))]
+
+def _robust_range(series:list, keep:list=())->tuple:
+    "A y-range showing `series` (lists of a value per epoch) but their spikes, and all of `keep`"
+    a = np.array([y for ys in series for y in ys if math.isfinite(y)], dtype=float)
     if not len(a): return None
     q1, q3 = np.percentile(a, [25, 75])
-    shown = a[(a >= q1 - 3 * (q3 - q1)) & (a <= q3 + 3 * (q3 - q1))]
-    shown = np.concatenate([shown, [k for k in keep if math.isfinite(k)]])
-    lo, hi = shown.min(), shown.max()
+    # beyond 3 interquartile ranges of the quartiles, alone: a trend (the first epochs' high loss) is no spike
+    inside = lambda y: q1 - 3 * (q3 - q1) <= y <= q3 + 3 * (q3 - q1)
+    shown = [y for ys in series for y, s in zip(ys, _spikes(ys, inside)) if math.isfinite(y) and not s]
+    shown += [k for k in keep if math.isfinite(k)]
+    lo, hi = min(shown), max(shown)
     pad = 0.12 * (hi - lo) or 0.05 * abs(hi) or 1.
     return lo - pad, hi + pad
 
 # %% ../nbs/12_report.ipynb #c019h
 def _clip_outliers(ax, xs:list, series:dict, keep:list=()):
-    "Set `ax`'s y-range to `_robust_range` of `series` (name: values per epoch) and `keep`; mark what falls outside"
-    lims = _robust_range([y for v in series.values() for y in v], keep)
+    "Set `ax`'s y-range to `_robust_range` of `series` (name: values per epoch) and `keep`; mark the spikes outside"
+    lims = _robust_range(list(series.values()), keep)
     if lims is None: return
     ax.set_ylim(*lims)
     for n, v in series.items():
@@ -264,7 +284,9 @@ def plot_checkpoints(learn, # the `Learner` after its fit
     kept = _mark_saves(ax, cb, best, xs[0])
     _mark_mid_epoch_saves(ax, cb, xs[0])
     labels = _label_best_and_last(ax, cb.monitor, best, xs, left[cb.monitor][-1])
-    _clip_outliers(ax, xs, left, kept + [left[cb.monitor][-1]] + ([best.value] if best else []))
+    # every best and top k saved, on disk or overwritten since: each is marked (a `_last` of a spike epoch is not)
+    marked = [r.metadata[cb.monitor] for r in cb.records if REASONS[r.reason].ranked and cb.monitor in r.metadata]
+    _clip_outliers(ax, xs, left, kept + marked + [left[cb.monitor][-1]] + ([best.value] if best else []))
     ax.set_xlabel('epoch'); ax.set_ylabel(cb.monitor); ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     other = {n: col(n) for n in values or [] if n not in left}
     _legend(ax, _twin(ax, xs, other) if other else None)
