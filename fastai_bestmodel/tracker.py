@@ -7,7 +7,7 @@ Docs: https://github.com/fastai-bestmodel/fastai_bestmodel/blob/main/nbs/10_trac
 
 # %% ../nbs/10_tracker.ipynb #trk01
 from __future__ import annotations
-import math, time, uuid, warnings
+import math, textwrap, time, uuid, warnings
 from pathlib import Path
 import numpy as np
 from fastcore.basics import store_attr, ifnone, patch
@@ -66,7 +66,10 @@ class SaveModelCallback(_FastaiSaveModelCallback):
         self.run, self._tracking = not hasattr(self, 'lr_finder') and not hasattr(self, 'gather_preds'), False
         self._earlier_said = False
         # Before the progress bar draws: what this fit will replace. fastai's `validate` holds `lock`; `fit` never does
-        if self.run and not self.learn.lock.locked() and self._resets: say_earlier_best(self)
+        if self.run and not self.learn.lock.locked() and self._resets:
+            say_earlier_best(self)
+            # and which way a monitor nothing names counts (a resumed run takes the earlier run's way, later)
+            if not (self._comp_given or self.resume): decide_direction(self); say_direction(self)
     def before_train(self):
         if not self._tracking: self._start_tracking()  # at the first of a fit: `validate` and `get_preds` never train
     def before_epoch(self): self._logged = [False, False]
@@ -210,8 +213,9 @@ def _save_if_best(self:SaveModelCallback, epoch, meta):
         self.best, self.best_epoch = val, epoch
         in_fit = f' (epoch {self.epoch} of this fit)' if self._epochs_before else ''
         if self.save_top_k and self._speaks:  # fastai's words, fitting 80 columns
-            print(f'Better model found at epoch {epoch}{in_fit} with {self.monitor} {val:.4g}; saving '
-                  f'{shown_path(self.learn, self._path(self.fname))}.')
+            print(textwrap.fill(f'Better model found at epoch {epoch}{in_fit} with {self.monitor} {val:.4g}; saving '
+                                f'{shown_path(self.learn, self._path(self.fname))}.', 80, subsequent_indent='  ',
+                                break_on_hyphens=False, break_long_words=False))
     # A value that is not finite ranks below every other, as in Lightning: kept by `save_top_k=-1`, or while fewer
     # than k are
     if self.save_top_k and (math.isfinite(val) or (self.save_top_k != 1 and epoch not in self._unrecorded)):
