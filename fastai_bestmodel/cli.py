@@ -163,7 +163,10 @@ _EXIT_CODES = ('exit codes: 0 ok; 1 a checkpoint failed its check (or W&B failed
 
 def _parser()->argparse.ArgumentParser:
     "The `fastai-bestmodel` command's parser: each subcommand and its arguments added by its own helper"
-    p = argparse.ArgumentParser(prog='fastai-bestmodel', epilog=_EXIT_CODES,
+    start = ['fastai-bestmodel demo', 'fastai-bestmodel ls models', 'fastai-bestmodel show models/model.pth',
+             'fastai-bestmodel ls --help']
+    p = argparse.ArgumentParser(prog='fastai-bestmodel', epilog='examples:\n' + ''.join(f'  {e}\n' for e in start)
+                                + '\n' + _EXIT_CODES,
                                 description='Best-model checkpoints for fastai, logged to W&B with their own metrics.',
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--version', action='version', version=f'%(prog)s {__version__}')
