@@ -41,12 +41,22 @@ def _number(v)->float|None:
     f = _try(lambda: float(v))
     return f if f is not None and math.isfinite(f) else None
 
+# %% ../nbs/03_provenance.ipynb #p008s
+def _schedule(learn)->dict|None:
+    "What a `ParamScheduler` of `learn` (`fit_one_cycle`'s, `fit_flat_cos`'s...) sets: each value's start, max, end"
+    from fastai.callback.schedule import ParamScheduler
+    sched = next((cb for cb in getattr(learn, 'cbs', []) if isinstance(cb, ParamScheduler)), None)
+    if sched is None: return None
+    found = {k: [_number(f(i / 100)) for i in range(101)] for k, f in sched.scheds.items()}
+    return {k: dict(start=v[0], max=max(v), end=v[-1]) for k, v in found.items() if None not in v} or None
+
 # %% ../nbs/03_provenance.ipynb #p009
 def _hypers(learn)->dict|None:
     "The hyper-parameters of the optimizer's first parameter group, as floats; None before it exists"
     opt = getattr(learn, 'opt', None)
     if opt is None: return None
-    return {k: n for k,v in opt.hypers[0].items() if (n := _number(v)) is not None}
+    scheduled = _schedule(learn) or {}  # what a schedule sets is its own: the value now says nothing of the fit
+    return {k: n for k,v in opt.hypers[0].items() if k not in scheduled and (n := _number(v)) is not None}
 
 # %% ../nbs/03_provenance.ipynb #p009a
 def _items(learn)->dict:
@@ -74,7 +84,8 @@ def training_provenance(learn)->dict:
     model, params = getattr(learn, 'model', None), lambda: sum(p.numel() for p in learn.model.parameters())
     found = dict(versions={p: v for p in ('fastai', 'torch', 'fastai_bestmodel') if (v := _version(p))},
                  model=_name(model), parameters=_try(params), optimizer=_name(getattr(learn, 'opt_func', None)),
-                 hypers=_try(lambda: _hypers(learn)), loss=_name(getattr(learn, 'loss_func', None)),
+                 hypers=_try(lambda: _hypers(learn)), schedule=_try(lambda: _schedule(learn)),
+                 loss=_name(getattr(learn, 'loss_func', None)),
                  items=_try(lambda: _items(learn)), device=_try(lambda: _device(learn)),
                  git_commit=_try(lambda: _git_commit(str(Path.cwd()))))
     return {k: v for k,v in found.items() if v not in (None, {})}
