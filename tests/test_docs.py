@@ -22,3 +22,14 @@ def test_module_docstring_links_to_its_notebook(module):
 def test_llms_txt_links_exist():
     for url in re.findall(r'\]\((https?://[^)]+)\)', (ROOT / 'nbs' / 'llms.txt').read_text()):
         assert url.startswith(REPO) and (ROOT / url[len(REPO):]).exists(), url
+
+
+def test_readme_links_are_absolute_and_name_files_of_the_repository():
+    "PyPI shows the README alone: a relative link there leads nowhere"
+    text = (ROOT / 'README.md').read_text()
+    links = re.findall(r'\]\(([^)]+)\)', text)
+    assert links and not [l for l in links if not l.startswith(('http://', 'https://', '#'))], links
+    raw = REPO.replace('/blob/', '/raw/')
+    for url in links:
+        for prefix in (REPO, raw):
+            if url.startswith(prefix): assert (ROOT / url[len(prefix):]).exists(), url

@@ -1,5 +1,5 @@
 """Write README.md from nbs/index.ipynb with nbconvert's markdown exporter (Quarto, which `nbdev-readme` needs, cannot be installed here)."""
-import sys
+import re, sys
 from pathlib import Path
 from nbconvert import MarkdownExporter
 from nbconvert.preprocessors import Preprocessor
@@ -12,12 +12,19 @@ class _DropHidden(Preprocessor):
             if c.cell_type == 'code': c.source = '\n'.join(l for l in c.source.splitlines() if not l.startswith('#|'))
         return nb, resources
 
+REPO = 'https://github.com/fastai-bestmodel/fastai_bestmodel'  # as pyproject.toml's Repository
+
+def _absolute(md:str)->str:
+    "Links and images to the repository's files made absolute: PyPI shows the README without the repository beside it"
+    md = re.sub(r'!\[([^\]]*)\]\((?!https?:|#)([^)]+)\)', lambda m: f'![{m[1]}]({REPO}/raw/main/{m[2]})', md)
+    return re.sub(r'(?<!!)\[([^\]]*)\]\((?!https?:|#)([^)]+)\)', lambda m: f'[{m[1]}]({REPO}/blob/main/{m[2]})', md)
+
 def readme(root='.'):
     root = Path(root)
     exporter = MarkdownExporter()
     exporter.register_preprocessor(_DropHidden(), enabled=True)
     body, _ = exporter.from_filename(str(root/'nbs'/'index.ipynb'))
-    return body.strip() + '\n'
+    return _absolute(body.strip()) + '\n'
 
 if __name__ == '__main__':
     root = Path(__file__).resolve().parent.parent
