@@ -237,8 +237,9 @@ def _save(self:SaveModelCallback, rec:_Record, moved:_Record=None, drop=(), vers
     kw.update(provenance=self._provenance_now(), reason=rec.reason,
               holds=holds, tracker=self.fname, training=rec.training, version_counter=version_counter)
     keep = (moved.path, moved.reason, moved.digest, self.enable_version_counter, moved.training) if moved else None
+    # a logger told of each write (W&B's `log_model='all'`) wants every one: none is replaced before it is written
     self._writer.submit(rec.path, state, rec.metadata, keep_previous_as=keep, delete=drop,
-                        on_done=self._job_done(rec, moved, drop), **kw)
+                        on_done=self._job_done(rec, moved, drop), supersede=not self.on_written, **kw)
     return rec
 
 # %% ../nbs/10_tracker.ipynb #trk37

@@ -71,7 +71,7 @@ def _job(path, state, metadata, keep_previous_as, delete, kwargs, link_from=None
 class CheckpointWriter:
     "Save checkpoints in the calling thread, with `AsyncCheckpointWriter`'s interface"
     def __init__(self): self.last_written, self.written = None, {}
-    def submit(self, path, state, metadata, keep_previous_as=None, delete=(), on_done=None, **kwargs):
+    def submit(self, path, state, metadata, keep_previous_as=None, delete=(), on_done=None, supersede=True, **kwargs):
         "Save `state` to `path` now, as `save_checkpoint(path, state, metadata, **kwargs)`, with a policy's steps"
         job = _job(path, state, metadata, keep_previous_as, delete, kwargs, on_done=on_done)
         self.last_written = _write_job(job, self.written)
@@ -140,10 +140,12 @@ class AsyncCheckpointWriter:
         self._gate = _Gate()  # cleared while the caller copies a snapshot: the writer pauses meanwhile
         self.waited, self.waits, self.saves = 0., 0, 0  # seconds and saves `submit` waited for room; saves
 
-    def submit(self, path, state, metadata, keep_previous_as=None, delete=(), on_done=None, **kwargs):
+    def submit(self, path, state, metadata, keep_previous_as=None, delete=(), on_done=None,
+               supersede=True, # False: no later save replaces this one before it starts (each write is wanted)
+               **kwargs):
         "Snapshot `state` and queue it like `CheckpointWriter.submit`, replacing a plain save to `path` not yet started"
         self.raise_error()
-        path, plain = Path(path), keep_previous_as is None and not delete
+        path, plain = Path(path), keep_previous_as is None and not delete and supersede
         with self._cond:  # held from the wait for room until the save is queued: no other save comes in between
             reuse, flowing = self._wait_for_room(path, plain)
             # into each buffer as soon as the write in flight has written it
