@@ -161,19 +161,22 @@ def _above_zero(convert, what:str, zero:bool=False):
 _EXIT_CODES = ('exit codes: 0 ok; 1 a checkpoint failed its check (or W&B failed);\n'
                '2 bad usage: no such path, no checkpoint there.')
 
+def _epilog(examples:list)->str:
+    "The end of a command's help: its `examples`, one a line, then the exit codes"
+    return 'examples:\n' + ''.join(f'  {e}\n' for e in examples) + '\n' + _EXIT_CODES
+
 def _parser()->argparse.ArgumentParser:
     "The `fastai-bestmodel` command's parser: each subcommand and its arguments added by its own helper"
     start = ['fastai-bestmodel demo', 'fastai-bestmodel ls models', 'fastai-bestmodel show models/model.pth',
              'fastai-bestmodel ls --help']
-    p = argparse.ArgumentParser(prog='fastai-bestmodel', epilog='examples:\n' + ''.join(f'  {e}\n' for e in start)
-                                + '\n' + _EXIT_CODES,
+    p = argparse.ArgumentParser(prog='fastai-bestmodel', epilog=_epilog(start),
                                 description='Best-model checkpoints for fastai, logged to W&B with their own metrics.',
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--version', action='version', version=f'%(prog)s {__version__}')
     sub = p.add_subparsers(dest='command', required=True)
     def cmd(name, help, examples):
         return sub.add_parser(name, help=help, description=textwrap.fill(help[0].upper() + help[1:] + '.', 79),
-                              epilog='examples:\n' + ''.join(f'  {e}\n' for e in examples) + '\n' + _EXIT_CODES,
+                              epilog=_epilog(examples),
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     for add in (_demo_command, _show_command, _ls_command, _log_command, _prune_command, _link_command): add(cmd)
     return p
@@ -461,12 +464,12 @@ def _table(rows:list, # `report.checkpoint_rows`
         if over > 0: cells = [[_elide(c[0], max(12, widths[0] - over)), *c[1:]] for c in cells]
     table = [[names[i] for i in shown]] + [[c[i] for i in shown] for c in cells]
     digest = [names[i] for i in shown].index('digest') if 'digest' in names else None
-    bad = lambda c: _alarm(c) if c.split(' ')[0] in ('MISMATCH', 'DAMAGED', 'UNREADABLE') else c
+    bad = lambda c: c if c == 'ok' else _alarm(c)  # `report.digest_status`: 'ok', or why not
     lines = _aligned(table, paint={digest: bad} if colour and digest is not None else None)
     left = [n for i, n in enumerate(names) if i not in shown]
     notes = ([f"not shown: {', '.join(left)}; --wide shows all"] if left else [])
     notes += _notes(rows, [names[i] for i in shown], full)
-    if colour: notes = [re.sub(r'\b(MISMATCH|DAMAGED|UNREADABLE)\b', lambda m: _alarm(m[0]), n) for n in notes]
+    if colour: notes = [re.sub(r'(?<=: digest )\S+', lambda m: _alarm(m[0]), n) for n in notes]  # `_notes`' word
     return lines + [l for n in notes for l in _wrap(n, width).splitlines()]
 
 # %% ../nbs/14_cli.ipynb #ls02b
